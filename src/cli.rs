@@ -1,0 +1,96 @@
+//! The command line: `serve`, `agent run`, `users create|promote`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(name = "zerostate", version, about = "Real-time platform for AI agents and their tasks")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: JSON API, real-time hub and web pages.
+    Serve(ServeArgs),
+    /// Operator commands on accounts (run against the same data directory or database).
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+/// Where the data lives; shared by `serve` and the operator commands.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Directory for the SQLite database and the token signing key.
+    #[arg(long, env = "ZEROSTATE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Database URL (`sqlite:…`); default: SQLite in the data directory.
+    #[arg(long, env = "ZEROSTATE_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, ValueEnum)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "ZEROSTATE_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: String,
+    #[command(flatten)]
+    pub storage: StorageArgs,
+    /// Redis URL linking several nodes; unset: single node.
+    #[arg(long, env = "ZEROSTATE_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Origins allowed besides the server's own, comma-separated (`https://app.example.com`).
+    #[arg(long, env = "ZEROSTATE_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+    /// Do not run the built-in agent.
+    #[arg(long)]
+    pub no_builtin_agent: bool,
+    /// Whether to run the built-in agent (`ZEROSTATE_BUILTIN_AGENT=false` turns it off).
+    #[arg(long, env = "ZEROSTATE_BUILTIN_AGENT", hide = true)]
+    pub builtin_agent: Option<bool>,
+    /// Log format.
+    #[arg(long, env = "ZEROSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Token signing key (at least 32 characters); default: generated into the data directory.
+    #[arg(long, env = "ZEROSTATE_SIGNING_KEY", hide_env_values = true)]
+    pub signing_key: Option<String>,
+}
+
+impl ServeArgs {
+    /// The built-in agent runs unless either switch turns it off.
+    pub fn builtin_agent_enabled(&self) -> bool {
+        !self.no_builtin_agent && self.builtin_agent.unwrap_or(true)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create an account.
+    Create {
+        #[arg(long)]
+        email: String,
+        #[arg(long)]
+        password: String,
+        #[arg(long, default_value = "")]
+        full_name: String,
+        /// Make the account an admin.
+        #[arg(long)]
+        admin: bool,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+    /// Make an existing account an admin.
+    Promote {
+        email: String,
+        #[command(flatten)]
+        storage: StorageArgs,
+    },
+}

@@ -1,0 +1,50 @@
+//! What each subcommand does, given its parsed arguments.
+
+use crate::app::{open_store, Application};
+use crate::auth::password;
+use crate::cli::{Command, ServeArgs, UsersCommand};
+use crate::domain::{Email, FullName, Password, Role};
+use crate::store::NewUser;
+use std::io::Write;
+
+/// Runs one parsed command.
+pub async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(args) => serve(args).await,
+        Command::Users(cmd) => users(cmd).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    crate::telemetry::init_logging(args.log_format);
+    let metrics = crate::telemetry::init_metrics()?;
+    let app = Application::build(args, metrics).await?;
+    let addr = app.local_addr()?;
+    // One machine-readable line on stdout, for scripts and tests that bind port 0.
+    println!("zerostate listening on http://{addr}");
+    std::io::stdout().flush()?;
+    tracing::info!(%addr, "listening");
+    app.run().await
+}
+
+async fn users(cmd: UsersCommand) -> anyhow::Result<()> {
+    match cmd {
+        UsersCommand::Create { email, password, full_name, admin, storage } => {
+            let store = open_store(&storage).await?;
+            let new = NewUser {
+                email: Email::parse(&email)?,
+                full_name: FullName::parse(&full_name)?,
+                password_hash: password::hash(Password::parse_new(password)?).await?,
+                role: Some(if admin { Role::Admin } else { Role::User }),
+            };
+            let user = store.create_user(new).await?;
+            println!("created {} ({}) with role {}", user.email, user.id, user.role.as_str());
+        }
+        UsersCommand::Promote { email, storage } => {
+            let store = open_store(&storage).await?;
+            let user = store.set_role(&Email::parse(&email)?, Role::Admin).await?;
+            println!("{} is now admin", user.email);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! Validated domain types. Everything that crosses a boundary (HTTP body, query string,
+//! store row) is parsed into one of these first, so the rest of the code never has to
+//! re-check an email, a status or a message type. This module imports nothing internal.
+
+mod ids;
+mod message;
+mod task;
+mod user;
+
+pub use ids::{AgentId, ApiKeyId, SessionId, TaskId, UserId};
+pub use message::{Cursor, MessageType};
+pub use task::{Capability, Priority, TaskQuery, TaskStatus, TimeoutSecs};
+pub use user::{Email, FullName, Password, Role};
+
+/// A value that failed validation, with a message meant for a person.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl ParseError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}

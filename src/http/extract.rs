@@ -1,0 +1,195 @@
+//! Extractors: authentication (`AuthUser`, `AdminUser`), the caller's address, and a
+//! JSON body reader whose rejections speak the contract's error format.
+
+use super::error::ApiError;
+use super::state::AppState;
+use crate::auth::{resolve_secret, Credential, Principal};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
+use axum::http::{header, request::Parts, HeaderMap, Method};
+use serde::de::DeserializeOwned;
+use std::net::{IpAddr, SocketAddr};
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "zs_session";
+
+/// How a request presented its credentials; cookies need a CSRF check, bearers do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Presented {
+    Bearer,
+    Cookie,
+    Query,
+}
+
+/// Finds the credential in a request: `Authorization: Bearer`, else the session cookie.
+pub fn presented_secret(headers: &HeaderMap) -> Option<(String, Presented)> {
+    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let (scheme, token) = value.trim().split_once(' ')?;
+        if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
+            return Some((token.trim().to_owned(), Presented::Bearer));
+        }
+        return None;
+    }
+    cookie_value(headers, SESSION_COOKIE).map(|v| (v, Presented::Cookie))
+}
+
+/// The value of a cookie, if the request carries it.
+pub fn cookie_value(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Whether a request's `Origin` (if any) may act: the server's own origin (same host)
+/// or one in the allowed list. A request without `Origin` is not from a cross-site page.
+pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let origin = origin.trim_end_matches('/');
+    if allowed.iter().any(|a| a.eq_ignore_ascii_case(origin)) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
+}
+
+/// Whether the client reached us over TLS (through a proxy that says so).
+pub fn is_https(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"))
+}
+
+/// The signed-in user making the request.
+#[derive(Debug, Clone)]
+pub struct AuthUser(pub Principal);
+
+impl FromRequestParts<AppState> for AuthUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(existing) = parts.extensions.get::<AuthUser>() {
+            return Ok(existing.clone());
+        }
+        let (secret, how) = presented_secret(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        let changes_state = !matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS);
+        if how == Presented::Cookie
+            && changes_state
+            && !origin_allowed(&parts.headers, &state.http.allowed_origins)
+        {
+            return Err(ApiError::Forbidden("origin not allowed".into()));
+        }
+        let principal = resolve_secret(state.store.as_ref(), &state.signer, &secret)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        let user = AuthUser(principal);
+        parts.extensions.insert(user.clone());
+        Ok(user)
+    }
+}
+
+impl AuthUser {
+    /// The session behind this request, if it used one (not an API key).
+    pub fn session(&self) -> Option<crate::domain::SessionId> {
+        match self.0.credential {
+            Credential::Session(id) => Some(id),
+            Credential::ApiKey(_) => None,
+        }
+    }
+}
+
+/// A signed-in admin; 403 for anyone else.
+#[derive(Debug, Clone)]
+pub struct AdminUser(pub Principal);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AuthUser(principal) = AuthUser::from_request_parts(parts, state).await?;
+        if !principal.is_admin() {
+            return Err(ApiError::Forbidden("admin role required".into()));
+        }
+        Ok(AdminUser(principal))
+    }
+}
+
+/// The address of the client. Behind a reverse proxy on the same host (a loopback peer),
+/// the last `X-Forwarded-For` entry is the client; from anywhere else the header is
+/// ignored, so remote clients cannot pick their own address.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ci| ci.0.ip())
+            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        if peer.is_loopback() {
+            let forwarded = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .and_then(|v| v.trim().parse::<IpAddr>().ok());
+            if let Some(ip) = forwarded {
+                return Ok(ClientIp(ip));
+            }
+        }
+        Ok(ClientIp(peer))
+    }
+}
+
+/// A JSON body, read up to the router's body limit (`DefaultBodyLimit`). Malformed JSON
+/// and missing fields are 400 with a message; bodies over the limit are 413.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge
+                } else {
+                    ApiError::BadRequest {
+                        code: "invalid_body",
+                        message: "the request body could not be read".into(),
+                    }
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Parses a JSON body with the contract's error for each way it can be wrong.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return Err(ApiError::BadRequest {
+            code: "invalid_json",
+            message: "request body must be a JSON object".into(),
+        });
+    }
+    serde_json::from_slice(bytes).map_err(|e| {
+        let code = if e.is_data() { "validation_error" } else { "invalid_json" };
+        ApiError::BadRequest { code, message: e.to_string() }
+    })
+}
+
+/// The default body limit: 1 MiB.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;

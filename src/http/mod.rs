@@ -1,0 +1,48 @@
+//! The HTTP face of the server: one router merged from one module per resource, the
+//! layers every request goes through (request id, tracing, metrics, body limit), and
+//! the embedded web pages.
+
+mod api_keys;
+pub mod error;
+pub mod extract;
+mod health;
+mod observe;
+mod pages;
+pub mod state;
+mod users;
+
+pub use state::{AppState, HttpSettings, Readiness};
+
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, Request};
+use axum::Router;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Builds the whole application router.
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.http.body_limit;
+    Router::new()
+        .merge(health::router())
+        .merge(users::router())
+        .merge(api_keys::router())
+        .merge(pages::router())
+        .fallback(pages::not_found)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn(observe::record_metrics))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+            // Only the method, the path (never the query, which may hold `?token=`) and
+            // the request id are recorded.
+            let id = req
+                .headers()
+                .get(&REQUEST_ID)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+        }))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+        .with_state(state)
+}

@@ -1,0 +1,67 @@
+//! The state every handler can reach. Cheap to clone: everything is behind an `Arc`.
+
+use crate::auth::throttle::LoginThrottle;
+use crate::auth::tokens::TokenSigner;
+use crate::store::Store;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Shared handles for handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Persistence.
+    pub store: Arc<dyn Store>,
+    /// Signs and checks session tokens.
+    pub signer: Arc<TokenSigner>,
+    /// Failed-login counters.
+    pub throttle: Arc<LoginThrottle>,
+    /// Settings the HTTP layer needs.
+    pub http: Arc<HttpSettings>,
+    /// Whether `/ready` says yes; turned off first thing on shutdown.
+    pub readiness: Readiness,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+    /// For `uptime_s` in `/health`.
+    pub started_at: Instant,
+}
+
+/// HTTP-level settings from the command line.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    /// Origins, besides the server's own, allowed to make cookie-authenticated changes
+    /// and to open real-time connections (`scheme://host[:port]`, no trailing slash).
+    pub allowed_origins: Vec<String>,
+    /// Largest request body accepted by default, in bytes.
+    pub body_limit: usize,
+}
+
+/// A readiness flag shared by `/ready` and the shutdown sequence.
+#[derive(Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    pub fn set_ready(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl AppState {
+    /// Ends every live connection that authenticated with one of these credentials
+    /// (logout, password change, key revocation).
+    pub fn on_credentials_revoked(&self, credentials: &[crate::auth::Credential]) {
+        // Wired to the real-time hub when it lands (issue: real-time hub).
+        let _ = credentials;
+    }
+
+    /// Sends the user a `system` message of category `security`.
+    pub async fn notify_security(&self, user: crate::domain::UserId, message: String) {
+        // Wired to the real-time hub when it lands (issue: real-time hub).
+        let _ = (user, message);
+    }
+}

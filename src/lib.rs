@@ -1,0 +1,14 @@
+//! ZeroState: a self-hosted real-time platform for AI agents and their tasks.
+//!
+//! `main.rs` only parses the command line; everything else lives here so tests can
+//! drive it. See `app` for how the pieces are put together.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod commands;
+pub mod domain;
+pub mod http;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,72 @@
+//! Persistence. The rest of the program sees one `Store` trait, assembled from one trait
+//! per area (accounts, …), so that a SQLite and a PostgreSQL side can stand behind it.
+//! Only `app.rs` chooses the concrete backend, from the database URL.
+//!
+//! Times are stored as Unix milliseconds and ids as UUID text: both sort and compare
+//! the same way on every backend.
+
+mod error;
+mod models;
+pub mod sqlite;
+
+pub use error::StoreError;
+pub use models::*;
+
+use crate::domain::{ApiKeyId, Email, FullName, Role, SessionId, UserId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// Everything the server persists. Blanket-implemented for any type that implements
+/// every area trait.
+pub trait Store: UserStore + HealthCheck + Send + Sync + 'static {}
+impl<T: UserStore + HealthCheck + Send + Sync + 'static> Store for T {}
+
+/// Lets `/health` and `/ready` ask whether the database answers.
+#[async_trait]
+pub trait HealthCheck {
+    /// A cheap round trip to the database.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Accounts, sessions and API keys.
+#[async_trait]
+pub trait UserStore {
+    /// Creates an account. The first account of an empty database becomes admin,
+    /// decided atomically with the insert. `Conflict` when the email is taken.
+    async fn create_user(&self, new: NewUser) -> Result<User, StoreError>;
+    async fn user_by_id(&self, id: UserId) -> Result<User, StoreError>;
+    /// The account with its password hash, for login.
+    async fn user_credentials(&self, email: &Email) -> Result<UserCredentials, StoreError>;
+    async fn update_full_name(&self, id: UserId, name: &FullName) -> Result<User, StoreError>;
+    async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<(), StoreError>;
+    async fn set_role(&self, email: &Email, role: Role) -> Result<User, StoreError>;
+    /// Whether the account exists (for routing messages to it).
+    async fn user_exists(&self, id: UserId) -> Result<bool, StoreError>;
+
+    async fn create_session(&self, session: &SessionRecord) -> Result<(), StoreError>;
+    /// The session if it exists, whether revoked or not; callers check `is_active`.
+    async fn session(&self, id: SessionId) -> Result<SessionRecord, StoreError>;
+    /// Revokes one session; `NotFound` if it was not active.
+    async fn revoke_session(&self, id: SessionId, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Revokes every active session of a user but `keep`, returning the ones revoked.
+    async fn revoke_other_sessions(
+        &self,
+        user: UserId,
+        keep: Option<SessionId>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError>;
+
+    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Looks a key up by the hash of its secret.
+    async fn api_key_by_hash(&self, hash: &str) -> Result<ApiKeyRecord, StoreError>;
+    async fn touch_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// The user's keys that are not revoked, newest first.
+    async fn list_api_keys(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, StoreError>;
+    /// Revokes a key of this user; `NotFound` if there is no such active key of theirs.
+    async fn revoke_api_key(
+        &self,
+        user: UserId,
+        id: ApiKeyId,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+}

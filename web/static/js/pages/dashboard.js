@@ -1,0 +1,71 @@
+// /dashboard.html: counts by status, success rate, agents online, recent tasks
+// and the notifications of this session, all live.
+import { initPage, api, el, replaceChildren, formatRate, debounce, onRealtime, sessionNotifications, timeAgo, reportError } from '../app.js';
+import { taskRow, patchTaskRow, findTaskRow } from '../task-view.js';
+
+const RECENT = 10;
+const list = document.getElementById('recent-tasks');
+const empty = document.getElementById('recent-empty');
+
+function setStat(id, value) {
+  document.getElementById(id).textContent = value === null || value === undefined ? '—' : String(value);
+}
+
+async function loadSummary() {
+  const s = await api('/api/v1/analytics/summary?window=24h');
+  const tasks = (s && s.tasks) || {};
+  const by = tasks.by_status || {};
+  setStat('stat-total', tasks.total ?? 0);
+  for (const status of ['queued', 'running', 'completed', 'failed']) setStat(`stat-${status}`, by[status] ?? 0);
+  setStat('stat-success-rate', formatRate(tasks.success_rate));
+  const agents = (s && s.agents) || {};
+  setStat('stat-agents-online', `${agents.online ?? 0} / ${agents.total ?? 0}`);
+}
+
+async function loadTasks() {
+  const body = await api(`/api/v1/tasks?limit=${RECENT}`);
+  const tasks = (body && body.tasks) || [];
+  replaceChildren(list, tasks.map((t) => taskRow(t, { actions: detailLink })));
+  empty.hidden = tasks.length > 0;
+}
+
+function detailLink(task) {
+  return el('a', { class: 'btn btn-ghost btn-sm', href: `/tasks.html#task-${task.id}`, text: 'Open' });
+}
+
+function renderNotifications() {
+  const items = sessionNotifications().slice(0, 10);
+  const ul = document.getElementById('notifications');
+  replaceChildren(ul, items.map((n) => el('li', { class: `notification notification-${n.level}` },
+    el('span', { class: 'notification-level', text: n.category === 'security' ? 'security' : n.level }),
+    el('span', { class: 'notification-text', text: n.message }),
+    el('time', { datetime: n.at, text: timeAgo(n.at) }))));
+  document.getElementById('notifications-empty').hidden = items.length > 0;
+}
+
+const refresh = debounce(() => {
+  loadSummary().catch(reportError);
+}, 300);
+const refreshTasks = debounce(() => {
+  loadTasks().catch(reportError);
+}, 300);
+
+async function main() {
+  await initPage('dashboard');
+  renderNotifications();
+  onRealtime('task_update', (data) => {
+    const row = findTaskRow(list, data.task_id);
+    if (row) patchTaskRow(row, data);
+    else refreshTasks(); // a new task: bring the recent list up to date
+    refresh();
+  });
+  onRealtime('agent_update', () => refresh());
+  onRealtime('system', () => renderNotifications());
+  onRealtime('reset', () => { refresh(); refreshTasks(); });
+  // After a reconnect, counts may have moved while we were away.
+  onRealtime('resumed', () => refresh());
+
+  await Promise.all([loadSummary(), loadTasks()]).catch(reportError);
+}
+
+main();
