@@ -9,6 +9,7 @@ pub mod cli;
 pub mod commands;
 pub mod domain;
 pub mod http;
+pub mod realtime;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
