@@ -1,0 +1,8 @@
+//! Black-box integration tests: each test starts the real `zerostate` binary on a free
+//! port with its own data directory and talks to it over HTTP and WebSocket.
+
+mod helpers;
+
+mod api_keys;
+mod health;
+mod users;

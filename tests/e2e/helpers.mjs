@@ -1,0 +1,232 @@
+// Helpers for the browser tests: start the real server binary on a free port
+// with its own data directory, create users through the API, launch Debian's
+// chromium through playwright-core, and collect screenshots.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, copyFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(here, '..', '..');
+export const BIN = process.env.ZEROSTATE_BIN || path.join(ROOT, 'target/debug/zerostate');
+export const ARTIFACTS = path.join(here, 'artifacts');
+export const SCREENSHOTS = path.join(ROOT, 'docs', 'screenshots');
+
+const LISTENING = /zerostate listening on (http:\/\/127\.0\.0\.1:(\d+))/;
+
+/** Spawns `zerostate serve` and resolves once it printed its address. */
+function spawnServe({ addr, dataDir, builtinAgent, extraArgs = [] }) {
+  const args = ['serve', '--addr', addr, '--data-dir', dataDir, ...extraArgs];
+  if (!builtinAgent) args.push('--no-builtin-agent');
+  const proc = spawn(BIN, args, {
+    cwd: ROOT,
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      proc.kill('SIGKILL');
+      reject(new Error(`server did not print its address within 30 s; output:\n${log}`));
+    }, 30000);
+    const onData = (chunk) => {
+      log += chunk.toString();
+      const m = LISTENING.exec(log);
+      if (m) {
+        clearTimeout(timer);
+        resolve({ proc, url: m[1], port: Number(m[2]), log: () => log });
+      }
+    };
+    proc.stdout.on('data', onData);
+    proc.stderr.on('data', (c) => { log += c.toString(); if (process.env.E2E_SERVER_LOG) process.stderr.write(c); });
+    proc.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      reject(new Error(`server exited (${code ?? signal}) before listening; output:\n${log}`));
+    });
+  });
+}
+
+function waitExit(proc, ms = 10000) {
+  if (proc.exitCode !== null || proc.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => {
+    const t = setTimeout(() => { proc.kill('SIGKILL'); }, ms);
+    proc.once('exit', () => { clearTimeout(t); resolve(); });
+  });
+}
+
+/**
+ * Starts a server with a fresh (or the given) data directory on a free port.
+ * Returns {url, port, dataDir, proc, stop(), restart()} — restart() starts it
+ * again on the same port and data directory.
+ */
+export async function startServer({ dataDir, builtinAgent = true, extraArgs = [] } = {}) {
+  const ownDir = !dataDir;
+  const dir = dataDir || mkdtempSync(path.join(tmpdir(), 'zs-e2e-'));
+  let current = await spawnServe({ addr: '127.0.0.1:0', dataDir: dir, builtinAgent, extraArgs });
+  const server = {
+    url: current.url,
+    port: current.port,
+    dataDir: dir,
+    get proc() { return current.proc; },
+    log: () => current.log(),
+    /** Stops the server (SIGTERM, then SIGKILL after 10 s). */
+    async stop() {
+      if (!current) return;
+      current.proc.kill('SIGTERM');
+      await waitExit(current.proc);
+    },
+    /** Starts the server again on the same port with the same data. */
+    async restart() {
+      await server.stop();
+      let lastErr;
+      // The port may linger for a moment after the old process exits.
+      for (let i = 0; i < 20; i += 1) {
+        try {
+          current = await spawnServe({ addr: `127.0.0.1:${server.port}`, dataDir: dir, builtinAgent, extraArgs });
+          return server;
+        } catch (err) {
+          lastErr = err;
+          await sleep(250);
+        }
+      }
+      throw lastErr;
+    },
+    /** Stops the server and removes its data directory (if we created it). */
+    async dispose() {
+      await server.stop();
+      if (ownDir) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return server;
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+let counter = 0;
+/** A unique email for this run. */
+export function uniqueEmail(prefix = 'user') {
+  counter += 1;
+  return `${prefix}-${Date.now().toString(36)}-${counter}@example.com`;
+}
+
+/** Calls the API with fetch; throws with the body on an unexpected status. */
+export async function apiCall(server, method, pathname, { token, body, expect } = {}) {
+  const headers = { Accept: 'application/json' };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const res = await fetch(server.url + pathname, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.text();
+  let json = null;
+  try { json = text ? JSON.parse(text) : null; } catch { json = text; }
+  if (expect !== undefined && res.status !== expect) {
+    throw new Error(`${method} ${pathname}: expected ${expect}, got ${res.status}: ${text}`);
+  }
+  return { status: res.status, body: json, headers: res.headers };
+}
+
+/** Registers a user through the API: {token, user, email, password}. The first account is admin. */
+export async function signUpApi(server, { email = uniqueEmail(), password = 'correct horse battery', fullName = 'Test User' } = {}) {
+  const { body } = await apiCall(server, 'POST', '/api/v1/users/register', {
+    body: { email, password, full_name: fullName },
+    expect: 201,
+  });
+  return { token: body.token, user: body.user, email, password };
+}
+
+/** Launches chromium (Debian's by default) headless. */
+export async function launchBrowser() {
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+    ],
+  });
+}
+
+/**
+ * A browser context signed in as the user with `token` (the zs_session cookie),
+ * with console errors and page errors collected in `context.problems`.
+ */
+export async function signedInContext(browser, server, token, options = {}) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, ...options });
+  if (token) await context.addCookies([{ name: 'zs_session', value: token, url: server.url }]);
+  watchContext(context);
+  return context;
+}
+
+/** Collects page errors and dialogs of every page of a context. */
+export function watchContext(context) {
+  context.problems = [];
+  context.dialogs = [];
+  context.on('page', (page) => watchPage(page, context));
+  return context;
+}
+
+export function watchPage(page, context) {
+  page.on('pageerror', (err) => context.problems.push(`pageerror: ${err.message}`));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error' && /Content Security Policy|Uncaught|TypeError|ReferenceError|SyntaxError/.test(msg.text())) {
+      context.problems.push(`console: ${msg.text()}`);
+    }
+  });
+  page.on('dialog', (dialog) => {
+    context.dialogs.push(dialog.message());
+    dialog.dismiss().catch(() => {});
+  });
+}
+
+/** Reads the visible text of the status indicator. */
+export async function statusText(page) {
+  return (await page.textContent('#ws-status-text')).trim();
+}
+
+/** Waits until the status indicator says exactly `text` (default "Connected"). */
+export async function waitForConnected(page, timeout = 20000) {
+  await page.waitForFunction(() => {
+    const t = document.getElementById('ws-status-text');
+    return t && t.textContent.trim() === 'Connected';
+  }, null, { timeout });
+}
+
+/** Full-page screenshot into tests/e2e/artifacts/<name>.png and docs/screenshots/<name>.png. */
+export async function screenshot(page, name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  const file = path.join(ARTIFACTS, `${name}.png`);
+  await page.screenshot({ path: file, fullPage: true });
+  if (process.env.E2E_NO_DOC_SCREENSHOTS !== '1') {
+    mkdirSync(SCREENSHOTS, { recursive: true });
+    copyFileSync(file, path.join(SCREENSHOTS, `${name}.png`));
+  }
+  return file;
+}
+
+/** Spawns the reference agent process; returns the child (kill it in after()). */
+export function spawnAgent(server, token, exec = 'cat') {
+  const proc = spawn(BIN, ['agent', 'run', '--server', server.url, '--token', token, '--exec', exec], {
+    cwd: ROOT,
+    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let log = '';
+  proc.stdout.on('data', (c) => { log += c; });
+  proc.stderr.on('data', (c) => { log += c; });
+  proc.log = () => log;
+  return proc;
+}
+
+/** Kills a child process and waits for it. */
+export async function killProc(proc) {
+  if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
+  proc.kill('SIGTERM');
+  await waitExit(proc, 5000);
+}

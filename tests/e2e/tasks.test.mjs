@@ -1,0 +1,131 @@
+// Submitting a task from the tasks page: the built-in agent runs it and the
+// row moves to completed / 100 % live, with a toast; details show the result;
+// dashboard and analytics follow.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, launchBrowser, signedInContext, signUpApi, apiCall, waitForConnected, screenshot } from './helpers.mjs';
+
+describe('tasks page', () => {
+  let server;
+  let browser;
+  let user;
+
+  before(async () => {
+    server = await startServer();
+    browser = await launchBrowser();
+    user = await signUpApi(server, { fullName: 'Task Runner' });
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.dispose();
+  });
+
+  it('submits a task and shows it completing live, with a toast', { timeout: 90000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    const logs = [];
+    page.on('console', (m) => logs.push(m.text()));
+    await page.goto(`${server.url}/tasks.html`);
+    await waitForConnected(page);
+    await page.waitForSelector('#tasks-empty:not([hidden])');
+    assert.match(await page.textContent('#tasks-empty'), /No tasks yet/);
+    await page.evaluate(() => { window.__sameDocument = true; });
+
+    const query = `Summarise the e2e run ${Date.now()}`;
+    await page.fill('#task-query', query);
+    assert.equal(await page.inputValue('#task-capability'), 'general');
+    await page.selectOption('#task-priority', 'high');
+    await page.click('#task-submit');
+
+    const row = page.locator('#task-list [data-task-id]', { hasText: query });
+    await row.waitFor({ timeout: 10000 });
+    const id = await row.getAttribute('data-task-id');
+    assert.match(id, /^[0-9a-f-]{36}$/i);
+    const badge = page.locator(`#task-list [data-task-id="${id}"] [data-status]`);
+    await page.waitForFunction((taskId) => {
+      const b = document.querySelector(`#task-list [data-task-id="${taskId}"] [data-status]`);
+      return b && b.dataset.status === 'completed';
+    }, id, { timeout: 60000 });
+    assert.equal((await badge.textContent()).trim(), 'completed');
+    const progress = await page.$eval(`#task-list [data-task-id="${id}"] progress`, (p) => [p.value, p.dataset.progress]);
+    assert.deepEqual(progress, [100, '100']);
+    await page.waitForSelector('.toast.toast-success[role="status"]:has-text("Task completed")', { timeout: 10000 });
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, 'no reload happened');
+    assert.ok(logs.some((l) => l.startsWith('📨 WebSocket message:')), 'message line');
+    assert.ok(logs.some((l) => l.startsWith('📋 Task update:')), 'task update line');
+
+    // Details: the result of the built-in agent.
+    await row.locator('button:has-text("Details")').click();
+    await page.waitForSelector(`#task-detail [data-task-id="${id}"] [data-status="completed"]`);
+    await page.waitForSelector('#task-result');
+    assert.ok((await page.textContent('#task-result')).length > 0);
+    await screenshot(page, 'tasks');
+
+    // A second task submitted by a script appears on the page by itself.
+    const other = `From a script ${Date.now()}`;
+    const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: other }, expect: 202 });
+    await page.waitForFunction((taskId) => {
+      const b = document.querySelector(`#task-list [data-task-id="${taskId}"] [data-status]`);
+      return b && b.dataset.status === 'completed';
+    }, res.body.task_id, { timeout: 60000 });
+
+    // The status filter.
+    await page.selectOption('#status-filter', 'failed');
+    await page.waitForSelector('#tasks-empty:not([hidden])');
+    assert.match(await page.textContent('#tasks-empty'), /No failed tasks/);
+    await page.selectOption('#status-filter', '');
+    await page.waitForSelector(`#task-list [data-task-id="${id}"]`);
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
+
+  it('cancels a queued task (no agent can take it)', { timeout: 60000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    await page.goto(`${server.url}/tasks.html`);
+    await waitForConnected(page);
+    const query = `Needs a capability nobody has ${Date.now()}`;
+    await page.fill('#task-query', query);
+    await page.fill('#task-capability', 'nobody-has-this');
+    await page.click('#task-submit');
+    const row = page.locator('#task-list [data-task-id]', { hasText: query });
+    await row.waitFor();
+    assert.equal(await row.locator('[data-status]').getAttribute('data-status'), 'queued');
+    await row.locator('.task-cancel').click();
+    await page.waitForFunction((q) => [...document.querySelectorAll('#task-list [data-task-id]')]
+      .some((r) => r.textContent.includes(q) && r.querySelector('[data-status]').dataset.status === 'canceled'), query, { timeout: 10000 });
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
+
+  it('shows live numbers on the dashboard and charts on analytics', { timeout: 90000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    await page.goto(`${server.url}/dashboard.html`);
+    await waitForConnected(page);
+    await page.waitForFunction(() => Number(document.getElementById('stat-completed').textContent) >= 2, null, { timeout: 10000 });
+    const before = Number(await page.textContent('#stat-completed'));
+    const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `dashboard live ${Date.now()}` }, expect: 202 });
+    const id = res.body.task_id;
+    await page.waitForFunction((taskId) => {
+      const b = document.querySelector(`#recent-tasks [data-task-id="${taskId}"] [data-status]`);
+      return b && b.dataset.status === 'completed';
+    }, id, { timeout: 60000 });
+    await page.waitForFunction((n) => Number(document.getElementById('stat-completed').textContent) > n, before, { timeout: 10000 });
+    assert.notEqual((await page.textContent('#stat-success-rate')).trim(), '—');
+    await screenshot(page, 'dashboard');
+
+    await page.goto(`${server.url}/analytics.html`);
+    await waitForConnected(page);
+    await page.waitForSelector('#chart-throughput svg polyline');
+    await page.waitForSelector('#chart-durations svg rect.bar');
+    assert.ok(Number(await page.textContent('#a-total')) >= 3);
+    await page.click('label[for="window-1h"]');
+    await page.waitForSelector('#chart-throughput svg');
+    await page.click('label[for="window-7d"]');
+    await page.waitForSelector('#chart-throughput svg');
+    await screenshot(page, 'analytics');
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
+});
