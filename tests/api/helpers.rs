@@ -1,5 +1,6 @@
 //! The test harness: `spawn_app()` starts the built binary and hands back a `TestApp`
 //! with one method per common call.
+#![allow(dead_code)] // A shared harness: not every test module uses every method.
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
