@@ -6,6 +6,7 @@ use crate::auth::throttle::LoginThrottle;
 use crate::auth::tokens::TokenSigner;
 use crate::cli::{ServeArgs, StorageArgs};
 use crate::http::{self, AppState, HttpSettings, Readiness};
+use crate::realtime::{Disconnect, HistoryPolicy, Hub};
 use crate::shutdown::Shutdown;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
@@ -18,6 +19,8 @@ use tokio::net::{TcpListener, TcpSocket};
 
 /// How long in-flight requests get to finish once shutdown starts.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long real-time connections get to send their 1012 close at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before `accept`.
 const LISTEN_BACKLOG: u32 = 1024;
 
@@ -43,6 +46,8 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown: Shutdown,
+    /// Whether to run the built-in agent once the server listens.
+    builtin_agent: bool,
 }
 
 impl Application {
@@ -54,6 +59,22 @@ impl Application {
         let store = open_store(&args.storage).await?;
         let signer = TokenSigner::load_or_create(args.signing_key.as_deref(), &args.storage.data_dir)?;
         let readiness = Readiness::default();
+        let history = HistoryPolicy {
+            max_per_stream: args.history_max_per_user,
+            max_age: Duration::from_secs(args.history_max_age_s),
+        };
+        // `Arc<dyn Store>` is itself a message log (see `realtime::history`).
+        let hub = Hub::start(Arc::new(store.clone()), history).await?;
+        let shutdown = Shutdown::new();
+        let agents = crate::agents::AgentService::new(store.clone(), hub.clone());
+        let queue = crate::tasks::QueueSettings { lease: Duration::from_secs(args.task_lease_s) };
+        let tasks = crate::tasks::TaskService::new(
+            store.clone(),
+            hub.clone(),
+            agents.clone(),
+            queue,
+            shutdown.clone(),
+        );
         let state = AppState {
             store,
             signer: Arc::new(signer),
@@ -65,9 +86,13 @@ impl Application {
             readiness,
             metrics,
             started_at: Instant::now(),
+            hub,
+            agents,
+            tasks,
         };
         let listener = bind(&args.addr).await?;
-        Ok(Self { listener, state, shutdown: Shutdown::new() })
+        let builtin_agent = args.builtin_agent_enabled();
+        Ok(Self { listener, state, shutdown, builtin_agent })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -77,8 +102,16 @@ impl Application {
     /// Serves until SIGINT/SIGTERM, then drains: `/ready` turns 503, in-flight requests
     /// get `DRAIN_TIMEOUT` to finish, and the function returns.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Self { listener, state, shutdown } = self;
+        let Self { listener, state, shutdown, builtin_agent } = self;
+        let local_addr = listener.local_addr()?;
+        let reaper = tokio::spawn(state.tasks.clone().run_reaper(shutdown.clone()));
+        let state_hub = state.hub.clone();
+        let agent_registry = state.agents.clone();
         let upkeep = spawn_metrics_upkeep(state.metrics.clone(), shutdown.clone());
+        let history_job = {
+            let (hub, shutdown) = (state.hub.clone(), shutdown.clone());
+            tokio::spawn(async move { hub.run_maintenance(shutdown).await })
+        };
         let app = http::router(state.clone());
         state.readiness.set_ready(true);
 
@@ -90,18 +123,40 @@ impl Application {
         });
 
         let drained = shutdown.clone();
+        let hub = state.hub.clone();
         let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 drained.triggered().await;
+                // Not ready first, so load balancers stop sending clients here before
+                // the live connections are told (1012) to reconnect elsewhere.
                 state.readiness.set_ready(false);
+                hub.close_all(Disconnect::Shutdown);
             });
         let server = tokio::spawn(async move { server.await });
+        // The built-in agent talks to this server over HTTP like any agent, so it starts
+        // once the listener is serving; it stops by itself on shutdown.
+        let builtin = builtin_agent.then(|| {
+            tokio::spawn(crate::agents::builtin::run(
+                agent_registry.clone(),
+                local_addr,
+                shutdown.clone(),
+            ))
+        });
         shutdown.triggered().await;
         match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
             Ok(result) => result??,
             Err(_) => tracing::warn!("in-flight requests did not finish in time"),
         }
+        // Upgraded WebSockets are not in-flight requests: wait for their close frames.
+        if !state_hub.wait_idle(CLOSE_TIMEOUT).await {
+            tracing::warn!("real-time connections did not close in time");
+        }
+        history_job.abort();
         upkeep.abort();
+        reaper.abort();
+        if let Some(builtin) = builtin {
+            builtin.abort();
+        }
         tracing::info!("stopped");
         Ok(())
     }

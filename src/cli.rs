@@ -17,6 +17,9 @@ pub enum Command {
     /// Operator commands on accounts (run against the same data directory or database).
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Agent processes that take tasks from a server.
+    #[command(subcommand)]
+    Agent(AgentCommand),
 }
 
 /// Where the data lives; shared by `serve` and the operator commands.
@@ -62,6 +65,18 @@ pub struct ServeArgs {
     /// Token signing key (at least 32 characters); default: generated into the data directory.
     #[arg(long, env = "ZEROSTATE_SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<String>,
+    /// Seconds a claimed task stays with its agent without a progress report. Hidden:
+    /// for tests, which need lost leases to expire in seconds.
+    #[arg(long, env = "ZEROSTATE_TASK_LEASE_S", default_value_t = 30, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub task_lease_s: u64,
+    /// Real-time history: newest messages always kept per user stream. Hidden: for
+    /// tests, which need `reset` without publishing a thousand messages.
+    #[arg(long, env = "ZEROSTATE_HISTORY_MAX_PER_USER", default_value_t = 1000, hide = true)]
+    pub history_max_per_user: u32,
+    /// Real-time history: messages younger than this many seconds are always kept. Hidden.
+    #[arg(long, env = "ZEROSTATE_HISTORY_MAX_AGE_S", default_value_t = 600, hide = true)]
+    pub history_max_age_s: u64,
 }
 
 impl ServeArgs {
@@ -93,4 +108,31 @@ pub enum UsersCommand {
         #[command(flatten)]
         storage: StorageArgs,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Run the reference agent: take tasks from the server and run CMD for each, the
+    /// query on stdin; stdout lines `PROGRESS <n>` report progress, the rest of stdout
+    /// is the result, a non-zero exit fails the task.
+    Run(AgentRunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AgentRunArgs {
+    /// Server base URL, e.g. `http://127.0.0.1:8080`.
+    #[arg(long, env = "ZEROSTATE_SERVER")]
+    pub server: String,
+    /// The agent token (`zsa_…`) from registering the agent.
+    #[arg(long, env = "ZEROSTATE_AGENT_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// Shell command run once per task (`sh -c CMD`).
+    #[arg(long)]
+    pub exec: String,
+    /// Tasks run at the same time.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
+    /// Log format.
+    #[arg(long, env = "ZEROSTATE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }

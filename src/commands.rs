@@ -2,7 +2,7 @@
 
 use crate::app::{open_store, Application};
 use crate::auth::password;
-use crate::cli::{Command, ServeArgs, UsersCommand};
+use crate::cli::{AgentCommand, AgentRunArgs, Command, ServeArgs, UsersCommand};
 use crate::domain::{Email, FullName, Password, Role};
 use crate::store::NewUser;
 use std::io::Write;
@@ -12,7 +12,28 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Serve(args) => serve(args).await,
         Command::Users(cmd) => users(cmd).await,
+        Command::Agent(AgentCommand::Run(args)) => agent_run(args).await,
     }
+}
+
+/// The reference agent: runs until SIGINT/SIGTERM, or until the server refuses its token.
+async fn agent_run(args: AgentRunArgs) -> anyhow::Result<()> {
+    use crate::agents::{runner, shell::ShellExecutor};
+    crate::telemetry::init_logging(args.log_format);
+    let shutdown = crate::shutdown::Shutdown::new();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        crate::shutdown::wait_for_signal().await;
+        tracing::info!("stopping: no new tasks; running ones are handed back");
+        stopping.trigger();
+    });
+    let config = runner::RunnerConfig {
+        server: args.server,
+        token: args.token,
+        concurrency: usize::from(args.concurrency),
+    };
+    tracing::info!(server = %config.server, concurrency = config.concurrency, "agent starting");
+    runner::run(config, std::sync::Arc::new(ShellExecutor::new(args.exec)), shutdown).await
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {

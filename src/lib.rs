@@ -3,6 +3,7 @@
 //! `main.rs` only parses the command line; everything else lives here so tests can
 //! drive it. See `app` for how the pieces are put together.
 
+pub mod agents;
 pub mod app;
 pub mod auth;
 pub mod cli;
@@ -12,4 +13,6 @@ pub mod http;
 pub mod realtime;
 pub mod shutdown;
 pub mod store;
+pub mod tasks;
 pub mod telemetry;
+pub mod transport;

@@ -2,13 +2,18 @@
 //! layers every request goes through (request id, tracing, metrics, body limit), and
 //! the embedded web pages.
 
+mod agents;
+mod analytics;
 mod api_keys;
 pub mod error;
 pub mod extract;
 mod health;
 mod observe;
 mod pages;
+mod realtime;
+mod runtime;
 pub mod state;
+mod tasks;
 mod users;
 
 pub use state::{AppState, HttpSettings, Readiness};
@@ -17,7 +22,8 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::Router;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -28,6 +34,11 @@ pub fn router(state: AppState) -> Router {
         .merge(health::router())
         .merge(users::router())
         .merge(api_keys::router())
+        .merge(agents::router())
+        .merge(tasks::router())
+        .merge(runtime::router())
+        .merge(analytics::router())
+        .merge(realtime::router())
         .merge(pages::router())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
@@ -42,7 +53,8 @@ pub fn router(state: AppState) -> Router {
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
             tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
-        }))
+        })
+        .on_response(DefaultOnResponse::new().level(Level::INFO)))
         .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
         .with_state(state)
 }

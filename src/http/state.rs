@@ -25,6 +25,12 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// For `uptime_s` in `/health`.
     pub started_at: Instant,
+    /// The real-time hub: live connections, publish, history.
+    pub hub: crate::realtime::Hub,
+    /// The agent registry and presence tracking.
+    pub agents: crate::agents::AgentService,
+    /// The task queue, its runtime operations and the reaper.
+    pub tasks: crate::tasks::TaskService,
 }
 
 /// HTTP-level settings from the command line.
@@ -55,13 +61,18 @@ impl AppState {
     /// Ends every live connection that authenticated with one of these credentials
     /// (logout, password change, key revocation).
     pub fn on_credentials_revoked(&self, credentials: &[crate::auth::Credential]) {
-        // Wired to the real-time hub when it lands (issue: real-time hub).
-        let _ = credentials;
+        // Closed with 4001: the client goes to login instead of retrying.
+        self.hub.disconnect_credentials(credentials);
     }
 
     /// Sends the user a `system` message of category `security`.
     pub async fn notify_security(&self, user: crate::domain::UserId, message: String) {
-        // Wired to the real-time hub when it lands (issue: real-time hub).
-        let _ = (user, message);
+        use crate::domain::MessageType;
+        use crate::realtime::Target;
+        let data = serde_json::json!({ "message": message, "level": "warning", "category": "security" });
+        // The change itself succeeded; a failed notification is logged, not answered 500.
+        if let Err(err) = self.hub.publish(Target::User(user), MessageType::known("system"), data).await {
+            tracing::warn!(error = format!("{err:#}"), "security notification failed");
+        }
     }
 }

@@ -1,7 +1,23 @@
-//! The real-time hub. (Skeleton: the real-time hub issue fills this in. The public
-//! signature of `Hub::publish` is the contract other modules code against.)
+//! The real-time hub: who is connected, routing a message to one user (all their
+//! connections) or to everyone, history and resume, backpressure, stats.
+//!
+//! It knows nothing of HTTP, sockets or the database: transports (`crate::transport`)
+//! drive a [`Connection`] and write its frames, and the message log arrives as a
+//! [`history::MessageLog`] trait object. Other modules only call [`Hub::publish`].
 
-use crate::domain::{MessageType, UserId};
+pub mod client;
+pub mod disconnect;
+pub mod history;
+mod hub;
+pub mod memory;
+pub mod protocol;
+
+pub use client::TransportKind;
+pub use disconnect::Disconnect;
+pub use history::{HistoryPolicy, MessageLog};
+pub use hub::{ConnectError, ConnectRequest, Connection, Hub, Stats};
+
+use crate::domain::UserId;
 
 /// Who a message is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,22 +33,4 @@ pub enum Target {
 pub struct Published {
     /// Connections on this node the message was queued to.
     pub delivered: usize,
-}
-
-/// The hub handle; cheap to clone.
-#[derive(Clone, Default)]
-pub struct Hub {}
-
-impl Hub {
-    /// Persists the message in history (giving it a cursor) and routes it to the live
-    /// connections of its target, in publish order.
-    pub async fn publish(
-        &self,
-        target: Target,
-        kind: MessageType,
-        data: serde_json::Value,
-    ) -> anyhow::Result<Published> {
-        let _ = (target, kind, data);
-        Ok(Published { delivered: 0 })
-    }
 }

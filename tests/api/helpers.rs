@@ -257,3 +257,417 @@ impl TestUser {
 pub fn unique_email() -> String {
     format!("user-{}@example.com", uuid::Uuid::new_v4().simple())
 }
+
+// ---------------------------------------------------------------------------------------
+// Real-time helpers (real-time hub issue): WebSocket and SSE clients, publish calls.
+// ---------------------------------------------------------------------------------------
+
+/// A WebSocket client stream.
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+/// How long a test waits for a real-time message before failing.
+pub const WS_WAIT: Duration = Duration::from_secs(10);
+
+/// How a real-time connection presents its credentials.
+#[derive(Debug, Clone, Copy)]
+pub enum WsAuth<'a> {
+    None,
+    Bearer(&'a str),
+    Cookie(&'a str),
+    Query(&'a str),
+}
+
+/// Options for opening a real-time connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WsOpen<'a> {
+    pub since: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    /// Shrinks the client's socket receive buffer (for stalled-reader tests).
+    pub small_recv_buffer: bool,
+}
+
+fn ws_request(
+    app: &TestApp,
+    auth: WsAuth<'_>,
+    open: WsOpen<'_>,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut query = Vec::new();
+    if let WsAuth::Query(token) = auth {
+        query.push(format!("token={}", urlencode(token)));
+    }
+    if let Some(since) = open.since {
+        query.push(format!("since={}", urlencode(since)));
+    }
+    let mut url = format!("{}/api/v1/ws/connect", app.ws_address());
+    if !query.is_empty() {
+        url = format!("{url}?{}", query.join("&"));
+    }
+    let mut request = url.into_client_request().expect("ws request");
+    let headers = request.headers_mut();
+    match auth {
+        WsAuth::Bearer(token) => {
+            headers.insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        WsAuth::Cookie(token) => {
+            headers.insert("cookie", format!("zs_session={token}").parse().unwrap());
+        }
+        WsAuth::None | WsAuth::Query(_) => {}
+    }
+    if let Some(origin) = open.origin {
+        headers.insert("origin", origin.parse().unwrap());
+    }
+    request
+}
+
+/// Percent-encodes a query value.
+pub fn urlencode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl TestApp {
+    /// Opens a real-time WebSocket; `Err(status)` when the server refused the upgrade.
+    pub async fn ws_try(&self, auth: WsAuth<'_>, open: WsOpen<'_>) -> Result<WsClient, u16> {
+        let request = ws_request(self, auth, open);
+        let result = if open.small_recv_buffer {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+            let stream = socket
+                .connect(format!("127.0.0.1:{}", self.port).parse().unwrap())
+                .await
+                .expect("tcp connect");
+            tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
+                .await
+        } else {
+            tokio_tungstenite::connect_async(request).await
+        };
+        match result {
+            Ok((stream, _)) => Ok(WsClient { stream }),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(other) => panic!("websocket connect failed: {other}"),
+        }
+    }
+
+    /// Opens a WebSocket with a bearer token and returns it with its `welcome` message.
+    pub async fn ws(&self, token: &str) -> (WsClient, Value) {
+        self.ws_with(token, WsOpen::default()).await
+    }
+
+    /// Opens a WebSocket with a bearer token and options; returns it and its `welcome`.
+    pub async fn ws_with(&self, token: &str, open: WsOpen<'_>) -> (WsClient, Value) {
+        let mut client = self
+            .ws_try(WsAuth::Bearer(token), open)
+            .await
+            .unwrap_or_else(|status| panic!("websocket refused with {status}"));
+        let welcome = client.next().await;
+        assert_eq!(welcome["type"], "welcome", "first message must be welcome: {welcome}");
+        (client, welcome)
+    }
+
+    /// `POST /api/v1/ws/user/{id}`.
+    pub async fn publish_to(&self, token: &str, user_id: &str, kind: &str, data: Value) -> (StatusCode, Value) {
+        self.post(&format!("/api/v1/ws/user/{user_id}"), Some(token), json!({ "type": kind, "data": data }))
+            .await
+    }
+
+    /// `POST /api/v1/ws/user/{id}`, asserting 202.
+    pub async fn publish_ok(&self, token: &str, user_id: &str, kind: &str, data: Value) -> Value {
+        let (status, body) = self.publish_to(token, user_id, kind, data).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "publish: {body}");
+        body
+    }
+
+    /// `POST /api/v1/ws/broadcast`.
+    pub async fn broadcast(&self, token: &str, kind: &str, data: Value) -> (StatusCode, Value) {
+        self.post("/api/v1/ws/broadcast", Some(token), json!({ "type": kind, "data": data })).await
+    }
+
+    /// `GET /api/v1/ws/stats` → the `stats` object.
+    pub async fn ws_stats(&self) -> Value {
+        let (status, body) = self.get("/api/v1/ws/stats", None).await;
+        assert_eq!(status, StatusCode::OK, "stats: {body}");
+        body["stats"].clone()
+    }
+
+    /// Opens `GET /api/v1/events` with a bearer token and optional `Last-Event-ID`.
+    pub async fn sse(&self, token: &str, last_event_id: Option<&str>) -> SseClient {
+        let mut req = self.client.get(self.url("/api/v1/events")).bearer_auth(token);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        let response = req.send().await.expect("sse request");
+        assert_eq!(response.status(), StatusCode::OK, "sse refused");
+        SseClient { response, buffer: String::new() }
+    }
+}
+
+/// A test WebSocket client.
+pub struct WsClient {
+    pub stream: WsStream,
+}
+
+impl WsClient {
+    /// The next raw message (pings and pongs skipped); `None` at end of stream.
+    pub async fn next_raw(&mut self) -> Option<WsMessage> {
+        use futures_util::StreamExt;
+        loop {
+            let next = tokio::time::timeout(WS_WAIT, self.stream.next())
+                .await
+                .expect("no websocket message within 10 s");
+            match next {
+                None | Some(Err(_)) => return None,
+                Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_))) => continue,
+                Some(Ok(message)) => return Some(message),
+            }
+        }
+    }
+
+    /// The next JSON message; panics on close or timeout.
+    pub async fn next(&mut self) -> Value {
+        match self.next_raw().await {
+            Some(WsMessage::Text(text)) => serde_json::from_str(text.as_str()).expect("server sent invalid JSON"),
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+
+    /// Sends a message.
+    pub async fn send(&mut self, message: WsMessage) {
+        use futures_util::SinkExt;
+        self.stream.send(message).await.expect("websocket send");
+    }
+
+    /// Sends JSON text.
+    pub async fn send_json(&mut self, value: Value) {
+        self.send(WsMessage::text(value.to_string())).await;
+    }
+
+    /// Reads until the server's close frame and returns its code (skipping any other
+    /// messages); `None` if the connection ended without one.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.next_raw().await? {
+                WsMessage::Close(Some(frame)) => return Some(u16::from(frame.code)),
+                WsMessage::Close(None) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Closes from the client side.
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub event: Option<String>,
+    pub id: Option<String>,
+    pub data: Value,
+}
+
+/// A test SSE client reading the response body.
+pub struct SseClient {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl SseClient {
+    /// The next event (comments skipped); `None` when the stream ended.
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut event, mut id, mut data) = (None, None, Vec::new());
+                for line in block.lines() {
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                    match field {
+                        "event" => event = Some(value),
+                        "id" => id = Some(value),
+                        "data" => data.push(value),
+                        _ => {}
+                    }
+                }
+                if data.is_empty() {
+                    continue;
+                }
+                let data = serde_json::from_str(&data.join("\n")).expect("event data is JSON");
+                return Some(SseEvent { event, id, data });
+            }
+            let chunk = tokio::time::timeout(WS_WAIT, self.response.chunk())
+                .await
+                .expect("no SSE data within 10 s")
+                .ok()??;
+            self.buffer.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Agents and tasks helpers (agents and tasks issue): registering agents, submitting and
+// waiting for tasks, and running the reference agent `zerostate agent run` as a process.
+// ---------------------------------------------------------------------------------------
+
+/// How long a test waits for a task to reach a state before failing.
+pub const TASK_WAIT: Duration = Duration::from_secs(30);
+
+impl TestApp {
+    /// Starts a server whose claimed tasks lose their lease after `lease_s` seconds.
+    pub async fn with_lease(lease_s: u64) -> TestApp {
+        spawn_app_with(AppOptions {
+            extra_args: vec!["--task-lease-s".into(), lease_s.to_string()],
+            ..AppOptions::default()
+        })
+        .await
+    }
+
+    /// Registers an agent; returns its JSON and its `zsa_` token.
+    pub async fn register_agent(&self, user: &TestUser, name: &str, capabilities: &[&str]) -> (Value, String) {
+        let (status, body) = self
+            .post(
+                "/api/v1/agents/register",
+                Some(&user.token),
+                json!({ "name": name, "description": "test agent", "capabilities": capabilities }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "register agent: {body}");
+        let token = body["agent_token"].as_str().expect("agent_token").to_owned();
+        (body["agent"].clone(), token)
+    }
+
+    /// Submits a task (202 expected) and returns its JSON.
+    pub async fn submit(&self, user: &TestUser, body: Value) -> Value {
+        let (status, answer) = self.post("/api/v1/tasks/submit", Some(&user.token), body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "submit: {answer}");
+        answer["task"].clone()
+    }
+
+    /// Submits a task with just a query.
+    pub async fn submit_query(&self, user: &TestUser, query: &str) -> String {
+        let task = self.submit(user, json!({ "query": query })).await;
+        task["id"].as_str().expect("task id").to_owned()
+    }
+
+    /// `GET /api/v1/tasks/{id}`, asserting 200.
+    pub async fn task(&self, user: &TestUser, id: &str) -> Value {
+        let (status, body) = self.get(&format!("/api/v1/tasks/{id}"), Some(&user.token)).await;
+        assert_eq!(status, StatusCode::OK, "get task: {body}");
+        body
+    }
+
+    /// Polls the task until `done` holds; panics with the task after `TASK_WAIT`.
+    pub async fn wait_task(&self, user: &TestUser, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + TASK_WAIT;
+        loop {
+            let task = self.task(user, id).await;
+            if done(&task) {
+                return task;
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("task did not reach the expected state: {task}\nserver log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls until the task has the given status.
+    pub async fn wait_status(&self, user: &TestUser, id: &str, status: &str) -> Value {
+        self.wait_task(user, id, |t| t["status"] == status).await
+    }
+
+    /// Calls the runtime API as an agent.
+    pub async fn runtime(&self, agent_token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        self.post(&format!("/api/v1/runtime{path}"), Some(agent_token), body).await
+    }
+
+    /// Starts `zerostate agent run` against this server.
+    pub fn spawn_agent(&self, token: &str, exec: &str, concurrency: u16) -> AgentProcess {
+        let log_path = self.data_dir().join(format!("agent-{}.log", uuid::Uuid::new_v4().simple()));
+        let log = std::fs::File::create(&log_path).expect("agent log");
+        let child = Command::new(BIN)
+            .args(["agent", "run", "--server", &self.address, "--token", token, "--exec", exec])
+            .args(["--concurrency", &concurrency.to_string()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start zerostate agent run");
+        AgentProcess { child: Some(child), log_path }
+    }
+}
+
+/// A running reference agent process.
+pub struct AgentProcess {
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl AgentProcess {
+    /// Kills the agent without warning (SIGKILL): it cannot hand its tasks back.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    pub async fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        if let Some(pid) = child.id() {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+            .await
+            .expect("agent did not stop within 15 s")
+            .expect("wait");
+        status.code()
+    }
+
+    /// What the agent logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl WsClient {
+    /// Reads messages until one of type `kind` satisfies `pick`; returns its `data`.
+    pub async fn next_of(&mut self, kind: &str, pick: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let message = self.next().await;
+            if message["type"] == kind && pick(&message["data"]) {
+                return message["data"].clone();
+            }
+        }
+    }
+}
+
+/// Whether a process with this pid is alive.
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks that the process exists.
+    pid > 1 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+/// Kills the process group led by `pid` (a command the reference agent started in its
+/// own group). Refuses anything that is not a group leader, so a wrong pid can never
+/// take the test runner's own group with it.
+pub fn kill_process_group(pid: u32) {
+    let Ok(pid) = i32::try_from(pid) else { return };
+    // SAFETY: plain syscalls on integers; guarded so only `pid`'s own group is hit.
+    unsafe {
+        if pid > 1 && libc::getpgid(pid) == pid && libc::getpgid(0) != pid {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}

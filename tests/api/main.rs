@@ -3,6 +3,12 @@
 
 mod helpers;
 
+mod agents;
+mod analytics;
 mod api_keys;
 mod health;
+mod runtime;
+mod tasks;
 mod users;
+mod realtime;
+mod sse;

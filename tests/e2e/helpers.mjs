@@ -136,7 +136,7 @@ export async function signUpApi(server, { email = uniqueEmail(), password = 'cor
 }
 
 /** Launches chromium (Debian's by default) headless. */
-export async function launchBrowser() {
+export async function launchBrowser(extraArgs = []) {
   return chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || '/usr/bin/chromium',
     args: [
@@ -149,6 +149,7 @@ export async function launchBrowser() {
       '--disable-component-update',
       '--disable-sync',
       '--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1',
+      ...extraArgs,
     ],
   });
 }
@@ -229,4 +230,29 @@ export async function killProc(proc) {
   if (!proc || proc.exitCode !== null || proc.signalCode !== null) return;
   proc.kill('SIGTERM');
   await waitExit(proc, 5000);
+}
+
+/**
+ * Waits until the task row `[data-task-id=id]` inside `root` shows `status`.
+ * On timeout the error carries the row's markup and the task as the API sees it,
+ * to tell a page problem from a server problem.
+ */
+export async function waitTaskStatus(page, { server, token, root = '#task-list', id, status = 'completed', timeout = 60000 }) {
+  try {
+    await page.waitForFunction(([r, taskId, s]) => {
+      const b = document.querySelector(`${r} [data-task-id="${taskId}"] [data-status]`);
+      return b && b.dataset.status === s;
+    }, [root, id, status], { timeout });
+  } catch (err) {
+    const row = await page.evaluate(([r, taskId]) => {
+      const el = document.querySelector(`${r} [data-task-id="${taskId}"]`);
+      return el ? el.outerHTML : '(no row)';
+    }, [root, id]).catch(() => '(page gone)');
+    let task = '(not fetched)';
+    if (server && token) {
+      const res = await apiCall(server, 'GET', `/api/v1/tasks/${id}`, { token }).catch((e) => ({ body: String(e) }));
+      task = JSON.stringify(res.body);
+    }
+    throw new Error(`${err.message}\nwanted ${status}; row: ${row}\nAPI task: ${task}`);
+  }
 }

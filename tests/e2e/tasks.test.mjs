@@ -3,7 +3,7 @@
 // dashboard and analytics follow.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, signedInContext, signUpApi, apiCall, waitForConnected, screenshot } from './helpers.mjs';
+import { startServer, launchBrowser, signedInContext, signUpApi, apiCall, waitForConnected, screenshot, waitTaskStatus } from './helpers.mjs';
 
 describe('tasks page', () => {
   let server;
@@ -42,10 +42,7 @@ describe('tasks page', () => {
     const id = await row.getAttribute('data-task-id');
     assert.match(id, /^[0-9a-f-]{36}$/i);
     const badge = page.locator(`#task-list [data-task-id="${id}"] [data-status]`);
-    await page.waitForFunction((taskId) => {
-      const b = document.querySelector(`#task-list [data-task-id="${taskId}"] [data-status]`);
-      return b && b.dataset.status === 'completed';
-    }, id, { timeout: 60000 });
+    await waitTaskStatus(page, { server, token: user.token, id });
     assert.equal((await badge.textContent()).trim(), 'completed');
     const progress = await page.$eval(`#task-list [data-task-id="${id}"] progress`, (p) => [p.value, p.dataset.progress]);
     assert.deepEqual(progress, [100, '100']);
@@ -64,10 +61,7 @@ describe('tasks page', () => {
     // A second task submitted by a script appears on the page by itself.
     const other = `From a script ${Date.now()}`;
     const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: other }, expect: 202 });
-    await page.waitForFunction((taskId) => {
-      const b = document.querySelector(`#task-list [data-task-id="${taskId}"] [data-status]`);
-      return b && b.dataset.status === 'completed';
-    }, res.body.task_id, { timeout: 60000 });
+    await waitTaskStatus(page, { server, token: user.token, id: res.body.task_id });
 
     // The status filter.
     await page.selectOption('#status-filter', 'failed');
@@ -107,10 +101,7 @@ describe('tasks page', () => {
     const before = Number(await page.textContent('#stat-completed'));
     const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `dashboard live ${Date.now()}` }, expect: 202 });
     const id = res.body.task_id;
-    await page.waitForFunction((taskId) => {
-      const b = document.querySelector(`#recent-tasks [data-task-id="${taskId}"] [data-status]`);
-      return b && b.dataset.status === 'completed';
-    }, id, { timeout: 60000 });
+    await waitTaskStatus(page, { server, token: user.token, root: '#recent-tasks', id });
     await page.waitForFunction((n) => Number(document.getElementById('stat-completed').textContent) > n, before, { timeout: 10000 });
     assert.notEqual((await page.textContent('#stat-success-rate')).trim(), '—');
     await screenshot(page, 'dashboard');

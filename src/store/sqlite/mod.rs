@@ -5,6 +5,9 @@
 //! first-user-is-admin rule) is one statement, so no transaction ever has to upgrade
 //! from a read lock to a write lock, which SQLite answers with an immediate `BUSY`.
 
+mod agents;
+mod messages;
+mod tasks;
 mod users;
 
 use super::{HealthCheck, StoreError};

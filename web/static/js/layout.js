@@ -33,7 +33,7 @@ export function renderHeader(user, active) {
   const menuId = 'primary-nav';
   const toggle = el('button', {
     type: 'button',
-    class: 'nav-toggle',
+    class: 'nav-toggle btn btn-sm',
     'aria-controls': menuId,
     'aria-expanded': 'false',
     text: 'Menu',

@@ -44,8 +44,13 @@ export function taskRow(task, { actions } = {}) {
   return row;
 }
 
-/** Applies a task_update (or a task) to an existing row. */
+/**
+ * Applies a task_update (or a task) to an existing row. A finished task never
+ * goes back to queued/running, so an older update arriving after a newer
+ * snapshot (a row fetched while updates were streaming) is ignored.
+ */
 export function patchTaskRow(row, update) {
+  if (FINAL.includes(row.dataset.taskStatus) && update.status && !FINAL.includes(update.status)) return;
   if (update.status) {
     row.dataset.taskStatus = update.status;
     for (const badge of row.querySelectorAll('[data-status]')) {

@@ -239,8 +239,12 @@
             return;
         }
         if (code === 4008) {
-            // Too slow to keep up: resume at once from our cursor.
-            this.connect();
+            // Too slow to keep up: resume at once from our cursor (but not in a
+            // tight loop if the server keeps dropping us).
+            var now = Date.now();
+            var again = this.last4008 && now - this.last4008 < 2000;
+            this.last4008 = now;
+            if (again) this.scheduleReconnect(); else this.connect();
             return;
         }
         if (!opened) this.failuresBeforeOpen += 1;
@@ -340,23 +344,33 @@
             self.transport = null;
             if (self.stopped) return;
             console.log('🔌 WebSocket disconnected (event stream closed)');
-            self.scheduleReconnect();
+            // The stream does not say why it failed: a 401 means sign in again.
+            fetch('/api/v1/users/me', { credentials: 'same-origin', cache: 'no-store' })
+                .then(function (res) {
+                    if (res.status === 401) self.unauthorized(); else self.scheduleReconnect();
+                })
+                .catch(function () { self.scheduleReconnect(); });
         };
     };
 
     ZeroStateWebSocket.prototype.sseTypes = function () {
-        var types = ['task_update', 'agent_update', 'system', 'welcome', 'resumed', 'reset', 'error', 'pong', 'message'];
-        Object.keys(this.handlers).forEach(function (t) { if (types.indexOf(t) < 0) types.push(t); });
+        // Not 'error' (EventSource uses it for connection errors) nor 'message'
+        // (unnamed events, handled by onmessage).
+        var types = ['task_update', 'agent_update', 'system', 'welcome', 'resumed', 'reset', 'pong'];
+        Object.keys(this.handlers).forEach(function (t) {
+            if (types.indexOf(t) < 0 && t !== 'error' && t !== 'message') types.push(t);
+        });
         return types;
     };
 
     ZeroStateWebSocket.prototype.addSseListener = function (type) {
-        if (!this.es || type === 'message') return;
+        if (!this.es || type === 'message' || type === 'error') return;
         var self = this;
         this.es.addEventListener(type, function (event) { self.onSseEvent(event); });
     };
 
     ZeroStateWebSocket.prototype.onSseEvent = function (event) {
+        if (typeof event.data !== 'string') return;
         var parsed;
         try { parsed = JSON.parse(event.data); } catch (e) { parsed = { message: event.data }; }
         var message;
@@ -465,7 +479,8 @@
             console.error('WebSocket handler failed:', err);
         }
         // Remember where we are, after the message was handled.
-        if (message.cursor && ['welcome', 'pong', 'error', 'reset'].indexOf(message.type) < 0) {
+        // (welcome only moves it when we had none: handleWelcome.)
+        if (message.cursor && ['welcome', 'pong', 'error'].indexOf(message.type) < 0) {
             this.saveCursor(message.cursor);
         }
         this.runCustomHandlers(message);
@@ -521,7 +536,8 @@
 
     ZeroStateWebSocket.prototype.handleReset = function (data) {
         console.log('♻️ History gap too large (' + (data.reason || 'reset') + '): reloading page data');
-        // The gap cannot be replayed: our cursor is useless, the page reloads its data.
+        // The gap cannot be replayed: our cursor is useless, the page reloads its
+        // data (zs:reset). A cursor on the reset itself is adopted after this.
         this.clearCursor();
     };
 
@@ -531,7 +547,10 @@
         if (!data || !data.task_id) return;
         var progress = typeof data.progress === 'number' ? Math.max(0, Math.min(100, data.progress)) : null;
         var rows = document.querySelectorAll('[data-task-id="' + cssEscape(String(data.task_id)) + '"]');
+        var FINAL = ['completed', 'failed', 'canceled'];
         Array.prototype.forEach.call(rows, function (row) {
+            // Finished is final: never let an older update move a row back.
+            if (FINAL.indexOf(row.dataset.taskStatus) >= 0 && data.status && FINAL.indexOf(data.status) < 0) return;
             if (data.status) {
                 row.dataset.taskStatus = data.status;
                 Array.prototype.forEach.call(row.querySelectorAll('[data-status]'), function (badge) {
@@ -720,6 +739,7 @@
     /** Closes everything and stops reconnecting (sign-out, leaving the page). */
     ZeroStateWebSocket.prototype.stop = function () {
         this.stopped = true;
+        this.state = 'stopped';
         this.stopPing();
         this.clearTimer('reconnect');
         this.closeSse();
@@ -729,6 +749,13 @@
             ws.onclose = null;
             try { ws.close(1000, 'client closing'); } catch (e) { /* ignore */ }
         }
+    };
+
+    /** Starts again after stop(), resuming from the kept cursor. */
+    ZeroStateWebSocket.prototype.resume = function () {
+        if (!this.user) return;
+        this.stopped = false;
+        this.reconnectNow('resume');
     };
 
     /** Alias kept for page code: stop() and forget the position (used at sign-out). */
@@ -756,10 +783,7 @@
             if (!event.persisted) self.stop();
         });
         window.addEventListener('pageshow', function (event) {
-            if (event.persisted) {
-                self.stopped = false;
-                self.reconnectNow('page restored');
-            }
+            if (event.persisted) self.resume();
         });
         this.connect();
     };

@@ -1,7 +1,7 @@
 // /agents.html: every agent with its online state (live), the user's own agents
 // with edit and delete, and registration that shows the agent token once with
 // the command that runs the reference agent.
-import { initPage, api, el, replaceChildren, debounce, onRealtime, timeAgo, showFormError, qs, toast, reportError, copyText, confirmButton } from '../app.js';
+import { initPage, api, el, replaceChildren, debounce, onRealtime, timeAgo, showFormError, qs, reportError, copyText, confirmButton } from '../app.js';
 
 let me = null;
 const editing = new Set();
@@ -47,7 +47,6 @@ function editControls(agent, card) {
     try {
       await api(`/api/v1/agents/${encodeURIComponent(agent.id)}`, { method: 'DELETE' });
       card.remove();
-      toast(`Agent ${agent.name} deleted`, 'success');
       reload();
     } catch (err) {
       reportError(err);
@@ -83,7 +82,6 @@ function editControls(agent, card) {
         body: { name, description: editForm.elements.description.value.trim(), capabilities: parseCapabilities(editForm.elements.capabilities.value) },
       });
       toggle(false);
-      toast(`Agent ${name} saved`, 'success');
       reload();
     } catch (err) {
       showFormError(error, err.message);
@@ -99,9 +97,11 @@ async function loadAgents() {
   const agents = (body && body.agents) || [];
   const own = agents.filter((a) => me && a.owner_id === me.id);
   const rest = agents.filter((a) => !(me && a.owner_id === me.id));
-  // Keep a card that is being edited as it is, so a live refresh does not eat the user's typing.
+  // Keep a card that is being edited (or whose Delete is armed) as it is, so a
+  // live refresh does not eat the user's typing; websocket.js still patches its status.
   const render = (ul, items) => {
-    const keep = new Map([...ul.querySelectorAll('[data-agent-id]')].filter((c) => editing.has(c.dataset.agentId)).map((c) => [c.dataset.agentId, c]));
+    const busy = (c) => editing.has(c.dataset.agentId) || c.querySelector('.is-armed');
+    const keep = new Map([...ul.querySelectorAll('[data-agent-id]')].filter(busy).map((c) => [c.dataset.agentId, c]));
     replaceChildren(ul, items.map((a) => keep.get(a.id) || agentCard(a)));
   };
   render(mine, own);
@@ -142,9 +142,8 @@ form.addEventListener('submit', async (event) => {
     tokenInput.value = res.agent_token;
     renderCommand();
     tokenBox.hidden = false;
-    tokenBox.dataset.agentId = res.agent && res.agent.id ? res.agent.id : '';
+    tokenBox.dataset.registeredAgentId = res.agent && res.agent.id ? res.agent.id : '';
     form.reset();
-    toast(`Agent ${name} registered`, 'success');
     tokenInput.focus();
     tokenInput.select();
     reload();

@@ -15,6 +15,8 @@ const formError = document.getElementById('task-form-error');
 let nextCursor = null;
 let openTaskId = null;
 const fetching = new Set();
+/** The newest task_update of tasks whose row is not on the page yet (being fetched). */
+const pendingUpdates = new Map();
 
 function actions(task) {
   const id = task.id || task.task_id;
@@ -40,9 +42,20 @@ function updateRow(row, update) {
   if (cancel && update.status) cancel.hidden = FINAL.includes(update.status);
 }
 
+/** Puts a new row on top, with any update that arrived while it was on its way. */
+function insertRow(task) {
+  const row = makeRow(task);
+  list.prepend(row);
+  const late = pendingUpdates.get(row.dataset.taskId);
+  pendingUpdates.delete(row.dataset.taskId);
+  if (late) updateRow(row, late);
+  refreshEmpty();
+  return row;
+}
+
 function refreshEmpty() {
   empty.hidden = list.children.length > 0;
-  if (!empty.hidden) return;
+  if (empty.hidden) return;
   empty.textContent = filter.value ? `No ${filter.value} tasks` : 'No tasks yet';
 }
 
@@ -72,8 +85,7 @@ async function addTask(id, fallback) {
     }
     if (!task || findTaskRow(list, id)) return;
     if (filter.value && task.status !== filter.value) return;
-    list.prepend(makeRow(task));
-    refreshEmpty();
+    insertRow(task);
   } finally {
     fetching.delete(id);
   }
@@ -104,7 +116,7 @@ async function showDetail(id) {
 }
 
 function renderDetail(task, duration) {
-  const box = el('div', { class: 'detail', dataset: { taskId: task.id } },
+  const box = el('div', { class: 'detail', dataset: { taskId: task.id, taskStatus: task.status } },
     el('p', { class: 'detail-query', text: task.query }),
     el('div', { class: 'task-state' }, statusBadge(task.status), progressBar(task.progress)),
     el('dl', { class: 'detail-list' },
@@ -175,10 +187,7 @@ form.addEventListener('submit', async (event) => {
   try {
     const res = await api('/api/v1/tasks/submit', { method: 'POST', body });
     const task = res.task || { id: res.task_id, query, capability, priority, status: res.status || 'queued', progress: 0 };
-    if (!findTaskRow(list, task.id) && (!filter.value || filter.value === task.status)) {
-      list.prepend(makeRow(task));
-      refreshEmpty();
-    }
+    if (!findTaskRow(list, task.id) && (!filter.value || filter.value === task.status)) insertRow(task);
     form.query.value = '';
     toast('Task submitted', 'info', { duration: 3000 });
   } catch (err) {
@@ -202,7 +211,10 @@ async function main() {
     if (!data || !data.task_id) return;
     const row = findTaskRow(list, data.task_id);
     if (row) updateRow(row, data);
-    else addTask(data.task_id, { id: data.task_id, query: data.query, status: data.status, progress: data.progress, error: data.error });
+    else {
+      pendingUpdates.set(data.task_id, data);
+      addTask(data.task_id, { id: data.task_id, query: data.query, status: data.status, progress: data.progress, error: data.error });
+    }
     if (openTaskId === data.task_id) {
       const detail = detailBody.querySelector(`[data-task-id="${cssEscape(data.task_id)}"]`);
       if (detail) patchTaskRow(detail, data);

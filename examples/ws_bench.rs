@@ -1,0 +1,185 @@
+//! Real-time hub benchmark: memory per idle connection and broadcast fan-out.
+//!
+//! It starts the server binary itself (fresh data directory, loopback, built-in agent
+//! off), signs up an admin, opens `--connections` idle WebSockets, and reads the
+//! server's resident memory from `/proc/PID/status` before and after: the difference
+//! divided by the connection count is the cost of one idle connection. Then it
+//! broadcasts `--messages` messages and measures how long every connection takes to
+//! receive each one (publish → last receipt), and the delivered-message rate.
+//!
+//! ```sh
+//! cargo build --release && ulimit -n 65536 &&
+//! cargo run --release --example ws_bench -- --connections 5000 --messages 200
+//! ```
+//! Figures and the machine they came from go in `docs/BENCHMARKS.md`.
+
+use futures_util::StreamExt;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+struct Options {
+    bin: String,
+    connections: usize,
+    messages: usize,
+}
+
+fn parse_args() -> Options {
+    let mut opts = Options {
+        bin: "target/release/zerostate".into(),
+        connections: 2000,
+        messages: 100,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_default();
+        match flag.as_str() {
+            "--bin" => opts.bin = value,
+            "--connections" => opts.connections = value.parse().expect("--connections N"),
+            "--messages" => opts.messages = value.parse().expect("--messages N"),
+            other => panic!("unknown flag {other}"),
+        }
+    }
+    opts
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx]
+}
+
+#[tokio::main]
+async fn main() {
+    let opts = parse_args();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = tokio::process::Command::new(&opts.bin)
+        .args(["serve", "--addr", "127.0.0.1:0", "--no-builtin-agent", "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start server");
+    let pid = server.id().expect("pid");
+    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
+    let base = loop {
+        let line = lines.next_line().await.expect("stdout").expect("server exited");
+        if let Some(url) = line.strip_prefix("zerostate listening on ") {
+            break url.to_owned();
+        }
+    };
+    let http = reqwest::Client::new();
+    let body: serde_json::Value = http
+        .post(format!("{base}/api/v1/users/register"))
+        .json(&serde_json::json!({"email": "bench@example.com", "password": "bench password", "full_name": "Bench"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("register body");
+    let token = body["token"].as_str().expect("token").to_owned();
+    let ws_url = format!("{}/api/v1/ws/connect", base.replacen("http", "ws", 1));
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_before = rss_kib(pid);
+    let received = Arc::new(AtomicUsize::new(0));
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<(usize, Instant)>();
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let opened = Instant::now();
+    for _ in 0..opts.connections {
+        let mut request = ws_url.as_str().into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().expect("header"));
+        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("connect");
+        let (received, lat_tx, ready_tx) = (received.clone(), lat_tx.clone(), ready_tx.clone());
+        tokio::spawn(async move {
+            let (_sink, mut stream) = ws.split();
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                match value["type"].as_str() {
+                    Some("welcome") => {
+                        let _ = ready_tx.send(());
+                    }
+                    Some("bench") => {
+                        received.fetch_add(1, Ordering::Relaxed);
+                        let seq = value["data"]["n"].as_u64().unwrap_or(0) as usize;
+                        let _ = lat_tx.send((seq, Instant::now()));
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+    for _ in 0..opts.connections {
+        ready_rx.recv().await.expect("welcome");
+    }
+    let open_secs = opened.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_after = rss_kib(pid);
+    let per_conn = (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / opts.connections as f64;
+    println!("connections: {} opened in {:.2} s", opts.connections, open_secs);
+    println!("server RSS: {rss_before} KiB idle -> {rss_after} KiB with connections");
+    println!("memory per idle connection: {:.0} bytes", per_conn);
+
+    let mut sent_at = Vec::with_capacity(opts.messages);
+    let started = Instant::now();
+    for n in 0..opts.messages {
+        sent_at.push(Instant::now());
+        let resp = http
+            .post(format!("{base}/api/v1/ws/broadcast"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"type": "bench", "data": {"n": n}}))
+            .send()
+            .await
+            .expect("broadcast");
+        assert_eq!(resp.status().as_u16(), 202, "broadcast refused");
+    }
+    let expected = opts.connections * opts.messages;
+    let mut last_receipt = vec![sent_at[0]; opts.messages];
+    let mut got = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while got < expected && Instant::now() < deadline {
+        match tokio::time::timeout(Duration::from_secs(5), lat_rx.recv()).await {
+            Ok(Some((seq, at))) => {
+                if seq < opts.messages && at > last_receipt[seq] {
+                    last_receipt[seq] = at;
+                }
+                got += 1;
+            }
+            _ => break,
+        }
+    }
+    let total = started.elapsed().as_secs_f64();
+    let mut fanout_ms: Vec<f64> = (0..opts.messages)
+        .map(|i| (last_receipt[i] - sent_at[i]).as_secs_f64() * 1000.0)
+        .collect();
+    fanout_ms.sort_by(f64::total_cmp);
+    println!("broadcasts: {} x {} connections, {got}/{expected} delivered in {total:.2} s ({:.0} msg/s)", opts.messages, opts.connections, got as f64 / total);
+    println!(
+        "publish -> last connection received: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&fanout_ms, 0.5),
+        percentile(&fanout_ms, 0.99),
+        fanout_ms.last().copied().unwrap_or(0.0)
+    );
+    println!("server RSS after broadcasts: {} KiB", rss_kib(pid));
+    let _ = server.kill().await;
+}

@@ -1,0 +1,185 @@
+//! `/api/v1/runtime`: what an agent process calls with its `zsa_…` token: claim (a long
+//! poll), progress (renews the lease), complete and fail.
+
+use super::error::{ApiError, ApiResult};
+use super::extract::{parse_json, presented_secret, JsonBody, Presented};
+use super::state::AppState;
+use crate::auth::secret::{self, AGENT_TOKEN_PREFIX};
+use crate::domain::TaskId;
+use crate::store::{AgentRecord, Outcome, StoreError};
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::time::Duration;
+
+/// The agent runtime routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/runtime/claim", post(claim))
+        .route("/api/v1/runtime/tasks/{id}/progress", post(progress))
+        .route("/api/v1/runtime/tasks/{id}/complete", post(complete))
+        .route("/api/v1/runtime/tasks/{id}/fail", post(fail))
+}
+
+/// An agent authenticated by its `zsa_…` token (Bearer only: agents are not browsers).
+#[derive(Debug, Clone)]
+pub struct AgentAuth(pub AgentRecord);
+
+impl FromRequestParts<AppState> for AgentAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let (token, how) = presented_secret(&parts.headers).ok_or(ApiError::Unauthorized)?;
+        if how != Presented::Bearer || !token.starts_with(AGENT_TOKEN_PREFIX) {
+            return Err(ApiError::Unauthorized);
+        }
+        match state.store.agent_by_token_hash(&secret::hash(&token)).await {
+            Ok(agent) => Ok(AgentAuth(agent)),
+            Err(StoreError::NotFound) => Err(ApiError::Unauthorized),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct ClaimBody {
+    wait_s: Option<f64>,
+}
+
+#[derive(Deserialize)]
+struct ProgressBody {
+    progress: f64,
+    message: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct CompleteBody {
+    #[serde(default)]
+    result: serde_json::Value,
+}
+
+#[derive(Deserialize)]
+struct FailBody {
+    error: String,
+    #[serde(default)]
+    retryable: bool,
+}
+
+fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
+    TaskId::parse(raw).map_err(|_| ApiError::NotFound("task"))
+}
+
+#[tracing::instrument(skip_all, fields(agent_id = %agent.id))]
+async fn claim(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    body: Bytes,
+) -> ApiResult<Response> {
+    // The body is optional: an empty one asks for an immediate answer.
+    let body: ClaimBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ClaimBody::default()
+    } else {
+        parse_json(&body)?
+    };
+    let wait = match body.wait_s {
+        None => Duration::ZERO,
+        Some(w) if (0.0..=30.0).contains(&w) => Duration::from_secs_f64(w),
+        Some(_) => return Err(ApiError::invalid("wait_s must be between 0 and 30")),
+    };
+    match state.tasks.claim(&agent, wait).await? {
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+        Some(task) => Ok(Json(json!({
+            "task": {
+                "id": task.id,
+                "query": task.query,
+                "capability": task.capability,
+                "attempt": task.attempts,
+                "lease_expires_at": task.lease_expires_at,
+            }
+        }))
+        .into_response()),
+    }
+}
+
+#[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
+async fn progress(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ProgressBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id)?;
+    if !(0.0..=100.0).contains(&body.progress) {
+        return Err(ApiError::invalid("progress must be between 0 and 100"));
+    }
+    if let Some(message) = body.message.as_deref() {
+        tracing::debug!(message, "agent progress message");
+    }
+    let task = state
+        .tasks
+        .progress(&agent, id, body.progress as u8)
+        .await?;
+    Ok(Json(json!({
+        "task_id": task.id,
+        "status": task.status,
+        "progress": task.progress,
+        "lease_expires_at": task.lease_expires_at,
+    })))
+}
+
+#[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
+async fn complete(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<CompleteBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id)?;
+    let task = state
+        .tasks
+        .finish(
+            &agent,
+            id,
+            Outcome::Completed {
+                result: body.result,
+            },
+        )
+        .await?;
+    Ok(Json(json!({ "task_id": task.id, "status": task.status })))
+}
+
+#[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
+async fn fail(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<FailBody>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = parse_id(&id)?;
+    let error = body.error.trim();
+    if error.is_empty() {
+        return Err(ApiError::invalid("error must describe what went wrong"));
+    }
+    // Errors are shown to the task's owner; keep them to a readable size.
+    let error: String = error.chars().take(4000).collect();
+    let task = state
+        .tasks
+        .finish(
+            &agent,
+            id,
+            Outcome::Failed {
+                error,
+                retryable: body.retryable,
+            },
+        )
+        .await?;
+    Ok(Json(
+        json!({ "task_id": task.id, "status": task.status, "attempts": task.attempts }),
+    ))
+}

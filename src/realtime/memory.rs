@@ -1,0 +1,142 @@
+//! An in-memory message log: the same contract as the store's, for unit tests and
+//! for embedding the hub without a database. Nothing survives the process.
+
+use super::history::{HistoryPolicy, MessageLog, StoredMessage, StreamPosition};
+use crate::domain::UserId;
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// A message log held in memory.
+pub struct MemoryLog {
+    epoch: String,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    last_seq: i64,
+    /// In seq order.
+    messages: Vec<(Option<UserId>, StoredMessage)>,
+    /// Prune watermark per stream (`None` = broadcasts).
+    pruned_through: HashMap<Option<UserId>, i64>,
+}
+
+impl MemoryLog {
+    /// An empty log with the given epoch.
+    pub fn new(epoch: impl Into<String>) -> Self {
+        Self {
+            epoch: epoch.into(),
+            inner: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn addressed_to(target: &Option<UserId>, user: UserId) -> bool {
+    target.is_none_or(|t| t == user)
+}
+
+#[async_trait]
+impl MessageLog for MemoryLog {
+    async fn epoch(&self) -> anyhow::Result<String> {
+        Ok(self.epoch.clone())
+    }
+
+    async fn last_seq(&self) -> anyhow::Result<i64> {
+        Ok(self.lock().last_seq)
+    }
+
+    async fn append(
+        &self,
+        user: Option<UserId>,
+        kind: &str,
+        data_json: &str,
+        created_at_ms: i64,
+    ) -> anyhow::Result<i64> {
+        let mut inner = self.lock();
+        inner.last_seq += 1;
+        let seq = inner.last_seq;
+        inner.messages.push((
+            user,
+            StoredMessage {
+                seq,
+                kind: kind.to_owned(),
+                data_json: data_json.to_owned(),
+                created_at_ms,
+            },
+        ));
+        Ok(seq)
+    }
+
+    async fn position(&self, user: UserId, upto: i64) -> anyhow::Result<StreamPosition> {
+        let inner = self.lock();
+        let latest = inner
+            .messages
+            .iter()
+            .filter(|(t, m)| addressed_to(t, user) && m.seq <= upto)
+            .map(|(_, m)| m.seq)
+            .max()
+            .unwrap_or(0);
+        let pruned = |s| inner.pruned_through.get(&s).copied().unwrap_or(0);
+        Ok(StreamPosition {
+            latest,
+            pruned_through: pruned(Some(user)).max(pruned(None)),
+        })
+    }
+
+    async fn replay(
+        &self,
+        user: UserId,
+        after: i64,
+        upto: i64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<StoredMessage>> {
+        let inner = self.lock();
+        Ok(inner
+            .messages
+            .iter()
+            .filter(|(t, m)| addressed_to(t, user) && m.seq > after && m.seq <= upto)
+            .take(limit as usize)
+            .map(|(_, m)| m.clone())
+            .collect())
+    }
+
+    async fn prune(&self, policy: HistoryPolicy, now_ms: i64) -> anyhow::Result<u64> {
+        let cutoff = now_ms - i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX);
+        let mut inner = self.lock();
+        let mut per_stream: HashMap<Option<UserId>, Vec<(i64, i64)>> = HashMap::new();
+        for (t, m) in &inner.messages {
+            per_stream
+                .entry(*t)
+                .or_default()
+                .push((m.seq, m.created_at_ms));
+        }
+        for (stream, mut seqs) in per_stream {
+            seqs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            let doomed = seqs
+                .iter()
+                .skip(policy.max_per_stream as usize)
+                .filter(|(_, at)| *at < cutoff)
+                .map(|(seq, _)| *seq)
+                .max();
+            if let Some(through) = doomed {
+                let mark = inner.pruned_through.entry(stream).or_default();
+                *mark = (*mark).max(through);
+            }
+        }
+        let before = inner.messages.len();
+        let marks = inner.pruned_through.clone();
+        inner
+            .messages
+            .retain(|(t, m)| m.seq > marks.get(t).copied().unwrap_or(0));
+        Ok((before - inner.messages.len()) as u64)
+    }
+
+    async fn count(&self) -> anyhow::Result<u64> {
+        Ok(self.lock().messages.len() as u64)
+    }
+}

@@ -1,0 +1,108 @@
+//! The agent registry's side of the store: records, filters and the `AgentStore` trait.
+
+use super::StoreError;
+use crate::domain::{AgentId, Capability, UserId};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+/// A registered agent as the store hands it out. The token hash never leaves the store.
+#[derive(Debug, Clone)]
+pub struct AgentRecord {
+    pub id: AgentId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub description: String,
+    pub capabilities: Vec<Capability>,
+    /// Whether the agent polled or renewed a lease recently (see `agents::OFFLINE_AFTER`).
+    pub online: bool,
+    pub last_seen_at: Option<DateTime<Utc>>,
+    /// Derived from the tasks it finished, so the counters can never drift from them.
+    pub tasks_completed: i64,
+    pub tasks_failed: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What it takes to register an agent.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    pub id: AgentId,
+    pub owner_id: UserId,
+    pub name: String,
+    pub description: String,
+    pub capabilities: Vec<Capability>,
+    pub token_hash: String,
+    pub token_prefix: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A partial update; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct AgentChanges {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub capabilities: Option<Vec<Capability>>,
+}
+
+/// Which agents to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct AgentFilter {
+    /// Case-insensitive substring of the name or the description.
+    pub q: Option<String>,
+    pub capability: Option<Capability>,
+    /// Continue after this position (from a previous page's `next_cursor`).
+    pub cursor: Option<i64>,
+    pub limit: u32,
+}
+
+/// One page of a list and where the next one starts (`None` at the end).
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_cursor: Option<i64>,
+}
+
+/// Agents and their presence.
+#[async_trait]
+pub trait AgentStore {
+    /// Inserts a new agent. `Conflict` if the id or token hash is taken.
+    async fn create_agent(&self, new: &NewAgent) -> Result<AgentRecord, StoreError>;
+    /// Creates the server-managed agent named `system_key`, or, if it exists, gives it
+    /// the new token hash; one statement, so concurrent starts cannot create two. The
+    /// flag says whether it was created by this call.
+    async fn upsert_system_agent(
+        &self,
+        system_key: &str,
+        new: &NewAgent,
+    ) -> Result<(AgentRecord, bool), StoreError>;
+    async fn agent(&self, id: AgentId) -> Result<AgentRecord, StoreError>;
+    /// The agent whose token hashes to `hash`; `NotFound` otherwise.
+    async fn agent_by_token_hash(&self, hash: &str) -> Result<AgentRecord, StoreError>;
+    async fn list_agents(&self, filter: &AgentFilter) -> Result<Page<AgentRecord>, StoreError>;
+    /// Applies the changes and bumps `updated_at`; `NotFound` if there is no such agent.
+    async fn update_agent(
+        &self,
+        id: AgentId,
+        changes: &AgentChanges,
+        at: DateTime<Utc>,
+    ) -> Result<AgentRecord, StoreError>;
+    /// Deletes the agent (its tasks keep its id); `NotFound` if there is none.
+    async fn delete_agent(&self, id: AgentId) -> Result<(), StoreError>;
+    /// Records that the agent was seen at `at`. Returns the record only when this call
+    /// turned it from offline to online (decided atomically, so exactly one caller
+    /// announces the transition).
+    async fn mark_agent_seen(
+        &self,
+        id: AgentId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AgentRecord>, StoreError>;
+    /// Turns every online agent last seen before `seen_before` offline, returning them
+    /// (one statement: each transition is reported once).
+    async fn mark_stale_agents_offline(
+        &self,
+        seen_before: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<AgentRecord>, StoreError>;
+    /// `(total, online)` over all agents.
+    async fn count_agents(&self) -> Result<(i64, i64), StoreError>;
+}

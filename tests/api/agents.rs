@@ -1,0 +1,306 @@
+//! The agent registry: register, list, search and filter, read, update and delete with
+//! owner-or-admin checks, and `agent_update` messages.
+
+use crate::helpers::*;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn register_shows_the_token_once_and_the_agent_in_the_contract_shape() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let (status, body) = app
+        .post(
+            "/api/v1/agents/register",
+            Some(&user.token),
+            json!({ "name": "Summarizer", "description": "Summarizes text", "capabilities": ["text", "general"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let token = body["agent_token"].as_str().unwrap();
+    assert!(token.starts_with("zsa_") && token.len() > 40);
+    let agent = &body["agent"];
+    let mut keys: Vec<&str> = agent
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "capabilities",
+            "created_at",
+            "description",
+            "id",
+            "last_seen_at",
+            "name",
+            "owner_id",
+            "status",
+            "tasks_completed",
+            "tasks_failed",
+            "updated_at"
+        ]
+    );
+    assert_eq!(agent["owner_id"], user.id.as_str());
+    assert_eq!(agent["capabilities"], json!(["text", "general"]));
+    assert_eq!(agent["status"], "offline");
+    assert_eq!(
+        (
+            agent["tasks_completed"].as_i64(),
+            agent["tasks_failed"].as_i64()
+        ),
+        (Some(0), Some(0))
+    );
+    assert!(agent["last_seen_at"].is_null());
+
+    let id = agent["id"].as_str().unwrap();
+    let (status, read) = app
+        .get(&format!("/api/v1/agents/{id}"), Some(&user.token))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&read, agent);
+    assert!(
+        !read.to_string().contains(token),
+        "the token is shown only once"
+    );
+
+    // A claim is a sign of life: the agent goes online.
+    app.runtime(token, "/claim", json!({ "wait_s": 0 })).await;
+    let (_, read) = app
+        .get(&format!("/api/v1/agents/{id}"), Some(&user.token))
+        .await;
+    assert_eq!(read["status"], "online");
+    assert!(read["last_seen_at"].is_string());
+}
+
+#[tokio::test]
+async fn invalid_registrations_are_400_and_anonymous_ones_401() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    for body in [
+        json!({ "name": "" }),
+        json!({ "name": "x".repeat(101), "capabilities": ["general"] }),
+        json!({ "name": "ok", "capabilities": [] }),
+        json!({ "name": "ok", "capabilities": ["bad cap"] }),
+        json!({ "capabilities": ["general"] }),
+    ] {
+        let (status, answer) = app
+            .post("/api/v1/agents/register", Some(&user.token), body.clone())
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} → {answer}");
+    }
+    let (status, _) = app
+        .post(
+            "/api/v1/agents/register",
+            None,
+            json!({ "name": "x", "capabilities": ["general"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        app.get("/api/v1/agents", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn everyone_can_list_search_and_filter_agents_newest_first() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let reader = app.new_user().await;
+    let (a, _) = app
+        .register_agent(&owner, "Alpha translator", &["translate"])
+        .await;
+    let (b, _) = app
+        .register_agent(&owner, "Beta coder", &["code", "general"])
+        .await;
+    let (c, _) = app.register_agent(&owner, "Gamma", &["general"]).await;
+
+    let (_, all) = app.get("/api/v1/agents", Some(&reader.token)).await;
+    let ids: Vec<&str> = all["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            c["id"].as_str().unwrap(),
+            b["id"].as_str().unwrap(),
+            a["id"].as_str().unwrap()
+        ]
+    );
+    assert!(all["next_cursor"].is_null());
+
+    let (_, found) = app
+        .get("/api/v1/agents/search?q=TRANSLATOR", Some(&reader.token))
+        .await;
+    assert_eq!(found["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(found["agents"][0]["id"], a["id"]);
+    let (_, found) = app
+        .get("/api/v1/agents?q=test%20agent", Some(&reader.token))
+        .await;
+    assert_eq!(
+        found["agents"].as_array().unwrap().len(),
+        3,
+        "description matches too"
+    );
+    let (_, general) = app
+        .get("/api/v1/agents?capability=general", Some(&reader.token))
+        .await;
+    assert_eq!(general["agents"].as_array().unwrap().len(), 2);
+    let (_, both) = app
+        .get(
+            "/api/v1/agents?capability=general&q=beta",
+            Some(&reader.token),
+        )
+        .await;
+    assert_eq!(both["agents"].as_array().unwrap().len(), 1);
+
+    let (_, first) = app.get("/api/v1/agents?limit=2", Some(&reader.token)).await;
+    assert_eq!(first["agents"].as_array().unwrap().len(), 2);
+    let cursor = first["next_cursor"].as_str().expect("more pages");
+    let (_, second) = app
+        .get(
+            &format!("/api/v1/agents?limit=2&cursor={cursor}"),
+            Some(&reader.token),
+        )
+        .await;
+    assert_eq!(second["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(second["agents"][0]["id"], a["id"]);
+    assert!(second["next_cursor"].is_null());
+}
+
+#[tokio::test]
+async fn only_the_owner_or_an_admin_can_change_an_agent() {
+    let app = spawn_app().await;
+    let admin = app.new_user().await;
+    let owner = app.new_user().await;
+    let other = app.new_user().await;
+    let (agent, _) = app.register_agent(&owner, "mine", &["general"]).await;
+    let path = format!("/api/v1/agents/{}", agent["id"].as_str().unwrap());
+
+    let (status, body) = app
+        .put(&path, Some(&other.token), json!({ "name": "stolen" }))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(
+        app.delete(&path, Some(&other.token)).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    let (status, updated) = app
+        .put(
+            &path,
+            Some(&owner.token),
+            json!({ "description": "new words", "capabilities": ["text"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["name"], "mine");
+    assert_eq!(updated["description"], "new words");
+    assert_eq!(updated["capabilities"], json!(["text"]));
+    let (status, updated) = app
+        .put(
+            &path,
+            Some(&admin.token),
+            json!({ "name": "renamed by admin" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(updated["name"], "renamed by admin");
+    assert_eq!(
+        app.put(&path, Some(&owner.token), json!({ "capabilities": [] }))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let missing = format!("/api/v1/agents/{}", uuid::Uuid::new_v4());
+    assert_eq!(
+        app.get(&missing, Some(&owner.token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.put(&missing, Some(&admin.token), json!({ "name": "x" }))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        app.delete(&missing, Some(&admin.token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+
+    assert_eq!(
+        app.delete(&path, Some(&owner.token)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.get(&path, Some(&owner.token)).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_agents_token_stops_working() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let (agent, token) = app
+        .register_agent(&owner, "short-lived", &["general"])
+        .await;
+    assert_eq!(
+        app.runtime(&token, "/claim", json!({})).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let path = format!("/api/v1/agents/{}", agent["id"].as_str().unwrap());
+    assert_eq!(
+        app.delete(&path, Some(&owner.token)).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        app.runtime(&token, "/claim", json!({})).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn every_connected_user_hears_agent_updates() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let watcher = app.new_user().await;
+    let (mut ws, _) = app.ws(&watcher.token).await;
+    let (agent, token) = app.register_agent(&owner, "announced", &["general"]).await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let of_agent = |d: &serde_json::Value| d["agent_id"] == id.as_str();
+
+    let registered = ws.next_of("agent_update", of_agent).await;
+    assert_eq!(
+        registered,
+        json!({ "agent_id": id, "name": "announced", "action": "registered", "status": "offline" })
+    );
+    app.runtime(&token, "/claim", json!({})).await;
+    let online = ws.next_of("agent_update", of_agent).await;
+    assert_eq!(
+        (online["action"].as_str(), online["status"].as_str()),
+        (Some("updated"), Some("online"))
+    );
+    app.put(
+        &format!("/api/v1/agents/{id}"),
+        Some(&owner.token),
+        json!({ "name": "renamed" }),
+    )
+    .await;
+    let renamed = ws.next_of("agent_update", of_agent).await;
+    assert_eq!(
+        (renamed["action"].as_str(), renamed["name"].as_str()),
+        (Some("updated"), Some("renamed"))
+    );
+    app.delete(&format!("/api/v1/agents/{id}"), Some(&owner.token))
+        .await;
+    let deleted = ws.next_of("agent_update", of_agent).await;
+    assert_eq!(deleted["action"], "deleted");
+}

@@ -1,0 +1,94 @@
+// Registering an agent from the agents page, running the reference agent with
+// the token shown once, and seeing it come online live.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, launchBrowser, signedInContext, signUpApi, apiCall, waitForConnected, screenshot, spawnAgent, killProc } from './helpers.mjs';
+
+describe('agents page', () => {
+  let server;
+  let browser;
+  let user;
+  let agentProc;
+
+  before(async () => {
+    server = await startServer({ builtinAgent: false });
+    browser = await launchBrowser();
+    user = await signUpApi(server, { fullName: 'Agent Owner' });
+  });
+  after(async () => {
+    await killProc(agentProc);
+    await browser?.close();
+    await server?.dispose();
+  });
+
+  it('registers an agent, shows its token and command once, and shows it online live', { timeout: 120000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    await page.goto(`${server.url}/agents.html`);
+    await waitForConnected(page);
+    await page.waitForSelector('#my-agents-empty:not([hidden])');
+    await page.evaluate(() => { window.__sameDocument = true; });
+
+    await page.fill('#agent-name', 'echo-agent');
+    await page.fill('#agent-description', 'Answers with the query');
+    await page.fill('#agent-capabilities', 'general, echo');
+    await page.click('#agent-form button[type="submit"]');
+    await page.waitForSelector('#agent-token-box:not([hidden])');
+    const token = await page.inputValue('#agent-token');
+    assert.match(token, /^zsa_/);
+    const command = await page.inputValue('#agent-command');
+    assert.equal(command, `zerostate agent run --server ${server.url} --token ${token} --exec "cat"`);
+    const agentId = await page.getAttribute('#agent-token-box', 'data-registered-agent-id');
+    assert.ok(agentId, 'the box knows the agent id');
+
+    const card = page.locator(`#my-agents [data-agent-id="${agentId}"]`);
+    await card.waitFor({ timeout: 10000 });
+    assert.equal(await card.getAttribute('data-agent-status'), 'offline');
+    await screenshot(page, 'agents-registered');
+
+    agentProc = spawnAgent(server, token, 'cat');
+    await page.waitForFunction((id) => {
+      const c = document.querySelector(`#my-agents [data-agent-id="${id}"]`);
+      return c && c.dataset.agentStatus === 'online' && c.querySelector('[data-status]').textContent.trim() === 'online';
+    }, agentId, { timeout: 30000 }).catch((err) => {
+      throw new Error(`${err.message}\nagent output:\n${agentProc.log()}`);
+    });
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, 'no reload happened');
+
+    // The agent does real work: a task for its capability comes back as the query (cat).
+    const query = `echo me ${Date.now()}`;
+    const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query, capability: 'echo' }, expect: 202 });
+    const deadline = Date.now() + 30000;
+    let result;
+    while (Date.now() < deadline) {
+      result = await apiCall(server, 'GET', `/api/v1/tasks/${res.body.task_id}`, { token: user.token });
+      if (['completed', 'failed'].includes(result.body.status)) break;
+      await page.waitForTimeout(300);
+    }
+    assert.equal(result.body.status, 'completed', JSON.stringify(result.body));
+    assert.equal(String(result.body.result).trim(), query);
+
+    // Edit the agent from its card.
+    await card.locator('button:has-text("Edit")').click();
+    await card.locator('input[name="name"]').fill('echo-agent-renamed');
+    await card.locator('button:has-text("Save")').click();
+    await page.waitForFunction((id) => {
+      const c = document.querySelector(`#my-agents [data-agent-id="${id}"] .agent-name`);
+      return c && c.textContent === 'echo-agent-renamed';
+    }, agentId, { timeout: 10000 });
+    await screenshot(page, 'agents');
+
+    // (Going offline after the process stops takes the server's OFFLINE_AFTER,
+    // 60 s, plus a sweep: too slow to wait for here.)
+    await killProc(agentProc);
+    agentProc = null;
+
+    // Delete (two clicks: no blocking confirm dialog).
+    await card.locator('button:has-text("Delete")').click();
+    await card.locator('button:has-text("Confirm delete")').click();
+    await page.waitForSelector(`[data-agent-id="${agentId}"]`, { state: 'detached', timeout: 10000 });
+    assert.deepEqual(context.dialogs, []);
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
+});

@@ -1,0 +1,131 @@
+// Losing the server: the indicator shows the reconnect attempts; after a
+// restart on the same port the page is connected again and catches up;
+// a client that missed messages resumes from its cursor.
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { startServer, launchBrowser, signedInContext, signUpApi, apiCall, waitForConnected, sleep, waitTaskStatus } from './helpers.mjs';
+
+describe('reconnect and resume', () => {
+  let server;
+  let browser;
+  let user;
+
+  before(async () => {
+    server = await startServer();
+    browser = await launchBrowser();
+    user = await signUpApi(server, { fullName: 'Resumer' });
+  });
+  after(async () => {
+    await browser?.close();
+    await server?.dispose();
+  });
+
+  it('shows reconnect attempts while the server is down and reconnects after a restart', { timeout: 120000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    const logs = [];
+    page.on('console', (m) => logs.push(m.text()));
+    await page.goto(`${server.url}/tasks.html`);
+    await waitForConnected(page);
+    await page.evaluate(() => { window.__sameDocument = true; });
+
+    // One task before the drop, so that the page has a cursor.
+    const first = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `before the restart ${Date.now()}` }, expect: 202 });
+    await waitTaskStatus(page, { server, token: user.token, id: first.body.task_id });
+    const cursorBefore = await page.evaluate(() => window.zsWebSocket.cursor);
+    assert.ok(cursorBefore, 'the client keeps a cursor');
+
+    await server.stop();
+    await page.waitForFunction(() => /^Reconnecting\.\.\. \(\d\/5\)$/.test(document.getElementById('ws-status-text').textContent.trim()), null, { timeout: 15000 });
+    assert.ok(logs.includes('🔌 WebSocket disconnected') || logs.some((l) => l.startsWith('🔌 WebSocket disconnected')), 'disconnected line');
+    assert.ok(logs.some((l) => /^🔄 Reconnecting\.\.\. \(attempt \d\/5\)$/.test(l)), 'reconnecting line');
+
+    await server.restart();
+    // A task submitted right after the restart, maybe before the page is back.
+    const second = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `after the restart ${Date.now()}` }, expect: 202 });
+    await waitForConnected(page, 40000);
+    await waitTaskStatus(page, { server, token: user.token, id: second.body.task_id });
+    assert.equal(await page.evaluate(() => window.__sameDocument), true, 'no reload happened');
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
+
+  it('replays the messages a disconnected page missed when it resumes with its cursor', { timeout: 120000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    await page.goto(`${server.url}/tasks.html`);
+    await waitForConnected(page);
+    await page.evaluate(() => {
+      window.__resumed = [];
+      window.__updates = [];
+      document.addEventListener('zs:resumed', (e) => window.__resumed.push(e.detail));
+      window.zsWebSocket.on('task_update', (d, m) => window.__updates.push(`${d.task_id}:${d.status}:${m.cursor}`));
+    });
+    // A message arrives so the client has a position, then the page goes away.
+    const warm = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `warm ${Date.now()}` }, expect: 202 });
+    await waitTaskStatus(page, { server, token: user.token, id: warm.body.task_id });
+    await page.evaluate(() => window.zsWebSocket.stop());
+
+    const missed = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `missed ${Date.now()}` }, expect: 202 });
+    const id = missed.body.task_id;
+    const deadline = Date.now() + 60000;
+    for (;;) {
+      const t = await apiCall(server, 'GET', `/api/v1/tasks/${id}`, { token: user.token });
+      if (t.body.status === 'completed') break;
+      assert.ok(Date.now() < deadline, 'task completes');
+      await sleep(300);
+    }
+    assert.equal(await page.$(`#task-list [data-task-id="${id}"]`), null, 'the page did not see it while disconnected');
+
+    await page.evaluate(() => window.zsWebSocket.resume());
+    await waitForConnected(page);
+    await waitTaskStatus(page, { server, token: user.token, id: id, timeout: 20000 });
+    await page.waitForFunction(() => window.__resumed.length > 0, null, { timeout: 10000 });
+    const updates = await page.evaluate(() => window.__updates);
+    const mine = updates.filter((u) => u.startsWith(`${id}:`));
+    assert.ok(mine.some((u) => u.startsWith(`${id}:completed:`)), `replayed updates: ${JSON.stringify(updates)}`);
+    assert.equal(mine.length, new Set(mine).size, 'no message twice (by cursor)');
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
+
+  it('falls back to Server-Sent Events when WebSockets cannot connect', { timeout: 90000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    // A network that blocks WebSockets: every socket fails before opening.
+    await context.addInitScript(() => {
+      class BlockedWebSocket extends EventTarget {
+        constructor(url) {
+          super();
+          this.url = url;
+          this.readyState = 0;
+          window.__wsAttempts = (window.__wsAttempts || 0) + 1;
+          setTimeout(() => {
+            this.readyState = 3;
+            if (this.onclose) this.onclose({ code: 1006, reason: '', wasClean: false });
+          }, 20);
+        }
+        send() { throw new Error('not open'); }
+        close() {}
+      }
+      BlockedWebSocket.CONNECTING = 0;
+      BlockedWebSocket.OPEN = 1;
+      BlockedWebSocket.CLOSING = 2;
+      BlockedWebSocket.CLOSED = 3;
+      window.WebSocket = BlockedWebSocket;
+    });
+    const page = await context.newPage();
+    const streams = [];
+    page.on('request', (req) => { if (req.url().includes('/api/v1/events')) streams.push(req.url()); });
+    await page.goto(`${server.url}/tasks.html`);
+    await waitForConnected(page, 40000);
+    assert.equal(await page.getAttribute('#ws-status', 'data-transport'), 'sse');
+    assert.ok(streams.length > 0, 'the event stream was requested');
+    assert.ok(await page.evaluate(() => window.__wsAttempts) >= 3, 'WebSocket was tried first');
+
+    const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `over SSE ${Date.now()}` }, expect: 202 });
+    await waitTaskStatus(page, { server, token: user.token, id: res.body.task_id });
+    await page.waitForSelector('.toast.toast-success:has-text("Task completed")');
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
+});
