@@ -116,7 +116,7 @@ impl MessageLog for MemoryLog {
                 .push((m.seq, m.created_at_ms));
         }
         for (stream, mut seqs) in per_stream {
-            seqs.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+            seqs.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
             let doomed = seqs
                 .iter()
                 .skip(policy.max_per_stream as usize)

@@ -28,12 +28,16 @@ function emptyChart(container, text) {
   replaceChildren(container, el('p', { class: 'empty', text }));
 }
 
-function timeLabel(t, win) {
+/**
+ * A bucket's time as a short label: the date for daily buckets, the date and
+ * hour for the 7-day window's hourly buckets, the time of day otherwise.
+ */
+function timeLabel(t, stepMs, win) {
   const d = new Date(t);
   if (Number.isNaN(d.getTime())) return String(t);
-  return win === '7d'
-    ? d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit', minute: '2-digit' })
-    : d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+  if (stepMs >= 86400000) return d.toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
+  if (win === '7d') return d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit' });
+  return d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
 }
 
 /** Lines for submitted / completed / failed per time bucket. */
@@ -54,11 +58,18 @@ function drawThroughput(container, series, win) {
     root.append(svg('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid-line' }),
       svg('text', { x: L - 6, y: y(v) + 4, class: 'axis-label', 'text-anchor': 'end' }, String(Math.round(v * 10) / 10)));
   }
-  const ticks = Math.min(6, series.length);
+  const stepMs = series.length > 1 ? Math.abs(new Date(series[1].t) - new Date(series[0].t)) : 0;
+  const label = (i) => timeLabel(series[i].t, stepMs, win);
+  // As many labels as fit (about 7 px per character plus a gap), evenly spread.
+  const room = Math.max(1, Math.floor((W - L - R) / (label(0).length * 7 + 24)));
+  const ticks = Math.min(room, series.length);
+  const shown = new Set();
   for (let k = 0; k < ticks; k += 1) {
-    const i = ticks === 1 ? 0 : Math.round((k * (series.length - 1)) / (ticks - 1));
+    const i = ticks === 1 ? series.length - 1 : Math.round((k * (series.length - 1)) / (ticks - 1));
+    if (shown.has(i)) continue;
+    shown.add(i);
     const anchor = ticks > 1 && k === 0 ? 'start' : ticks > 1 && k === ticks - 1 ? 'end' : 'middle';
-    root.append(svg('text', { x: x(i), y: H - 8, class: 'axis-label', 'text-anchor': anchor }, timeLabel(series[i].t, win)));
+    root.append(svg('text', { x: x(i), y: H - 8, class: 'axis-label', 'text-anchor': anchor }, label(i)));
   }
   for (const key of ['submitted', 'completed', 'failed']) {
     const points = series.map((p, i) => `${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`).join(' ');
@@ -66,7 +77,7 @@ function drawThroughput(container, series, win) {
     series.forEach((p, i) => {
       if (!p[key]) return;
       const dot = svg('circle', { cx: x(i), cy: y(p[key]), r: 3, class: `dot series-${key}` });
-      dot.append(svg('title', {}, `${timeLabel(p.t, win)}: ${p[key]} ${key}`));
+      dot.append(svg('title', {}, `${new Date(p.t).toLocaleString()}: ${p[key]} ${key}`));
       root.append(dot);
     });
   }
