@@ -128,4 +128,39 @@ describe('reconnect and resume', () => {
     assert.deepEqual(context.problems, []);
     await context.close();
   });
+
+  it('sends {"type":"ping"} every 25 s and gets a pong', { timeout: 60000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    const sent = [];
+    const received = [];
+    page.on('websocket', (ws) => {
+      ws.on('framesent', (f) => sent.push(String(f.payload)));
+      ws.on('framereceived', (f) => received.push(String(f.payload)));
+    });
+    await page.goto(`${server.url}/dashboard.html`);
+    await waitForConnected(page);
+    await page.waitForTimeout(26500);
+    assert.ok(sent.some((f) => JSON.parse(f).type === 'ping'), `frames sent: ${JSON.stringify(sent)}`);
+    assert.ok(received.some((f) => JSON.parse(f).type === 'pong'), 'a pong came back');
+    await context.close();
+  });
+
+  it('keeps retrying after the fast attempts, with a Retry button', { timeout: 150000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    await page.goto(`${server.url}/tasks.html`);
+    await waitForConnected(page);
+    await server.stop();
+    // Five attempts with full-jitter backoff (at most 1+2+4+8+16 s), then "Disconnected".
+    await page.waitForFunction(() => document.getElementById('ws-status-text').textContent.trim() === 'Disconnected', null, { timeout: 60000 });
+    assert.equal(await page.getAttribute('#ws-status', 'data-state'), 'disconnected');
+    await page.waitForSelector('#ws-status-retry');
+    await server.restart();
+    await page.click('#ws-status-retry');
+    await waitForConnected(page, 10000);
+    assert.equal(await page.$('#ws-status-retry'), null, 'the button goes away');
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
 });

@@ -128,6 +128,15 @@ function drawAgents(container, agents) {
   replaceChildren(container, root);
 }
 
+/** Tasks per minute, or per hour / day when that reads better (7 days of a few tasks). */
+function formatThroughput(perMin) {
+  if (!Number.isFinite(perMin)) return '—';
+  if (perMin === 0) return '0/min';
+  if (perMin >= 1) return `${perMin.toFixed(perMin >= 10 ? 0 : 1)}/min`;
+  if (perMin * 60 >= 1) return `${(perMin * 60).toFixed(1)}/h`;
+  return `${(perMin * 1440).toFixed(1)}/day`;
+}
+
 async function load() {
   const win = currentWindow();
   const s = await api(`/api/v1/analytics/summary?window=${encodeURIComponent(win)}`);
@@ -136,7 +145,7 @@ async function load() {
   document.getElementById('a-total').textContent = String(tasks.total ?? 0);
   document.getElementById('a-success').textContent = formatRate(tasks.success_rate);
   const tp = Number(tasks.throughput_per_min);
-  document.getElementById('a-throughput').textContent = Number.isFinite(tp) ? `${tp.toFixed(tp >= 10 ? 0 : 2)}/min` : '—';
+  document.getElementById('a-throughput').textContent = formatThroughput(tp);
   const agents = (s && s.agents) || {};
   document.getElementById('a-agents').textContent = `${agents.online ?? 0} / ${agents.total ?? 0}`;
   drawThroughput(document.getElementById('chart-throughput'), Array.isArray(s.timeseries) ? s.timeseries : [], win);
