@@ -69,7 +69,13 @@ async fn main() {
     let opts = parse_args();
     let dir = tempfile::tempdir().expect("temp dir");
     let mut server = tokio::process::Command::new(&opts.bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--no-builtin-agent", "--data-dir"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--no-builtin-agent",
+            "--data-dir",
+        ])
         .arg(dir.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -79,7 +85,11 @@ async fn main() {
     let pid = server.id().expect("pid");
     let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
     let base = loop {
-        let line = lines.next_line().await.expect("stdout").expect("server exited");
+        let line = lines
+            .next_line()
+            .await
+            .expect("stdout")
+            .expect("server exited");
         if let Some(url) = line.strip_prefix("zerostate listening on ") {
             break url.to_owned();
         }
@@ -105,10 +115,13 @@ async fn main() {
     let opened = Instant::now();
     for _ in 0..opts.connections {
         let mut request = ws_url.as_str().into_client_request().expect("request");
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().expect("header"));
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("connect");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("connect");
         let (received, lat_tx, ready_tx) = (received.clone(), lat_tx.clone(), ready_tx.clone());
         tokio::spawn(async move {
             let (_sink, mut stream) = ws.split();
@@ -136,7 +149,10 @@ async fn main() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss_after = rss_kib(pid);
     let per_conn = (rss_after.saturating_sub(rss_before) as f64 * 1024.0) / opts.connections as f64;
-    println!("connections: {} opened in {:.2} s", opts.connections, open_secs);
+    println!(
+        "connections: {} opened in {:.2} s",
+        opts.connections, open_secs
+    );
     println!("server RSS: {rss_before} KiB idle -> {rss_after} KiB with connections");
     println!("memory per idle connection: {:.0} bytes", per_conn);
 
@@ -173,7 +189,12 @@ async fn main() {
         .map(|i| (last_receipt[i] - sent_at[i]).as_secs_f64() * 1000.0)
         .collect();
     fanout_ms.sort_by(f64::total_cmp);
-    println!("broadcasts: {} x {} connections, {got}/{expected} delivered in {total:.2} s ({:.0} msg/s)", opts.messages, opts.connections, got as f64 / total);
+    println!(
+        "broadcasts: {} x {} connections, {got}/{expected} delivered in {total:.2} s ({:.0} msg/s)",
+        opts.messages,
+        opts.connections,
+        got as f64 / total
+    );
     println!(
         "publish -> last connection received: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         percentile(&fanout_ms, 0.5),

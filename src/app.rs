@@ -57,7 +57,8 @@ impl Application {
             anyhow::bail!("--redis-url (several nodes) is not supported by this build yet");
         }
         let store = open_store(&args.storage).await?;
-        let signer = TokenSigner::load_or_create(args.signing_key.as_deref(), &args.storage.data_dir)?;
+        let signer =
+            TokenSigner::load_or_create(args.signing_key.as_deref(), &args.storage.data_dir)?;
         let readiness = Readiness::default();
         let history = HistoryPolicy {
             max_per_stream: args.history_max_per_user,
@@ -67,7 +68,9 @@ impl Application {
         let hub = Hub::start(Arc::new(store.clone()), history).await?;
         let shutdown = Shutdown::new();
         let agents = crate::agents::AgentService::new(store.clone(), hub.clone());
-        let queue = crate::tasks::QueueSettings { lease: Duration::from_secs(args.task_lease_s) };
+        let queue = crate::tasks::QueueSettings {
+            lease: Duration::from_secs(args.task_lease_s),
+        };
         let tasks = crate::tasks::TaskService::new(
             store.clone(),
             hub.clone(),
@@ -92,7 +95,12 @@ impl Application {
         };
         let listener = bind(&args.addr).await?;
         let builtin_agent = args.builtin_agent_enabled();
-        Ok(Self { listener, state, shutdown, builtin_agent })
+        Ok(Self {
+            listener,
+            state,
+            shutdown,
+            builtin_agent,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -102,7 +110,12 @@ impl Application {
     /// Serves until SIGINT/SIGTERM, then drains: `/ready` turns 503, in-flight requests
     /// get `DRAIN_TIMEOUT` to finish, and the function returns.
     pub async fn run(self) -> anyhow::Result<()> {
-        let Self { listener, state, shutdown, builtin_agent } = self;
+        let Self {
+            listener,
+            state,
+            shutdown,
+            builtin_agent,
+        } = self;
         let local_addr = listener.local_addr()?;
         let reaper = tokio::spawn(state.tasks.clone().run_reaper(shutdown.clone()));
         let state_hub = state.hub.clone();
@@ -124,14 +137,17 @@ impl Application {
 
         let drained = shutdown.clone();
         let hub = state.hub.clone();
-        let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                drained.triggered().await;
-                // Not ready first, so load balancers stop sending clients here before
-                // the live connections are told (1012) to reconnect elsewhere.
-                state.readiness.set_ready(false);
-                hub.close_all(Disconnect::Shutdown);
-            });
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
+            drained.triggered().await;
+            // Not ready first, so load balancers stop sending clients here before
+            // the live connections are told (1012) to reconnect elsewhere.
+            state.readiness.set_ready(false);
+            hub.close_all(Disconnect::Shutdown);
+        });
         let server = tokio::spawn(async move { server.await });
         // The built-in agent talks to this server over HTTP like any agent, so it starts
         // once the listener is serving; it stops by itself on shutdown.
@@ -178,14 +194,23 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("resolving {addr}"))?
         .next()
         .with_context(|| format!("{addr} resolves to no address"))?;
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
-    socket.bind(addr).with_context(|| format!("binding {addr}"))?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
     Ok(socket.listen(LISTEN_BACKLOG)?)
 }
 
 /// Histograms in the Prometheus recorder need periodic upkeep to bound their memory.
-fn spawn_metrics_upkeep(handle: PrometheusHandle, shutdown: Shutdown) -> tokio::task::JoinHandle<()> {
+fn spawn_metrics_upkeep(
+    handle: PrometheusHandle,
+    shutdown: Shutdown,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(5));
         loop {

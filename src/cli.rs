@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "zerostate", version, about = "Real-time platform for AI agents and their tasks")]
+#[command(
+    name = "zerostate",
+    version,
+    about = "Real-time platform for AI agents and their tasks"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -72,10 +76,20 @@ pub struct ServeArgs {
     pub task_lease_s: u64,
     /// Real-time history: newest messages always kept per user stream. Hidden: for
     /// tests, which need `reset` without publishing a thousand messages.
-    #[arg(long, env = "ZEROSTATE_HISTORY_MAX_PER_USER", default_value_t = 1000, hide = true)]
+    #[arg(
+        long,
+        env = "ZEROSTATE_HISTORY_MAX_PER_USER",
+        default_value_t = 1000,
+        hide = true
+    )]
     pub history_max_per_user: u32,
     /// Real-time history: messages younger than this many seconds are always kept. Hidden.
-    #[arg(long, env = "ZEROSTATE_HISTORY_MAX_AGE_S", default_value_t = 600, hide = true)]
+    #[arg(
+        long,
+        env = "ZEROSTATE_HISTORY_MAX_AGE_S",
+        default_value_t = 600,
+        hide = true
+    )]
     pub history_max_age_s: u64,
 }
 

@@ -33,7 +33,12 @@ async fn agent_run(args: AgentRunArgs) -> anyhow::Result<()> {
         concurrency: usize::from(args.concurrency),
     };
     tracing::info!(server = %config.server, concurrency = config.concurrency, "agent starting");
-    runner::run(config, std::sync::Arc::new(ShellExecutor::new(args.exec)), shutdown).await
+    runner::run(
+        config,
+        std::sync::Arc::new(ShellExecutor::new(args.exec)),
+        shutdown,
+    )
+    .await
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -50,7 +55,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn users(cmd: UsersCommand) -> anyhow::Result<()> {
     match cmd {
-        UsersCommand::Create { email, password, full_name, admin, storage } => {
+        UsersCommand::Create {
+            email,
+            password,
+            full_name,
+            admin,
+            storage,
+        } => {
             let store = open_store(&storage).await?;
             let new = NewUser {
                 email: Email::parse(&email)?,
@@ -59,7 +70,12 @@ async fn users(cmd: UsersCommand) -> anyhow::Result<()> {
                 role: Some(if admin { Role::Admin } else { Role::User }),
             };
             let user = store.create_user(new).await?;
-            println!("created {} ({}) with role {}", user.email, user.id, user.role.as_str());
+            println!(
+                "created {} ({}) with role {}",
+                user.email,
+                user.id,
+                user.role.as_str()
+            );
         }
         UsersCommand::Promote { email, storage } => {
             let store = open_store(&storage).await?;

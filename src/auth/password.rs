@@ -2,7 +2,9 @@
 //! blocking pool so that a burst of logins cannot stall the async workers.
 
 use crate::domain::Password;
-use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
 use argon2::Argon2;
 
 /// Hashes a new password into a PHC string.
@@ -51,10 +53,20 @@ mod tests {
 
     #[tokio::test]
     async fn hash_then_verify() {
-        let stored = hash(Password::candidate("correct horse".into())).await.unwrap();
+        let stored = hash(Password::candidate("correct horse".into()))
+            .await
+            .unwrap();
         assert!(stored.starts_with("$argon2id$"));
-        assert!(verify(Password::candidate("correct horse".into()), stored.clone()).await.unwrap());
-        assert!(!verify(Password::candidate("wrong horse".into()), stored).await.unwrap());
-        assert!(!verify(Password::candidate("x".into()), "garbage".into()).await.unwrap());
+        assert!(
+            verify(Password::candidate("correct horse".into()), stored.clone())
+                .await
+                .unwrap()
+        );
+        assert!(!verify(Password::candidate("wrong horse".into()), stored)
+            .await
+            .unwrap());
+        assert!(!verify(Password::candidate("x".into()), "garbage".into())
+            .await
+            .unwrap());
     }
 }

@@ -37,8 +37,14 @@ pub struct LoginThrottle {
 impl Default for LoginThrottle {
     fn default() -> Self {
         Self::new(
-            Limit { max_failures: 5, window: Duration::from_secs(15 * 60) },
-            Limit { max_failures: 30, window: Duration::from_secs(15 * 60) },
+            Limit {
+                max_failures: 5,
+                window: Duration::from_secs(15 * 60),
+            },
+            Limit {
+                max_failures: 30,
+                window: Duration::from_secs(15 * 60),
+            },
             100_000,
         )
     }
@@ -46,7 +52,12 @@ impl Default for LoginThrottle {
 
 impl LoginThrottle {
     pub fn new(per_pair: Limit, per_address: Limit, max_keys: usize) -> Self {
-        Self { per_pair, per_address, max_keys, failures: Mutex::new(HashMap::new()) }
+        Self {
+            per_pair,
+            per_address,
+            max_keys,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     /// `Err(retry_after)` when this login attempt must be refused without checking the
@@ -55,19 +66,24 @@ impl LoginThrottle {
         let now = Instant::now();
         let map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let pair = Key::Pair(email.to_owned(), addr);
-        let blocked = [(pair, self.per_pair), (Key::Address(addr), self.per_address)]
-            .into_iter()
-            .filter_map(|(key, limit)| {
-                let times = map.get(&key)?;
-                let recent = times.iter().filter(|t| now.duration_since(**t) < limit.window);
-                if recent.clone().count() < limit.max_failures {
-                    return None;
-                }
-                // Allowed again once the oldest failure still counted leaves the window.
-                let oldest = recent.min()?;
-                Some(limit.window.saturating_sub(now.duration_since(*oldest)))
-            })
-            .max();
+        let blocked = [
+            (pair, self.per_pair),
+            (Key::Address(addr), self.per_address),
+        ]
+        .into_iter()
+        .filter_map(|(key, limit)| {
+            let times = map.get(&key)?;
+            let recent = times
+                .iter()
+                .filter(|t| now.duration_since(**t) < limit.window);
+            if recent.clone().count() < limit.max_failures {
+                return None;
+            }
+            // Allowed again once the oldest failure still counted leaves the window.
+            let oldest = recent.min()?;
+            Some(limit.window.saturating_sub(now.duration_since(*oldest)))
+        })
+        .max();
         match blocked {
             Some(wait) => Err(wait.max(Duration::from_secs(1))),
             None => Ok(()),
@@ -80,7 +96,11 @@ impl LoginThrottle {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= self.max_keys {
             let longest = self.per_pair.window.max(self.per_address.window);
-            map.retain(|_, times| times.back().is_some_and(|t| now.duration_since(*t) < longest));
+            map.retain(|_, times| {
+                times
+                    .back()
+                    .is_some_and(|t| now.duration_since(*t) < longest)
+            });
         }
         for (key, limit) in [
             (Key::Pair(email.to_owned(), addr), self.per_pair),
@@ -136,7 +156,10 @@ mod tests {
 
     #[test]
     fn map_stays_bounded() {
-        let limit = Limit { max_failures: 2, window: Duration::from_secs(60) };
+        let limit = Limit {
+            max_failures: 2,
+            window: Duration::from_secs(60),
+        };
         let t = LoginThrottle::new(limit, limit, 10);
         for n in 0..100u8 {
             t.record_failure(&format!("u{n}"), ip(n));

@@ -92,7 +92,11 @@ impl TokenSigner {
             exp: expires_at.timestamp(),
             iss: ISSUER.to_owned(),
         };
-        Ok(jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)?)
+        Ok(jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.encoding,
+        )?)
     }
 
     /// Checks signature, issuer and expiry. `None` for any token this key did not sign.
@@ -145,7 +149,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir_a.path().join(KEY_FILE)).unwrap().permissions().mode();
+            let mode = std::fs::metadata(dir_a.path().join(KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -155,7 +162,12 @@ mod tests {
         let signer = TokenSigner::from_secret(&[7u8; 32]);
         let past = Utc::now() - chrono::Duration::hours(2);
         let token = signer
-            .issue(UserId::new(), SessionId::new(), past, past + chrono::Duration::hours(1))
+            .issue(
+                UserId::new(),
+                SessionId::new(),
+                past,
+                past + chrono::Duration::hours(1),
+            )
             .unwrap();
         assert!(signer.verify(&token).is_none());
     }

@@ -107,7 +107,9 @@ mod tests {
     fn message_type_pattern_and_reserved() {
         assert!(MessageType::parse_publishable("notification").is_ok());
         assert!(MessageType::parse_publishable("a1_b").is_ok());
-        for bad in ["", "1a", "A", "a-b", "welcome", "pong", "resumed", "reset", "error"] {
+        for bad in [
+            "", "1a", "A", "a-b", "welcome", "pong", "resumed", "reset", "error",
+        ] {
             assert!(MessageType::parse_publishable(bad).is_err(), "{bad:?}");
         }
         assert!(MessageType::parse_publishable(&"a".repeat(65)).is_err());

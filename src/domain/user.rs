@@ -87,7 +87,9 @@ impl FullName {
             return Err(ParseError::new("full_name must be at most 200 characters"));
         }
         if name.chars().any(char::is_control) {
-            return Err(ParseError::new("full_name must not contain control characters"));
+            return Err(ParseError::new(
+                "full_name must not contain control characters",
+            ));
         }
         Ok(Self(name.to_owned()))
     }

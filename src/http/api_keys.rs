@@ -69,7 +69,11 @@ async fn create(
     let expires_at = match body.expires_in_days {
         None => None,
         Some(days) if (1..=3650).contains(&days) => Some(now + Duration::days(days)),
-        Some(_) => return Err(ApiError::invalid("expires_in_days must be between 1 and 3650")),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "expires_in_days must be between 1 and 3650",
+            ))
+        }
     };
     let generated = secret::generate(API_KEY_PREFIX);
     let record = ApiKeyRecord {
@@ -86,7 +90,10 @@ async fn create(
     state.store.create_api_key(&record).await?;
     tracing::info!(key_id = %record.id, prefix = %record.prefix, "api key created");
     state
-        .notify_security(principal.user_id, format!("API key \"{}\" was created", record.name))
+        .notify_security(
+            principal.user_id,
+            format!("API key \"{}\" was created", record.name),
+        )
         .await;
     let body = json!({
         "id": record.id,
@@ -120,7 +127,11 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = ApiKeyId::parse(&id).map_err(|_| ApiError::NotFound("api key"))?;
-    match state.store.revoke_api_key(principal.user_id, id, Utc::now()).await {
+    match state
+        .store
+        .revoke_api_key(principal.user_id, id, Utc::now())
+        .await
+    {
         Ok(()) => {}
         Err(StoreError::NotFound) => return Err(ApiError::NotFound("api key")),
         Err(e) => return Err(e.into()),

@@ -22,7 +22,10 @@ pub enum Presented {
 
 /// Finds the credential in a request: `Authorization: Bearer`, else the session cookie.
 pub fn presented_secret(headers: &HeaderMap) -> Option<(String, Presented)> {
-    if let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let (scheme, token) = value.trim().split_once(' ')?;
         if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() {
             return Some((token.trim().to_owned(), Presented::Bearer));
@@ -186,8 +189,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         });
     }
     serde_json::from_slice(bytes).map_err(|e| {
-        let code = if e.is_data() { "validation_error" } else { "invalid_json" };
-        ApiError::BadRequest { code, message: e.to_string() }
+        let code = if e.is_data() {
+            "validation_error"
+        } else {
+            "invalid_json"
+        };
+        ApiError::BadRequest {
+            code,
+            message: e.to_string(),
+        }
     })
 }
 

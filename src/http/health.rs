@@ -29,7 +29,11 @@ async fn health(State(state): State<AppState>) -> Response {
             "backplane": "disabled",
         },
     });
-    let code = if database_ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if database_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (code, Json(body)).into_response()
 }
 

@@ -35,7 +35,11 @@ pub fn router() -> Router<AppState> {
         .route("/static/{*path}", get(static_file))
 }
 
-async fn page(State(state): State<AppState>, Path(page): Path<String>, headers: HeaderMap) -> Response {
+async fn page(
+    State(state): State<AppState>,
+    Path(page): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     if !page.ends_with(".html") {
         return not_found_response();
     }
@@ -86,4 +90,3 @@ pub async fn not_found(uri: Uri) -> Response {
     let message = format!("no route for {}", uri.path());
     error_response(StatusCode::NOT_FOUND, "not_found", &message)
 }
-

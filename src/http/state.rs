@@ -69,9 +69,14 @@ impl AppState {
     pub async fn notify_security(&self, user: crate::domain::UserId, message: String) {
         use crate::domain::MessageType;
         use crate::realtime::Target;
-        let data = serde_json::json!({ "message": message, "level": "warning", "category": "security" });
+        let data =
+            serde_json::json!({ "message": message, "level": "warning", "category": "security" });
         // The change itself succeeded; a failed notification is logged, not answered 500.
-        if let Err(err) = self.hub.publish(Target::User(user), MessageType::known("system"), data).await {
+        if let Err(err) = self
+            .hub
+            .publish(Target::User(user), MessageType::known("system"), data)
+            .await
+        {
             tracing::warn!(error = format!("{err:#}"), "security notification failed");
         }
     }

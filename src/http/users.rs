@@ -59,11 +59,19 @@ async fn register(
     let full_name = FullName::parse(&body.full_name)?;
     let password = Password::parse_new(body.password)?;
     let password_hash = password::hash(password).await?;
-    let new = NewUser { email, full_name, password_hash, role: None };
+    let new = NewUser {
+        email,
+        full_name,
+        password_hash,
+        role: None,
+    };
     let user = match state.store.create_user(new).await {
         Ok(user) => user,
         Err(StoreError::Conflict { .. }) => {
-            return Err(ApiError::conflict("email_taken", "an account with this email already exists"))
+            return Err(ApiError::conflict(
+                "email_taken",
+                "an account with this email already exists",
+            ))
         }
         Err(e) => return Err(e.into()),
     };
@@ -94,9 +102,10 @@ async fn login(
         },
         Err(_) => None,
     };
-    let stored = found
-        .as_ref()
-        .map_or_else(|| password::decoy_hash().to_owned(), |f| f.password_hash.clone());
+    let stored = found.as_ref().map_or_else(
+        || password::decoy_hash().to_owned(),
+        |f| f.password_hash.clone(),
+    );
     let matches = password::verify(candidate, stored).await?;
     let Some(found) = found.filter(|_| matches) else {
         state.throttle.record_failure(&email_key, ip);
@@ -118,7 +127,9 @@ async fn start_session(state: &AppState, headers: &HeaderMap, user: User) -> Api
         revoked_at: None,
     };
     state.store.create_session(&session).await?;
-    let token = state.signer.issue(user.id, session.id, now, session.expires_at)?;
+    let token = state
+        .signer
+        .issue(user.id, session.id, now, session.expires_at)?;
     let max_age = SESSION_TTL.num_seconds();
     let cookie = session_cookie(&token, max_age, is_https(headers));
     let body = json!({ "token": token, "expires_in": max_age, "user": user });
@@ -129,14 +140,19 @@ async fn start_session(state: &AppState, headers: &HeaderMap, user: User) -> Api
 
 fn session_cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
     let secure = if secure { "; Secure" } else { "" };
-    let cookie =
-        format!("{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}");
+    let cookie = format!(
+        "{SESSION_COOKIE}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age}{secure}"
+    );
     // Tokens are base64url and dots, always a valid header value.
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 #[tracing::instrument(skip_all, fields(user_id = %user.0.user_id))]
-async fn logout(State(state): State<AppState>, headers: HeaderMap, user: AuthUser) -> ApiResult<Response> {
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    user: AuthUser,
+) -> ApiResult<Response> {
     if let Some(session) = user.session() {
         match state.store.revoke_session(session, Utc::now()).await {
             Ok(()) | Err(StoreError::NotFound) => {}
@@ -150,7 +166,10 @@ async fn logout(State(state): State<AppState>, headers: HeaderMap, user: AuthUse
     Ok(response)
 }
 
-async fn me(State(state): State<AppState>, AuthUser(principal): AuthUser) -> ApiResult<Json<serde_json::Value>> {
+async fn me(
+    State(state): State<AppState>,
+    AuthUser(principal): AuthUser,
+) -> ApiResult<Json<serde_json::Value>> {
     let user = state.store.user_by_id(principal.user_id).await?;
     Ok(Json(json!({ "user": user })))
 }
@@ -162,7 +181,10 @@ async fn update_me(
     JsonBody(body): JsonBody<ProfileBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = FullName::parse(&body.full_name)?;
-    let user = state.store.update_full_name(principal.user_id, &name).await?;
+    let user = state
+        .store
+        .update_full_name(principal.user_id, &name)
+        .await?;
     Ok(Json(json!({ "user": user })))
 }
 
@@ -186,7 +208,10 @@ async fn change_password(
         .store
         .revoke_other_sessions(account.id, user.session(), Utc::now())
         .await?;
-    let revoked: Vec<_> = revoked.into_iter().map(crate::auth::Credential::Session).collect();
+    let revoked: Vec<_> = revoked
+        .into_iter()
+        .map(crate::auth::Credential::Session)
+        .collect();
     state.on_credentials_revoked(&revoked);
     tracing::info!(sessions_revoked = revoked.len(), "password changed");
     Ok(StatusCode::NO_CONTENT)

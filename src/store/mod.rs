@@ -24,8 +24,14 @@ use chrono::{DateTime, Utc};
 
 /// Everything the server persists. Blanket-implemented for any type that implements
 /// every area trait.
-pub trait Store: UserStore + AgentStore + TaskStore + HealthCheck + MessageLog + Send + Sync + 'static {}
-impl<T: UserStore + AgentStore + TaskStore + HealthCheck + MessageLog + Send + Sync + 'static> Store for T {}
+pub trait Store:
+    UserStore + AgentStore + TaskStore + HealthCheck + MessageLog + Send + Sync + 'static
+{
+}
+impl<T: UserStore + AgentStore + TaskStore + HealthCheck + MessageLog + Send + Sync + 'static> Store
+    for T
+{
+}
 
 /// Lets `/health` and `/ready` ask whether the database answers.
 #[async_trait]

@@ -29,7 +29,15 @@ async fn metrics_count_requests_by_route_and_status() {
     let app = spawn_app().await;
     app.get("/health", None).await;
     app.get("/api/v1/users/me", None).await;
-    let text = app.client.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         text.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#),
         "{text}"
@@ -38,7 +46,10 @@ async fn metrics_count_requests_by_route_and_status() {
         text.contains(r#"route="/api/v1/users/me",status="401""#),
         "{text}"
     );
-    assert!(text.contains("http_request_duration_seconds_bucket"), "{text}");
+    assert!(
+        text.contains("http_request_duration_seconds_bucket"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -72,13 +83,19 @@ async fn malformed_json_and_oversized_bodies_get_clear_errors() {
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "invalid_json");
 
-    let (status, body) = app.post("/api/v1/users/register", None, json!({ "email": "x@y.z" })).await;
+    let (status, body) = app
+        .post("/api/v1/users/register", None, json!({ "email": "x@y.z" }))
+        .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"], "validation_error", "{body}");
 
     let huge = "x".repeat(1024 * 1024 + 10);
     let (status, body) = app
-        .post("/api/v1/users/register", None, json!({ "email": "a@b.c", "password": huge, "full_name": "" }))
+        .post(
+            "/api/v1/users/register",
+            None,
+            json!({ "email": "a@b.c", "password": huge, "full_name": "" }),
+        )
         .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"], "payload_too_large");
@@ -88,7 +105,10 @@ async fn malformed_json_and_oversized_bodies_get_clear_errors() {
 async fn sigterm_drains_and_exits_zero() {
     let mut app = spawn_app().await;
     let user = app.new_user().await;
-    assert_eq!(app.get("/api/v1/users/me", Some(&user.token)).await.0, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&user.token)).await.0,
+        StatusCode::OK
+    );
     assert_eq!(app.stop().await, Some(0));
     assert!(app.client.get(app.url("/health")).send().await.is_err());
 }
@@ -98,8 +118,16 @@ async fn pages_are_served_and_signed_in_pages_need_a_session() {
     let app = spawn_app().await;
     let resp = app.client.get(app.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
-    let resp = app.client.get(app.url("/dashboard.html")).send().await.unwrap();
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let resp = app
+        .client
+        .get(app.url("/dashboard.html"))
+        .send()
+        .await
+        .unwrap();
     assert!(resp.status().is_redirection());
     assert_eq!(resp.headers()["location"], "/login.html");
     let user = app.new_user().await;
@@ -111,7 +139,15 @@ async fn pages_are_served_and_signed_in_pages_need_a_session() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let resp = app.client.get(app.url("/static/js/websocket.js")).send().await.unwrap();
+    let resp = app
+        .client
+        .get(app.url("/static/js/websocket.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(resp.headers()["content-type"].to_str().unwrap().contains("javascript"));
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .contains("javascript"));
 }

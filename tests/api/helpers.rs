@@ -90,7 +90,10 @@ async fn start(data_dir: &Path, options: &AppOptions, addr: &str) -> (Child, u16
                 return port.expect("port in listening line");
             }
         }
-        panic!("server exited before listening; see {}", data_dir.join("server.log").display());
+        panic!(
+            "server exited before listening; see {}",
+            data_dir.join("server.log").display()
+        );
     })
     .await
     .expect("server did not start within 30 s");
@@ -122,7 +125,10 @@ impl TestApp {
     pub async fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
         let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
@@ -145,7 +151,12 @@ impl TestApp {
         let mut last = None;
         for _ in 0..50 {
             // The port can stay busy for a moment after the old process exits.
-            match tokio::time::timeout(Duration::from_secs(30), start_checked(self.data_dir.path(), &self.options, &addr)).await {
+            match tokio::time::timeout(
+                Duration::from_secs(30),
+                start_checked(self.data_dir.path(), &self.options, &addr),
+            )
+            .await
+            {
                 Ok(Some(child)) => {
                     self.child = Some(child);
                     return;
@@ -159,7 +170,13 @@ impl TestApp {
 
     /// Sends a request with an optional bearer token and JSON body; returns status and
     /// JSON body (`Value::Null` when the body is empty or not JSON).
-    pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
         let mut req = self.client.request(method, self.url(path));
         if let Some(token) = token {
             req = req.bearer_auth(token);
@@ -204,13 +221,18 @@ impl TestApp {
 
     /// Registers an account with a unique email.
     pub async fn new_user(&self) -> TestUser {
-        self.register(&unique_email(), "correct horse battery").await
+        self.register(&unique_email(), "correct horse battery")
+            .await
     }
 
     /// Logs in and returns the session.
     pub async fn login(&self, email: &str, password: &str) -> TestUser {
         let (status, body) = self
-            .post("/api/v1/users/login", None, json!({ "email": email, "password": password }))
+            .post(
+                "/api/v1/users/login",
+                None,
+                json!({ "email": email, "password": password }),
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "login {email}: {body}");
         TestUser::from_auth_body(&body, password)
@@ -218,7 +240,13 @@ impl TestApp {
 
     /// Creates an API key for the user and returns its secret.
     pub async fn create_api_key(&self, user: &TestUser, name: &str) -> (String, Value) {
-        let (status, body) = self.post("/api/v1/api-keys", Some(&user.token), json!({ "name": name })).await;
+        let (status, body) = self
+            .post(
+                "/api/v1/api-keys",
+                Some(&user.token),
+                json!({ "name": name }),
+            )
+            .await;
         assert_eq!(status, StatusCode::CREATED, "create key: {body}");
         (body["key"].as_str().expect("key").to_owned(), body)
     }
@@ -228,7 +256,9 @@ async fn start_checked(data_dir: &Path, options: &AppOptions, addr: &str) -> Opt
     // `start` panics when the process exits early (port still busy): catch that by
     // running it in a task.
     let (dir, opts, addr) = (data_dir.to_owned(), options.clone(), addr.to_owned());
-    tokio::spawn(async move { start(&dir, &opts, &addr).await.0 }).await.ok()
+    tokio::spawn(async move { start(&dir, &opts, &addr).await.0 })
+        .await
+        .ok()
 }
 
 /// A signed-in account.
@@ -245,7 +275,10 @@ impl TestUser {
     fn from_auth_body(body: &Value, password: &str) -> Self {
         Self {
             id: body["user"]["id"].as_str().expect("user.id").to_owned(),
-            email: body["user"]["email"].as_str().expect("user.email").to_owned(),
+            email: body["user"]["email"]
+                .as_str()
+                .expect("user.email")
+                .to_owned(),
             password: password.to_owned(),
             token: body["token"].as_str().expect("token").to_owned(),
             role: body["user"]["role"].as_str().expect("user.role").to_owned(),
@@ -326,7 +359,9 @@ fn ws_request(
 pub fn urlencode(raw: &str) -> String {
     raw.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -343,14 +378,19 @@ impl TestApp {
                 .connect(format!("127.0.0.1:{}", self.port).parse().unwrap())
                 .await
                 .expect("tcp connect");
-            tokio_tungstenite::client_async(request, tokio_tungstenite::MaybeTlsStream::Plain(stream))
-                .await
+            tokio_tungstenite::client_async(
+                request,
+                tokio_tungstenite::MaybeTlsStream::Plain(stream),
+            )
+            .await
         } else {
             tokio_tungstenite::connect_async(request).await
         };
         match result {
             Ok((stream, _)) => Ok(WsClient { stream }),
-            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => Err(response.status().as_u16()),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                Err(response.status().as_u16())
+            }
             Err(other) => panic!("websocket connect failed: {other}"),
         }
     }
@@ -367,14 +407,27 @@ impl TestApp {
             .await
             .unwrap_or_else(|status| panic!("websocket refused with {status}"));
         let welcome = client.next().await;
-        assert_eq!(welcome["type"], "welcome", "first message must be welcome: {welcome}");
+        assert_eq!(
+            welcome["type"], "welcome",
+            "first message must be welcome: {welcome}"
+        );
         (client, welcome)
     }
 
     /// `POST /api/v1/ws/user/{id}`.
-    pub async fn publish_to(&self, token: &str, user_id: &str, kind: &str, data: Value) -> (StatusCode, Value) {
-        self.post(&format!("/api/v1/ws/user/{user_id}"), Some(token), json!({ "type": kind, "data": data }))
-            .await
+    pub async fn publish_to(
+        &self,
+        token: &str,
+        user_id: &str,
+        kind: &str,
+        data: Value,
+    ) -> (StatusCode, Value) {
+        self.post(
+            &format!("/api/v1/ws/user/{user_id}"),
+            Some(token),
+            json!({ "type": kind, "data": data }),
+        )
+        .await
     }
 
     /// `POST /api/v1/ws/user/{id}`, asserting 202.
@@ -386,7 +439,12 @@ impl TestApp {
 
     /// `POST /api/v1/ws/broadcast`.
     pub async fn broadcast(&self, token: &str, kind: &str, data: Value) -> (StatusCode, Value) {
-        self.post("/api/v1/ws/broadcast", Some(token), json!({ "type": kind, "data": data })).await
+        self.post(
+            "/api/v1/ws/broadcast",
+            Some(token),
+            json!({ "type": kind, "data": data }),
+        )
+        .await
     }
 
     /// `GET /api/v1/ws/stats` → the `stats` object.
@@ -398,13 +456,19 @@ impl TestApp {
 
     /// Opens `GET /api/v1/events` with a bearer token and optional `Last-Event-ID`.
     pub async fn sse(&self, token: &str, last_event_id: Option<&str>) -> SseClient {
-        let mut req = self.client.get(self.url("/api/v1/events")).bearer_auth(token);
+        let mut req = self
+            .client
+            .get(self.url("/api/v1/events"))
+            .bearer_auth(token);
         if let Some(id) = last_event_id {
             req = req.header("last-event-id", id);
         }
         let response = req.send().await.expect("sse request");
         assert_eq!(response.status(), StatusCode::OK, "sse refused");
-        SseClient { response, buffer: String::new() }
+        SseClient {
+            response,
+            buffer: String::new(),
+        }
     }
 }
 
@@ -432,7 +496,9 @@ impl WsClient {
     /// The next JSON message; panics on close or timeout.
     pub async fn next(&mut self) -> Value {
         match self.next_raw().await {
-            Some(WsMessage::Text(text)) => serde_json::from_str(text.as_str()).expect("server sent invalid JSON"),
+            Some(WsMessage::Text(text)) => {
+                serde_json::from_str(text.as_str()).expect("server sent invalid JSON")
+            }
             other => panic!("expected a text message, got {other:?}"),
         }
     }
@@ -531,7 +597,12 @@ impl TestApp {
     }
 
     /// Registers an agent; returns its JSON and its `zsa_` token.
-    pub async fn register_agent(&self, user: &TestUser, name: &str, capabilities: &[&str]) -> (Value, String) {
+    pub async fn register_agent(
+        &self,
+        user: &TestUser,
+        name: &str,
+        capabilities: &[&str],
+    ) -> (Value, String) {
         let (status, body) = self
             .post(
                 "/api/v1/agents/register",
@@ -540,13 +611,18 @@ impl TestApp {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "register agent: {body}");
-        let token = body["agent_token"].as_str().expect("agent_token").to_owned();
+        let token = body["agent_token"]
+            .as_str()
+            .expect("agent_token")
+            .to_owned();
         (body["agent"].clone(), token)
     }
 
     /// Submits a task (202 expected) and returns its JSON.
     pub async fn submit(&self, user: &TestUser, body: Value) -> Value {
-        let (status, answer) = self.post("/api/v1/tasks/submit", Some(&user.token), body).await;
+        let (status, answer) = self
+            .post("/api/v1/tasks/submit", Some(&user.token), body)
+            .await;
         assert_eq!(status, StatusCode::ACCEPTED, "submit: {answer}");
         answer["task"].clone()
     }
@@ -559,13 +635,20 @@ impl TestApp {
 
     /// `GET /api/v1/tasks/{id}`, asserting 200.
     pub async fn task(&self, user: &TestUser, id: &str) -> Value {
-        let (status, body) = self.get(&format!("/api/v1/tasks/{id}"), Some(&user.token)).await;
+        let (status, body) = self
+            .get(&format!("/api/v1/tasks/{id}"), Some(&user.token))
+            .await;
         assert_eq!(status, StatusCode::OK, "get task: {body}");
         body
     }
 
     /// Polls the task until `done` holds; panics with the task after `TASK_WAIT`.
-    pub async fn wait_task(&self, user: &TestUser, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_task(
+        &self,
+        user: &TestUser,
+        id: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = tokio::time::Instant::now() + TASK_WAIT;
         loop {
             let task = self.task(user, id).await;
@@ -573,7 +656,10 @@ impl TestApp {
                 return task;
             }
             if tokio::time::Instant::now() > deadline {
-                panic!("task did not reach the expected state: {task}\nserver log:\n{}", self.log());
+                panic!(
+                    "task did not reach the expected state: {task}\nserver log:\n{}",
+                    self.log()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -586,15 +672,27 @@ impl TestApp {
 
     /// Calls the runtime API as an agent.
     pub async fn runtime(&self, agent_token: &str, path: &str, body: Value) -> (StatusCode, Value) {
-        self.post(&format!("/api/v1/runtime{path}"), Some(agent_token), body).await
+        self.post(&format!("/api/v1/runtime{path}"), Some(agent_token), body)
+            .await
     }
 
     /// Starts `zerostate agent run` against this server.
     pub fn spawn_agent(&self, token: &str, exec: &str, concurrency: u16) -> AgentProcess {
-        let log_path = self.data_dir().join(format!("agent-{}.log", uuid::Uuid::new_v4().simple()));
+        let log_path = self
+            .data_dir()
+            .join(format!("agent-{}.log", uuid::Uuid::new_v4().simple()));
         let log = std::fs::File::create(&log_path).expect("agent log");
         let child = Command::new(BIN)
-            .args(["agent", "run", "--server", &self.address, "--token", token, "--exec", exec])
+            .args([
+                "agent",
+                "run",
+                "--server",
+                &self.address,
+                "--token",
+                token,
+                "--exec",
+                exec,
+            ])
             .args(["--concurrency", &concurrency.to_string()])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -603,7 +701,10 @@ impl TestApp {
             .kill_on_drop(true)
             .spawn()
             .expect("start zerostate agent run");
-        AgentProcess { child: Some(child), log_path }
+        AgentProcess {
+            child: Some(child),
+            log_path,
+        }
     }
 }
 
@@ -625,7 +726,10 @@ impl AgentProcess {
     pub async fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
         }
         let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
             .await
@@ -654,7 +758,9 @@ impl WsClient {
 
 /// Whether a process with this pid is alive.
 pub fn process_alive(pid: u32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else { return false };
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
     // SAFETY: signal 0 only checks that the process exists.
     pid > 1 && unsafe { libc::kill(pid, 0) } == 0
 }

@@ -27,9 +27,18 @@ async fn register_returns_token_user_and_cookie() {
     let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
     let body: serde_json::Value = resp.json().await.unwrap();
     let token = body["token"].as_str().unwrap();
-    assert!(cookie.starts_with(&format!("zs_session={token}")), "{cookie}");
-    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"), "{cookie}");
-    assert!(!cookie.contains("Secure"), "plain http must not set Secure: {cookie}");
+    assert!(
+        cookie.starts_with(&format!("zs_session={token}")),
+        "{cookie}"
+    );
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Lax"),
+        "{cookie}"
+    );
+    assert!(
+        !cookie.contains("Secure"),
+        "plain http must not set Secure: {cookie}"
+    );
     assert!(body["expires_in"].as_i64().unwrap() > 0);
     let user = &body["user"];
     assert_eq!(user["email"], "ada@example.com");
@@ -61,7 +70,10 @@ async fn cookie_is_secure_behind_https() {
         .send()
         .await
         .unwrap();
-    assert!(resp.headers()["set-cookie"].to_str().unwrap().contains("; Secure"));
+    assert!(resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("; Secure"));
 }
 
 #[tokio::test]
@@ -69,7 +81,11 @@ async fn register_validation_and_duplicates() {
     let app = spawn_app().await;
     let user = app.new_user().await;
     let (status, body) = app
-        .post("/api/v1/users/register", None, json!({ "email": user.email, "password": "another password", "full_name": "" }))
+        .post(
+            "/api/v1/users/register",
+            None,
+            json!({ "email": user.email, "password": "another password", "full_name": "" }),
+        )
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"], "email_taken");
@@ -89,8 +105,20 @@ async fn login_checks_password_with_one_answer_for_every_failure() {
     let user = app.new_user().await;
     let logged_in = app.login(&user.email, &user.password).await;
     assert_ne!(logged_in.token, user.token);
-    let (s1, b1) = app.post("/api/v1/users/login", None, json!({ "email": user.email, "password": "wrong password" })).await;
-    let (s2, b2) = app.post("/api/v1/users/login", None, json!({ "email": unique_email(), "password": "wrong password" })).await;
+    let (s1, b1) = app
+        .post(
+            "/api/v1/users/login",
+            None,
+            json!({ "email": user.email, "password": "wrong password" }),
+        )
+        .await;
+    let (s2, b2) = app
+        .post(
+            "/api/v1/users/login",
+            None,
+            json!({ "email": unique_email(), "password": "wrong password" }),
+        )
+        .await;
     assert_eq!(s1, StatusCode::UNAUTHORIZED);
     assert_eq!(b1, b2);
     assert_eq!(s2, StatusCode::UNAUTHORIZED);
@@ -104,7 +132,13 @@ async fn me_and_profile_update() {
     let (status, body) = app.get("/api/v1/users/me", Some(&user.token)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body["user"]["id"], user.id.as_str());
-    let (status, body) = app.put("/api/v1/users/me", Some(&user.token), json!({ "full_name": "New Name" })).await;
+    let (status, body) = app
+        .put(
+            "/api/v1/users/me",
+            Some(&user.token),
+            json!({ "full_name": "New Name" }),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["full_name"], "New Name");
     let (_, body) = app.get("/api/v1/users/me", Some(&user.token)).await;
@@ -117,8 +151,17 @@ async fn unauthenticated_and_forged_tokens_get_401() {
     let (status, body) = app.get("/api/v1/users/me", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "unauthorized");
-    for token in ["garbage", "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "zs_0000", "zsa_0000"] {
-        assert_eq!(app.get("/api/v1/users/me", Some(token)).await.0, StatusCode::UNAUTHORIZED, "{token}");
+    for token in [
+        "garbage",
+        "eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.",
+        "zs_0000",
+        "zsa_0000",
+    ] {
+        assert_eq!(
+            app.get("/api/v1/users/me", Some(token)).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{token}"
+        );
     }
 }
 
@@ -135,10 +178,19 @@ async fn logout_revokes_the_session_at_once() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
-    assert!(resp.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
-    assert_eq!(app.get("/api/v1/users/me", Some(&user.token)).await.0, StatusCode::UNAUTHORIZED);
+    assert!(resp.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&user.token)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
     // Only that session ended.
-    assert_eq!(app.get("/api/v1/users/me", Some(&other.token)).await.0, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&other.token)).await.0,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -147,20 +199,44 @@ async fn password_change_revokes_other_sessions_and_swaps_the_password() {
     let user = app.new_user().await;
     let other = app.login(&user.email, &user.password).await;
     let (status, body) = app
-        .put("/api/v1/users/me/password", Some(&user.token), json!({ "current_password": "wrong one!", "new_password": "new password 1" }))
+        .put(
+            "/api/v1/users/me/password",
+            Some(&user.token),
+            json!({ "current_password": "wrong one!", "new_password": "new password 1" }),
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, _) = app
-        .put("/api/v1/users/me/password", Some(&user.token), json!({ "current_password": user.password, "new_password": "tiny" }))
+        .put(
+            "/api/v1/users/me/password",
+            Some(&user.token),
+            json!({ "current_password": user.password, "new_password": "tiny" }),
+        )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, body) = app
-        .put("/api/v1/users/me/password", Some(&user.token), json!({ "current_password": user.password, "new_password": "new password 1" }))
+        .put(
+            "/api/v1/users/me/password",
+            Some(&user.token),
+            json!({ "current_password": user.password, "new_password": "new password 1" }),
+        )
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
-    assert_eq!(app.get("/api/v1/users/me", Some(&other.token)).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(app.get("/api/v1/users/me", Some(&user.token)).await.0, StatusCode::OK);
-    let (status, _) = app.post("/api/v1/users/login", None, json!({ "email": user.email, "password": user.password })).await;
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&other.token)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&user.token)).await.0,
+        StatusCode::OK
+    );
+    let (status, _) = app
+        .post(
+            "/api/v1/users/login",
+            None,
+            json!({ "email": user.email, "password": user.password }),
+        )
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     app.login(&user.email, "new password 1").await;
 }
@@ -186,15 +262,23 @@ async fn repeated_failures_are_throttled_per_address() {
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
     let resp = throttled.expect("no 429 after 10 failures");
-    let retry: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(retry >= 1);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "rate_limited");
     // Even the right password is refused from that address for now...
-    let resp = attempt("203.0.113.7", "correct horse battery").await.unwrap();
+    let resp = attempt("203.0.113.7", "correct horse battery")
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
     // ...but the owner signs in from elsewhere.
-    let resp = attempt("198.51.100.9", "correct horse battery").await.unwrap();
+    let resp = attempt("198.51.100.9", "correct horse battery")
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
 }
 
@@ -221,8 +305,17 @@ async fn cookie_requests_from_a_foreign_origin_cannot_change_state() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "forbidden");
-    assert_eq!(put(Some("https://app.example.com".into())).await.unwrap().status(), StatusCode::OK);
-    assert_eq!(put(Some(app.address.clone())).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        put(Some("https://app.example.com".into()))
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        put(Some(app.address.clone())).await.unwrap().status(),
+        StatusCode::OK
+    );
     // A bearer token is not a CSRF vector: any origin may use it.
     let resp = app
         .client
@@ -242,7 +335,10 @@ async fn data_survives_a_restart() {
     let user = app.new_user().await;
     app.restart().await;
     // The session token (signed with the key kept in the data dir) still works...
-    assert_eq!(app.get("/api/v1/users/me", Some(&user.token)).await.0, StatusCode::OK);
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&user.token)).await.0,
+        StatusCode::OK
+    );
     // ...and so does the password.
     app.login(&user.email, &user.password).await;
     assert!(app.data_dir().join("signing.key").exists());
@@ -258,7 +354,10 @@ async fn there_is_no_default_secret() {
     assert_ne!(key_a, key_b);
     // The same account exists on b (same id would not matter: the signature does).
     b.register(&user.email, &user.password).await;
-    assert_eq!(b.get("/api/v1/users/me", Some(&user.token)).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        b.get("/api/v1/users/me", Some(&user.token)).await.0,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
@@ -274,13 +373,29 @@ async fn operator_commands_create_and_promote_accounts() {
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = std::process::Command::new(BIN)
-        .args(["users", "create", "--email", "ops@example.com", "--password", "ops password", "--data-dir"])
+        .args([
+            "users",
+            "create",
+            "--email",
+            "ops@example.com",
+            "--password",
+            "ops password",
+            "--data-dir",
+        ])
         .arg(&dir)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     app.restart().await;
     let promoted = app.login(&user.email, &user.password).await;
     assert_eq!(promoted.role, "admin");

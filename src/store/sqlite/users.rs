@@ -31,7 +31,9 @@ fn session_from_row(row: &SqliteRow) -> Result<SessionRecord, StoreError> {
         user_id: UserId::parse(row.try_get("user_id")?)?,
         created_at: from_millis(row.try_get("created_at")?),
         expires_at: from_millis(row.try_get("expires_at")?),
-        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(from_millis),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")?
+            .map(from_millis),
     })
 }
 
@@ -43,9 +45,15 @@ fn key_from_row(row: &SqliteRow) -> Result<ApiKeyRecord, StoreError> {
         prefix: row.try_get("prefix")?,
         key_hash: row.try_get("key_hash")?,
         created_at: from_millis(row.try_get("created_at")?),
-        last_used_at: row.try_get::<Option<i64>, _>("last_used_at")?.map(from_millis),
-        expires_at: row.try_get::<Option<i64>, _>("expires_at")?.map(from_millis),
-        revoked_at: row.try_get::<Option<i64>, _>("revoked_at")?.map(from_millis),
+        last_used_at: row
+            .try_get::<Option<i64>, _>("last_used_at")?
+            .map(from_millis),
+        expires_at: row
+            .try_get::<Option<i64>, _>("expires_at")?
+            .map(from_millis),
+        revoked_at: row
+            .try_get::<Option<i64>, _>("revoked_at")?
+            .map(from_millis),
     })
 }
 
@@ -84,10 +92,12 @@ impl UserStore for SqliteStore {
     }
 
     async fn user_credentials(&self, email: &Email) -> Result<UserCredentials, StoreError> {
-        let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE email = ?1"))
-            .bind(email.as_str())
-            .fetch_one(self.pool())
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {USER_COLUMNS} FROM users WHERE email = ?1"
+        ))
+        .bind(email.as_str())
+        .fetch_one(self.pool())
+        .await?;
         Ok(UserCredentials {
             user: user_from_row(&row)?,
             password_hash: row.try_get("password_hash")?,
@@ -107,12 +117,13 @@ impl UserStore for SqliteStore {
     }
 
     async fn set_password_hash(&self, id: UserId, hash: &str) -> Result<(), StoreError> {
-        let done = sqlx::query("UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1")
-            .bind(id.to_string())
-            .bind(hash)
-            .bind(to_millis(Utc::now()))
-            .execute(self.pool())
-            .await?;
+        let done =
+            sqlx::query("UPDATE users SET password_hash = ?2, updated_at = ?3 WHERE id = ?1")
+                .bind(id.to_string())
+                .bind(hash)
+                .bind(to_millis(Utc::now()))
+                .execute(self.pool())
+                .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
@@ -216,10 +227,12 @@ impl UserStore for SqliteStore {
     }
 
     async fn api_key_by_hash(&self, hash: &str) -> Result<ApiKeyRecord, StoreError> {
-        let row = sqlx::query(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"))
-            .bind(hash)
-            .fetch_one(self.pool())
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"
+        ))
+        .bind(hash)
+        .fetch_one(self.pool())
+        .await?;
         key_from_row(&row)
     }
 
