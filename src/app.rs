@@ -107,8 +107,9 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains: `/ready` turns 503, in-flight requests
-    /// get `DRAIN_TIMEOUT` to finish, and the function returns.
+    /// Serves until SIGINT/SIGTERM, then drains: `/ready` turns 503, real-time
+    /// connections are closed with 1012, in-flight requests get `DRAIN_TIMEOUT` to
+    /// finish, and the function returns.
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listener,
@@ -117,26 +118,12 @@ impl Application {
             builtin_agent,
         } = self;
         let local_addr = listener.local_addr()?;
-        let reaper = tokio::spawn(state.tasks.clone().run_reaper(shutdown.clone()));
-        let state_hub = state.hub.clone();
-        let agent_registry = state.agents.clone();
-        let upkeep = spawn_metrics_upkeep(state.metrics.clone(), shutdown.clone());
-        let history_job = {
-            let (hub, shutdown) = (state.hub.clone(), shutdown.clone());
-            tokio::spawn(async move { hub.run_maintenance(shutdown).await })
-        };
+        let mut jobs = BackgroundJobs::start(&state, &shutdown);
         let app = http::router(state.clone());
         state.readiness.set_ready(true);
+        spawn_signal_listener(shutdown.clone());
 
-        let stopping = shutdown.clone();
-        tokio::spawn(async move {
-            crate::shutdown::wait_for_signal().await;
-            tracing::info!("shutdown requested: draining");
-            stopping.trigger();
-        });
-
-        let drained = shutdown.clone();
-        let hub = state.hub.clone();
+        let (drained, draining_state) = (shutdown.clone(), state.clone());
         let server = axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),
@@ -145,37 +132,61 @@ impl Application {
             drained.triggered().await;
             // Not ready first, so load balancers stop sending clients here before
             // the live connections are told (1012) to reconnect elsewhere.
-            state.readiness.set_ready(false);
-            hub.close_all(Disconnect::Shutdown);
+            draining_state.readiness.set_ready(false);
+            draining_state.hub.close_all(Disconnect::Shutdown);
         });
         let server = tokio::spawn(async move { server.await });
         // The built-in agent talks to this server over HTTP like any agent, so it starts
         // once the listener is serving; it stops by itself on shutdown.
-        let builtin = builtin_agent.then(|| {
-            tokio::spawn(crate::agents::builtin::run(
-                agent_registry.clone(),
-                local_addr,
-                shutdown.clone(),
-            ))
-        });
+        if builtin_agent {
+            let run =
+                crate::agents::builtin::run(state.agents.clone(), local_addr, shutdown.clone());
+            jobs.0.push(tokio::spawn(run));
+        }
         shutdown.triggered().await;
         match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
             Ok(result) => result??,
             Err(_) => tracing::warn!("in-flight requests did not finish in time"),
         }
         // Upgraded WebSockets are not in-flight requests: wait for their close frames.
-        if !state_hub.wait_idle(CLOSE_TIMEOUT).await {
+        if !state.hub.wait_idle(CLOSE_TIMEOUT).await {
             tracing::warn!("real-time connections did not close in time");
         }
-        history_job.abort();
-        upkeep.abort();
-        reaper.abort();
-        if let Some(builtin) = builtin {
-            builtin.abort();
-        }
+        jobs.stop();
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The loops that run beside the HTTP server: each selects on shutdown, and whatever is
+/// still running once the server has drained is aborted.
+struct BackgroundJobs(Vec<tokio::task::JoinHandle<()>>);
+
+impl BackgroundJobs {
+    fn start(state: &AppState, shutdown: &Shutdown) -> Self {
+        let hub = state.hub.clone();
+        let history = shutdown.clone();
+        Self(vec![
+            // Leases, timeouts and silent agents.
+            tokio::spawn(state.tasks.clone().run_reaper(shutdown.clone())),
+            // Message-history retention.
+            tokio::spawn(async move { hub.run_maintenance(history).await }),
+            spawn_metrics_upkeep(state.metrics.clone(), shutdown.clone()),
+        ])
+    }
+
+    fn stop(self) {
+        self.0.iter().for_each(|job| job.abort());
+    }
+}
+
+/// Triggers `shutdown` on SIGINT or SIGTERM.
+fn spawn_signal_listener(shutdown: Shutdown) {
+    tokio::spawn(async move {
+        crate::shutdown::wait_for_signal().await;
+        tracing::info!("shutdown requested: draining");
+        shutdown.trigger();
+    });
 }
 
 /// Origins compare without a trailing slash.

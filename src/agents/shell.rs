@@ -10,7 +10,7 @@ use super::runner::{ClaimedTask, ExecOutcome, Executor};
 use async_trait::async_trait;
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -66,7 +66,46 @@ impl Executor for ShellExecutor {
         progress: mpsc::Sender<u8>,
         cancel: CancellationToken,
     ) -> ExecOutcome {
-        let mut child = match Command::new("sh")
+        let mut child = match self.spawn(task) {
+            Ok(child) => child,
+            Err(err) => return failed(format!("could not start the command: {err}")),
+        };
+        let pid = child.id();
+        feed_stdin(&mut child, task.query.clone());
+        let stderr = collect_stderr_tail(&mut child);
+        let stdout = tokio::select! {
+            stdout = read_stdout(child.stdout.take(), &progress) => stdout,
+            _ = cancel.cancelled() => return stop(&mut child, pid).await,
+        };
+        let stdout = match stdout {
+            Ok(stdout) => stdout,
+            Err(err) => {
+                // Not UTF-8 or a read error: the output cannot be a result.
+                stop(&mut child, pid).await;
+                return failed(format!("could not read the command's output: {err}"));
+            }
+        };
+        let status = tokio::select! {
+            status = child.wait() => status,
+            _ = cancel.cancelled() => return stop(&mut child, pid).await,
+        };
+        let stderr_tail = match stderr {
+            Some(handle) => handle.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        match status {
+            Ok(status) if status.success() => ExecOutcome::Completed(stdout.into_result()),
+            Ok(status) => failed(exit_error(status, &stderr_tail)),
+            Err(err) => failed(format!("could not wait for the command: {err}")),
+        }
+    }
+}
+
+impl ShellExecutor {
+    /// Starts the command in its own process group, so a cancel can kill everything
+    /// it started, with the task described in its environment.
+    fn spawn(&self, task: &ClaimedTask) -> std::io::Result<Child> {
+        Command::new("sh")
             .arg("-c")
             .arg(&self.command)
             .env("ZEROSTATE_TASK_ID", &task.id)
@@ -78,128 +117,114 @@ impl Executor for ShellExecutor {
             .process_group(0)
             .kill_on_drop(true)
             .spawn()
-        {
-            Ok(child) => child,
-            Err(err) => {
-                return ExecOutcome::Failed {
-                    error: format!("could not start the command: {err}"),
-                    retryable: false,
-                }
-            }
-        };
-        let pid = child.id();
+    }
+}
 
-        // Feed the query and close stdin, in the background: a command that does not
-        // read stdin must not block us on a full pipe.
-        if let Some(mut stdin) = child.stdin.take() {
-            let query = task.query.clone();
-            tokio::spawn(async move {
-                let _ = stdin.write_all(query.as_bytes()).await;
-                let _ = stdin.shutdown().await;
-            });
-        }
-        let stderr = child.stderr.take().map(|mut err| {
-            tokio::spawn(async move {
-                let mut all = Vec::new();
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = err.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    all.extend_from_slice(&buf[..n]);
-                    if all.len() > 4 * STDERR_TAIL_BYTES {
-                        all.drain(..all.len() - STDERR_TAIL_BYTES);
-                    }
-                }
-                all
-            })
+/// A failure the agent should not retry: the same command would fail again.
+fn failed(error: String) -> ExecOutcome {
+    ExecOutcome::Failed {
+        error,
+        retryable: false,
+    }
+}
+
+/// Kills the command's group and reaps it, for a cancel or an unreadable output.
+async fn stop(child: &mut Child, pid: Option<u32>) -> ExecOutcome {
+    kill_group(pid);
+    let _ = child.wait().await;
+    ExecOutcome::Stopped
+}
+
+/// Feeds the query and closes stdin, in the background: a command that does not read
+/// stdin must not block us on a full pipe.
+fn feed_stdin(child: &mut Child, query: String) {
+    if let Some(mut stdin) = child.stdin.take() {
+        tokio::spawn(async move {
+            let _ = stdin.write_all(query.as_bytes()).await;
+            let _ = stdin.shutdown().await;
         });
+    }
+}
 
-        let mut result = String::new();
-        let mut truncated = false;
-        if let Some(stdout) = child.stdout.take() {
-            let mut lines = BufReader::new(stdout).lines();
-            loop {
-                let line = tokio::select! {
-                    line = lines.next_line() => line,
-                    _ = cancel.cancelled() => {
-                        kill_group(pid);
-                        let _ = child.wait().await;
-                        return ExecOutcome::Stopped;
-                    }
-                };
-                match line {
-                    Ok(Some(line)) => match parse_progress(&line) {
-                        Some(p) => {
-                            // The runner stops reading only when the task is gone;
-                            // then there is nobody to tell.
-                            let _ = progress.send(p).await;
-                        }
-                        None if result.len() + line.len() < MAX_RESULT_BYTES => {
-                            result.push_str(&line);
-                            result.push('\n');
-                        }
-                        None => truncated = true,
-                    },
-                    Ok(None) => break,
-                    Err(err) => {
-                        // Not UTF-8 or a read error: the output cannot be a result.
-                        kill_group(pid);
-                        let _ = child.wait().await;
-                        return ExecOutcome::Failed {
-                            error: format!("could not read the command's output: {err}"),
-                            retryable: false,
-                        };
-                    }
-                }
+/// Reads stderr to its end, keeping only the last bytes (for the error message).
+fn collect_stderr_tail(child: &mut Child) -> Option<tokio::task::JoinHandle<Vec<u8>>> {
+    let mut err = child.stderr.take()?;
+    Some(tokio::spawn(async move {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = err.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            if all.len() > 4 * STDERR_TAIL_BYTES {
+                all.drain(..all.len() - STDERR_TAIL_BYTES);
             }
         }
-        let status = tokio::select! {
-            status = child.wait() => status,
-            _ = cancel.cancelled() => {
-                kill_group(pid);
-                let _ = child.wait().await;
-                return ExecOutcome::Stopped;
-            }
-        };
-        let stderr_tail = match stderr {
-            Some(handle) => handle.await.unwrap_or_default(),
-            None => Vec::new(),
-        };
-        match status {
-            Ok(status) if status.success() => {
-                let mut text = result.trim_end_matches('\n').to_owned();
-                if truncated {
-                    text.push_str("\n[output truncated]");
-                }
-                ExecOutcome::Completed(serde_json::Value::String(text))
-            }
-            Ok(status) => {
-                let tail = String::from_utf8_lossy(&stderr_tail);
-                let tail = tail.trim();
-                let tail = match tail.char_indices().rev().nth(STDERR_TAIL_BYTES) {
-                    Some((cut, _)) => &tail[cut..],
-                    None => tail,
-                };
-                let how = match status.code() {
-                    Some(code) => format!("the command exited with status {code}"),
-                    None => "the command was killed by a signal".to_owned(),
-                };
-                let error = if tail.is_empty() {
-                    how
-                } else {
-                    format!("{how}: {tail}")
-                };
-                ExecOutcome::Failed {
-                    error,
-                    retryable: false,
-                }
-            }
-            Err(err) => ExecOutcome::Failed {
-                error: format!("could not wait for the command: {err}"),
-                retryable: false,
-            },
+        all
+    }))
+}
+
+/// What the command printed that was not a progress line, capped at `MAX_RESULT_BYTES`.
+#[derive(Default)]
+struct Stdout {
+    result: String,
+    truncated: bool,
+}
+
+impl Stdout {
+    fn into_result(self) -> serde_json::Value {
+        let mut text = self.result.trim_end_matches('\n').to_owned();
+        if self.truncated {
+            text.push_str("\n[output truncated]");
         }
+        serde_json::Value::String(text)
+    }
+}
+
+/// Reads stdout to its end: `PROGRESS n` lines go to `progress`, the rest is the result.
+async fn read_stdout(
+    stdout: Option<ChildStdout>,
+    progress: &mpsc::Sender<u8>,
+) -> std::io::Result<Stdout> {
+    let mut out = Stdout::default();
+    let Some(stdout) = stdout else {
+        return Ok(out);
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        match parse_progress(&line) {
+            // The runner stops reading only when the task is gone; then there is
+            // nobody to tell.
+            Some(p) => {
+                let _ = progress.send(p).await;
+            }
+            None if out.result.len() + line.len() < MAX_RESULT_BYTES => {
+                out.result.push_str(&line);
+                out.result.push('\n');
+            }
+            None => out.truncated = true,
+        }
+    }
+    Ok(out)
+}
+
+/// The error for a non-zero exit: how it ended, and the end of what it said on stderr.
+fn exit_error(status: std::process::ExitStatus, stderr_tail: &[u8]) -> String {
+    let tail = String::from_utf8_lossy(stderr_tail);
+    let tail = tail.trim();
+    let tail = match tail.char_indices().rev().nth(STDERR_TAIL_BYTES) {
+        Some((cut, _)) => &tail[cut..],
+        None => tail,
+    };
+    let how = match status.code() {
+        Some(code) => format!("the command exited with status {code}"),
+        None => "the command was killed by a signal".to_owned(),
+    };
+    if tail.is_empty() {
+        how
+    } else {
+        format!("{how}: {tail}")
     }
 }
 

@@ -123,18 +123,7 @@ impl TestApp {
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub async fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
-            .await
-            .expect("server did not stop within 30 s")
-            .expect("wait");
-        status.code()
+        terminate(self.child.take()?, Duration::from_secs(30)).await
     }
 
     /// Kills the process without letting it drain (a crash).
@@ -259,6 +248,22 @@ async fn start_checked(data_dir: &Path, options: &AppOptions, addr: &str) -> Opt
     tokio::spawn(async move { start(&dir, &opts, &addr).await.0 })
         .await
         .ok()
+}
+
+/// Sends SIGTERM to one process (never a group) and waits up to `within` for it to
+/// exit; returns its exit code.
+async fn terminate(mut child: Child, within: Duration) -> Option<i32> {
+    if let Some(pid) = child.id() {
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+    }
+    let status = tokio::time::timeout(within, child.wait())
+        .await
+        .expect("process did not stop in time")
+        .expect("wait");
+    status.code()
 }
 
 /// A signed-in account.
@@ -724,18 +729,7 @@ impl AgentProcess {
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
     pub async fn stop(&mut self) -> Option<i32> {
-        let mut child = self.child.take()?;
-        if let Some(pid) = child.id() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-        let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
-            .await
-            .expect("agent did not stop within 15 s")
-            .expect("wait");
-        status.code()
+        terminate(self.child.take()?, Duration::from_secs(15)).await
     }
 
     /// What the agent logged so far.
