@@ -67,7 +67,11 @@ impl Application {
         // `Arc<dyn Store>` is itself a message log (see `realtime::history`).
         let hub = Hub::start(Arc::new(store.clone()), history).await?;
         let shutdown = Shutdown::new();
-        let agents = crate::agents::AgentService::new(store.clone(), hub.clone());
+        let agents = crate::agents::AgentService::new(
+            store.clone(),
+            hub.clone(),
+            Duration::from_secs(args.agent_offline_after_s),
+        );
         let queue = crate::tasks::QueueSettings {
             lease: Duration::from_secs(args.task_lease_s),
         };

@@ -74,6 +74,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ZEROSTATE_TASK_LEASE_S", default_value_t = 30, hide = true,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub task_lease_s: u64,
+    /// Seconds without a claim or progress report after which an agent counts as
+    /// offline. Hidden: for tests, which cannot wait a minute.
+    #[arg(long, env = "ZEROSTATE_AGENT_OFFLINE_AFTER_S", default_value_t = 60, hide = true,
+          value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub agent_offline_after_s: u64,
     /// Real-time history: newest messages always kept per user stream. Hidden: for
     /// tests, which need `reset` without publishing a thousand messages.
     #[arg(

@@ -1,6 +1,6 @@
 //! Agents: the registry (register, update, delete, each announced as `agent_update`),
 //! presence (online while polling or renewing a lease; offline after `OFFLINE_AFTER` of
-//! silence, detected by a sweeper), and the agent processes themselves: the reference
+//! silence by default, detected by a sweeper), and the agent processes themselves: the reference
 //! agent `zerostate agent run` (`runner` + `shell`) and the built-in agent (`builtin`),
 //! which talk to the server over the same HTTP runtime API.
 
@@ -18,7 +18,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
-/// An agent that has neither polled nor renewed a lease for this long is offline.
+/// By default, an agent that has neither polled nor renewed a lease for this long is
+/// offline.
 pub const OFFLINE_AFTER: Duration = Duration::from_secs(60);
 /// The owner of agents the server runs itself: the nil UUID, which is never an account
 /// (creating a real account would take the first-admin slot from the first person).
@@ -107,12 +108,18 @@ pub struct Registration {
 pub struct AgentService {
     store: Arc<dyn Store>,
     hub: Hub,
+    /// Silence after which an agent counts as offline (`OFFLINE_AFTER` unless set).
+    offline_after: Duration,
 }
 
 impl AgentService {
-    /// Announces changes through `hub`.
-    pub fn new(store: Arc<dyn Store>, hub: Hub) -> Self {
-        Self { store, hub }
+    /// Announces changes through `hub`; agents silent for `offline_after` go offline.
+    pub fn new(store: Arc<dyn Store>, hub: Hub, offline_after: Duration) -> Self {
+        Self {
+            store,
+            hub,
+            offline_after,
+        }
     }
 
     /// Registers an agent owned by `owner` and returns it with its token, which only
@@ -194,10 +201,10 @@ impl AgentService {
         }
     }
 
-    /// Turns agents silent for `OFFLINE_AFTER` offline and announces each.
+    /// Turns agents silent for `offline_after` offline and announces each.
     pub async fn sweep_offline(&self) -> Result<(), StoreError> {
         let now = Utc::now();
-        let cutoff = now - chrono::Duration::from_std(OFFLINE_AFTER).unwrap_or_default();
+        let cutoff = now - chrono::Duration::from_std(self.offline_after).unwrap_or_default();
         for agent in self.store.mark_stale_agents_offline(cutoff, now).await? {
             tracing::info!(agent_id = %agent.id, "agent offline");
             self.announce(&agent, AgentAction::Updated).await;

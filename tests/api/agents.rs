@@ -304,3 +304,37 @@ async fn every_connected_user_hears_agent_updates() {
     let deleted = ws.next_of("agent_update", of_agent).await;
     assert_eq!(deleted["action"], "deleted");
 }
+
+#[tokio::test]
+async fn a_silent_agent_goes_offline_and_everyone_hears_it() {
+    let app = spawn_app_with(AppOptions {
+        extra_args: vec!["--agent-offline-after-s".into(), "2".into()],
+        ..Default::default()
+    })
+    .await;
+    let owner = app.new_user().await;
+    let (mut ws, _) = app.ws(&owner.token).await;
+    let (agent, token) = app.register_agent(&owner, "quiet", &["general"]).await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let of_agent = |d: &serde_json::Value| d["agent_id"] == id.as_str();
+    app.runtime(&token, "/claim", json!({})).await;
+    let online = ws
+        .next_of("agent_update", |d| of_agent(d) && d["status"] == "online")
+        .await;
+    assert_eq!(online["action"], "updated");
+    // No more claims: after the silence the sweeper turns it offline, live and in the API.
+    let offline = ws
+        .next_of("agent_update", |d| of_agent(d) && d["status"] == "offline")
+        .await;
+    assert_eq!(offline["action"], "updated");
+    let (_, read) = app
+        .get(&format!("/api/v1/agents/{id}"), Some(&owner.token))
+        .await;
+    assert_eq!(read["status"], "offline");
+    // A claim brings it back.
+    app.runtime(&token, "/claim", json!({})).await;
+    let (_, read) = app
+        .get(&format!("/api/v1/agents/{id}"), Some(&owner.token))
+        .await;
+    assert_eq!(read["status"], "online");
+}

@@ -95,3 +95,37 @@ async fn logout_ends_the_event_stream() {
         "the stream must end on revocation"
     );
 }
+
+#[tokio::test]
+async fn an_idle_stream_gets_a_heartbeat_comment_every_25_seconds() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    let mut response = app
+        .client
+        .get(app.url("/api/v1/events"))
+        .bearer_auth(&user.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut seen = String::new();
+    // Nothing is published: the only thing after `welcome` can be the heartbeat.
+    let heartbeat = tokio::time::timeout(std::time::Duration::from_secs(40), async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+            if seen
+                .lines()
+                .any(|l| l.starts_with(':') && l.contains("heartbeat"))
+            {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(
+        heartbeat,
+        Ok(true),
+        "no heartbeat comment; stream so far: {seen:?}"
+    );
+}
