@@ -11,11 +11,12 @@
 //! ./target/release/examples/task_bench --bin target/release/zerostate --tasks 2000 --workers 8
 //! ```
 
+mod support;
+
 use serde_json::{json, Value};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::{percentile, BenchServer};
 
 struct Options {
     bin: String,
@@ -24,16 +25,14 @@ struct Options {
 }
 
 fn parse_args() -> Options {
+    let (bin, flags) = support::flags();
     let mut opts = Options {
-        bin: "target/release/zerostate".into(),
+        bin,
         tasks: 1000,
         workers: 4,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_default();
+    for (flag, value) in flags {
         match flag.as_str() {
-            "--bin" => opts.bin = value,
             "--tasks" => opts.tasks = value.parse().expect("--tasks N"),
             "--workers" => opts.workers = value.parse().expect("--workers N"),
             other => panic!("unknown flag {other}"),
@@ -43,15 +42,32 @@ fn parse_args() -> Options {
 }
 
 async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> (u16, Value) {
-    let resp = http.post(url).bearer_auth(token).json(&body).send().await.expect("request");
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
     let status = resp.status().as_u16();
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// One agent loop: claim, report progress once, complete; until `done` tasks are done.
-async fn worker(http: reqwest::Client, base: String, token: String, left: Arc<tokio::sync::Semaphore>) {
+async fn worker(
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    left: Arc<tokio::sync::Semaphore>,
+) {
     loop {
-        let (status, body) = post(&http, format!("{base}/api/v1/runtime/claim"), &token, json!({"wait_s": 1})).await;
+        let (status, body) = post(
+            &http,
+            format!("{base}/api/v1/runtime/claim"),
+            &token,
+            json!({"wait_s": 1}),
+        )
+        .await;
         if status == 204 {
             if left.available_permits() == 0 {
                 return;
@@ -59,8 +75,20 @@ async fn worker(http: reqwest::Client, base: String, token: String, left: Arc<to
             continue;
         }
         let id = body["task"]["id"].as_str().expect("task id").to_owned();
-        post(&http, format!("{base}/api/v1/runtime/tasks/{id}/progress"), &token, json!({"progress": 50})).await;
-        let (status, _) = post(&http, format!("{base}/api/v1/runtime/tasks/{id}/complete"), &token, json!({"result": "ok"})).await;
+        post(
+            &http,
+            format!("{base}/api/v1/runtime/tasks/{id}/progress"),
+            &token,
+            json!({"progress": 50}),
+        )
+        .await;
+        let (status, _) = post(
+            &http,
+            format!("{base}/api/v1/runtime/tasks/{id}/complete"),
+            &token,
+            json!({"result": "ok"}),
+        )
+        .await;
         assert_eq!(status, 200, "complete refused");
         if let Ok(permit) = left.try_acquire() {
             permit.forget();
@@ -68,42 +96,45 @@ async fn worker(http: reqwest::Client, base: String, token: String, left: Arc<to
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    sorted.get(((sorted.len().max(1) - 1) as f64 * p).round() as usize).copied().unwrap_or(0.0)
-}
-
 #[tokio::main]
 async fn main() {
     let opts = parse_args();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = tokio::process::Command::new(&opts.bin)
-        .args(["serve", "--addr", "127.0.0.1:0", "--no-builtin-agent", "--data-dir"])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start server");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        let line = lines.next_line().await.expect("stdout").expect("server exited");
-        if let Some(url) = line.strip_prefix("zerostate listening on ") {
-            break url.to_owned();
-        }
-    };
+    let server = BenchServer::start(&opts.bin).await;
+    let base = server.base.clone();
     let http = reqwest::Client::new();
-    let (_, body) = post(&http, format!("{base}/api/v1/users/register"), "", json!({"email": "bench@example.com", "password": "bench password", "full_name": "Bench"})).await;
-    let user = body["token"].as_str().expect("token").to_owned();
-    let (_, body) = post(&http, format!("{base}/api/v1/agents/register"), &user, json!({"name": "bench", "capabilities": ["general"]})).await;
-    let agent = body["agent_token"].as_str().expect("agent token").to_owned();
+    let user = server.sign_up_admin(&http).await;
+    let (_, body) = post(
+        &http,
+        format!("{base}/api/v1/agents/register"),
+        &user,
+        json!({"name": "bench", "capabilities": ["general"]}),
+    )
+    .await;
+    let agent = body["agent_token"]
+        .as_str()
+        .expect("agent token")
+        .to_owned();
 
     let left = Arc::new(tokio::sync::Semaphore::new(opts.tasks));
     let workers: Vec<_> = (0..opts.workers)
-        .map(|_| tokio::spawn(worker(http.clone(), base.clone(), agent.clone(), left.clone())))
+        .map(|_| {
+            tokio::spawn(worker(
+                http.clone(),
+                base.clone(),
+                agent.clone(),
+                left.clone(),
+            ))
+        })
         .collect();
     let started = Instant::now();
     for n in 0..opts.tasks {
-        let (status, _) = post(&http, format!("{base}/api/v1/tasks/submit"), &user, json!({"query": format!("task {n}")})).await;
+        let (status, _) = post(
+            &http,
+            format!("{base}/api/v1/tasks/submit"),
+            &user,
+            json!({"query": format!("task {n}")}),
+        )
+        .await;
         assert_eq!(status, 202, "submit refused");
     }
     let submitted = started.elapsed().as_secs_f64();
@@ -120,9 +151,19 @@ async fn main() {
         if let Some(c) = &cursor {
             url.push_str(&format!("&cursor={c}"));
         }
-        let page: Value = http.get(url).bearer_auth(&user).send().await.expect("list").json().await.expect("json");
+        let page: Value = http
+            .get(url)
+            .bearer_auth(&user)
+            .send()
+            .await
+            .expect("list")
+            .json()
+            .await
+            .expect("json");
         for task in page["tasks"].as_array().into_iter().flatten() {
-            let at = |f: &str| chrono::DateTime::parse_from_rfc3339(task[f].as_str().unwrap_or_default()).ok();
+            let at = |f: &str| {
+                chrono::DateTime::parse_from_rfc3339(task[f].as_str().unwrap_or_default()).ok()
+            };
             if let (Some(a), Some(b)) = (at("created_at"), at("completed_at")) {
                 latencies.push((b - a).num_milliseconds() as f64);
             }
@@ -134,13 +175,19 @@ async fn main() {
     }
     latencies.sort_by(f64::total_cmp);
     println!("tasks: {}, workers: {}", opts.tasks, opts.workers);
-    println!("submitted in {submitted:.2} s ({:.0} tasks/s)", opts.tasks as f64 / submitted);
-    println!("all completed in {finished:.2} s ({:.0} tasks/s end to end); {} completed", opts.tasks as f64 / finished, latencies.len());
+    println!(
+        "submitted in {submitted:.2} s ({:.0} tasks/s)",
+        opts.tasks as f64 / submitted
+    );
+    println!(
+        "all completed in {finished:.2} s ({:.0} tasks/s end to end); {} completed",
+        opts.tasks as f64 / finished,
+        latencies.len()
+    );
     println!(
         "submit -> completed: p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.95),
         percentile(&latencies, 0.99)
     );
-    let _ = server.kill().await;
 }

@@ -13,12 +13,13 @@
 //! ```
 //! Figures and the machine they came from go in `docs/BENCHMARKS.md`.
 
+mod support;
+
 use futures_util::StreamExt;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use support::{percentile, BenchServer};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -29,16 +30,14 @@ struct Options {
 }
 
 fn parse_args() -> Options {
+    let (bin, flags) = support::flags();
     let mut opts = Options {
-        bin: "target/release/zerostate".into(),
+        bin,
         connections: 2000,
         messages: 100,
     };
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args.next().unwrap_or_default();
+    for (flag, value) in flags {
         match flag.as_str() {
-            "--bin" => opts.bin = value,
             "--connections" => opts.connections = value.parse().expect("--connections N"),
             "--messages" => opts.messages = value.parse().expect("--messages N"),
             other => panic!("unknown flag {other}"),
@@ -56,55 +55,13 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx]
-}
-
 #[tokio::main]
 async fn main() {
     let opts = parse_args();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut server = tokio::process::Command::new(&opts.bin)
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--no-builtin-agent",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start server");
-    let pid = server.id().expect("pid");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let base = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("stdout")
-            .expect("server exited");
-        if let Some(url) = line.strip_prefix("zerostate listening on ") {
-            break url.to_owned();
-        }
-    };
+    let server = BenchServer::start(&opts.bin).await;
+    let (base, pid) = (server.base.clone(), server.pid);
     let http = reqwest::Client::new();
-    let body: serde_json::Value = http
-        .post(format!("{base}/api/v1/users/register"))
-        .json(&serde_json::json!({"email": "bench@example.com", "password": "bench password", "full_name": "Bench"}))
-        .send()
-        .await
-        .expect("register")
-        .json()
-        .await
-        .expect("register body");
-    let token = body["token"].as_str().expect("token").to_owned();
+    let token = server.sign_up_admin(&http).await;
     let ws_url = format!("{}/api/v1/ws/connect", base.replacen("http", "ws", 1));
 
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -202,5 +159,4 @@ async fn main() {
         fanout_ms.last().copied().unwrap_or(0.0)
     );
     println!("server RSS after broadcasts: {} KiB", rss_kib(pid));
-    let _ = server.kill().await;
 }

@@ -53,37 +53,14 @@ fn caps_json(caps: &[Capability]) -> String {
     serde_json::Value::from(strings).to_string()
 }
 
-#[async_trait]
-impl AgentStore for SqliteStore {
-    #[tracing::instrument(skip_all, fields(agent_id = %new.id))]
-    async fn create_agent(&self, new: &NewAgent) -> Result<AgentRecord, StoreError> {
-        let row = sqlx::query(&format!(
-            "INSERT INTO agents (id, owner_id, name, description, capabilities, token_hash,
-                                 token_prefix, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
-             RETURNING {AGENT_COLUMNS}"
-        ))
-        .bind(new.id.to_string())
-        .bind(new.owner_id.to_string())
-        .bind(&new.name)
-        .bind(&new.description)
-        .bind(caps_json(&new.capabilities))
-        .bind(&new.token_hash)
-        .bind(&new.token_prefix)
-        .bind(to_millis(new.created_at))
-        .fetch_one(self.pool())
-        .await?;
-        agent_from_row(&row)
-    }
-
-    #[tracing::instrument(skip_all, fields(system_key))]
-    async fn upsert_system_agent(
+impl SqliteStore {
+    /// Inserts an agent; for a system agent (`system_key` set) that already exists, only
+    /// its token rotates, so an operator's edits to name or capabilities survive restarts.
+    async fn insert_agent(
         &self,
-        system_key: &str,
         new: &NewAgent,
-    ) -> Result<(AgentRecord, bool), StoreError> {
-        // On conflict only the token rotates: an operator's edits to name or
-        // capabilities survive restarts.
+        system_key: Option<&str>,
+    ) -> Result<AgentRecord, StoreError> {
         let row = sqlx::query(&format!(
             "INSERT INTO agents (id, owner_id, name, description, capabilities, token_hash,
                                  token_prefix, system_key, created_at, updated_at)
@@ -103,7 +80,25 @@ impl AgentStore for SqliteStore {
         .bind(to_millis(new.created_at))
         .fetch_one(self.pool())
         .await?;
-        let agent = agent_from_row(&row)?;
+        agent_from_row(&row)
+    }
+}
+
+#[async_trait]
+impl AgentStore for SqliteStore {
+    #[tracing::instrument(skip_all, fields(agent_id = %new.id))]
+    async fn create_agent(&self, new: &NewAgent) -> Result<AgentRecord, StoreError> {
+        // A NULL system key never conflicts, so this is always a plain insert.
+        self.insert_agent(new, None).await
+    }
+
+    #[tracing::instrument(skip_all, fields(system_key))]
+    async fn upsert_system_agent(
+        &self,
+        system_key: &str,
+        new: &NewAgent,
+    ) -> Result<(AgentRecord, bool), StoreError> {
+        let agent = self.insert_agent(new, Some(system_key)).await?;
         let created = agent.id == new.id;
         Ok((agent, created))
     }

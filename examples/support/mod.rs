@@ -1,0 +1,92 @@
+//! What the benchmark tools share: command-line flags, starting the server binary on
+//! loopback with a fresh data directory, signing up, and percentiles.
+#![allow(dead_code)] // Each benchmark uses a different part of it.
+
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+/// Parses `--flag value` pairs into `(flag, value)`; `bin` defaults to the release build.
+pub fn flags() -> (String, Vec<(String, String)>) {
+    let mut bin = "target/release/zerostate".to_owned();
+    let mut rest = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_default();
+        if flag == "--bin" {
+            bin = value;
+        } else {
+            rest.push((flag, value));
+        }
+    }
+    (bin, rest)
+}
+
+/// A server started for one benchmark run; killed when dropped.
+pub struct BenchServer {
+    pub base: String,
+    pub pid: u32,
+    _process: tokio::process::Child,
+    _data_dir: tempfile::TempDir,
+}
+
+impl BenchServer {
+    /// Starts `bin serve` on a free loopback port with the built-in agent off.
+    pub async fn start(bin: &str) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let mut process = tokio::process::Command::new(bin)
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "--no-builtin-agent",
+                "--data-dir",
+            ])
+            .arg(data_dir.path())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start server");
+        let pid = process.id().expect("pid");
+        let mut lines = BufReader::new(process.stdout.take().expect("stdout")).lines();
+        let base = loop {
+            let line = lines
+                .next_line()
+                .await
+                .expect("stdout")
+                .expect("server exited");
+            if let Some(url) = line.strip_prefix("zerostate listening on ") {
+                break url.to_owned();
+            }
+        };
+        Self {
+            base,
+            pid,
+            _process: process,
+            _data_dir: data_dir,
+        }
+    }
+
+    /// Signs up the first account (the admin) and returns its session token.
+    pub async fn sign_up_admin(&self, http: &reqwest::Client) -> String {
+        let body: serde_json::Value = http
+            .post(format!("{}/api/v1/users/register", self.base))
+            .json(&serde_json::json!({"email": "bench@example.com", "password": "bench password", "full_name": "Bench"}))
+            .send()
+            .await
+            .expect("register")
+            .json()
+            .await
+            .expect("register body");
+        body["token"].as_str().expect("token").to_owned()
+    }
+}
+
+/// The `p` quantile (0..=1) of sorted values; 0 for none.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let last = sorted.len().saturating_sub(1);
+    sorted
+        .get((last as f64 * p).round() as usize)
+        .copied()
+        .unwrap_or(0.0)
+}
