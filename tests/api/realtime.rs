@@ -767,3 +767,89 @@ async fn shutdown_closes_connections_with_1012() {
     assert_eq!(code, Some(1012));
     assert_eq!(exit, Some(0));
 }
+
+#[tokio::test]
+async fn a_silent_client_is_closed_after_75_seconds_and_a_live_one_is_not() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    // A raw socket that completes the handshake and then neither reads nor writes: a
+    // WebSocket library would answer the server's pings and not be silent.
+    let mut silent = raw_websocket(&app, &user.token).await;
+    let (mut live, _) = app.ws(&user.token).await;
+    // The live client keeps reading, so its WebSocket layer answers the server's pings.
+    let reader = tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(85);
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout_at(deadline, live.stream.next()).await
+        {
+            assert!(
+                !message.is_close(),
+                "the live client was closed: {message:?}"
+            );
+        }
+        live
+    });
+    let mut live = reader.await.unwrap();
+    live.send_json(json!({ "type": "ping" })).await;
+    assert_eq!(live.next().await["type"], "pong");
+
+    let mut bytes = Vec::new();
+    use tokio::io::AsyncReadExt;
+    let _ = tokio::time::timeout(Duration::from_secs(5), silent.read_to_end(&mut bytes)).await;
+    let codes = close_codes(&bytes);
+    assert_eq!(codes, vec![1001], "frames received: {bytes:?}");
+}
+
+/// Opens a WebSocket by hand and returns the socket after the 101 response.
+async fn raw_websocket(app: &TestApp, token: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
+        .await
+        .unwrap();
+    let request = format!(
+        "GET /api/v1/ws/connect HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer {token}\r\n\r\n",
+        app.port
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        socket.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    socket
+}
+
+/// The status codes of the close frames in a stream of server (unmasked) frames.
+fn close_codes(mut bytes: &[u8]) -> Vec<u16> {
+    let mut codes = Vec::new();
+    while bytes.len() >= 2 {
+        let opcode = bytes[0] & 0x0f;
+        let (len, header) = match bytes[1] & 0x7f {
+            126 if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+            127 if bytes.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&bytes[2..10]);
+                (u64::from_be_bytes(n) as usize, 10)
+            }
+            n if n < 126 => (n as usize, 2),
+            _ => break,
+        };
+        let Some(payload) = bytes.get(header..header + len) else {
+            break;
+        };
+        if opcode == 0x8 && payload.len() >= 2 {
+            codes.push(u16::from_be_bytes([payload[0], payload[1]]));
+        }
+        bytes = &bytes[header + len..];
+    }
+    codes
+}
