@@ -203,6 +203,8 @@ export async function waitForConnected(page, timeout = 20000) {
 export async function screenshot(page, name) {
   mkdirSync(ARTIFACTS, { recursive: true });
   const file = path.join(ARTIFACTS, `${name}.png`);
+  // From the top: a scrolled page would show its sticky header in the middle.
+  await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: file, fullPage: true });
   if (process.env.E2E_NO_DOC_SCREENSHOTS !== '1') {
     mkdirSync(SCREENSHOTS, { recursive: true });
