@@ -21,6 +21,7 @@ pub use state::{AppState, HttpSettings, Readiness};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderName, Request};
 use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
@@ -42,6 +43,9 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::router())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        // A bug must not cost the client its connection or show it a stack trace: a
+        // panicking handler answers 500 in the contract's format (the panic is logged).
+        .layer(CatchPanicLayer::custom(error::panic_response))
         .layer(axum::middleware::from_fn(observe::record_metrics))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
