@@ -405,6 +405,15 @@ impl TestApp {
         self.ws_with(token, WsOpen::default()).await
     }
 
+    /// Opens a WebSocket that resumes after `cursor`; returns it and its `welcome`.
+    pub async fn ws_since(&self, token: &str, cursor: &str) -> (WsClient, Value) {
+        let open = WsOpen {
+            since: Some(cursor),
+            ..Default::default()
+        };
+        self.ws_with(token, open).await
+    }
+
     /// Opens a WebSocket with a bearer token and options; returns it and its `welcome`.
     pub async fn ws_with(&self, token: &str, open: WsOpen<'_>) -> (WsClient, Value) {
         let mut client = self

@@ -412,15 +412,7 @@ async fn a_client_that_reconnects_with_its_cursor_gets_what_it_missed_once_in_or
     app.publish_ok(&admin.token, &user.id, "note", json!({ "n": 5 }))
         .await;
 
-    let (mut ws, welcome) = app
-        .ws_with(
-            &user.token,
-            WsOpen {
-                since: Some(&cursor),
-                ..Default::default()
-            },
-        )
-        .await;
+    let (mut ws, welcome) = app.ws_since(&user.token, &cursor).await;
     let mut last = String::new();
     for n in 1..=5 {
         let m = ws.next().await;
@@ -445,15 +437,7 @@ async fn a_client_that_reconnects_with_its_cursor_gets_what_it_missed_once_in_or
     assert_eq!(ws.next().await["data"]["n"], 6);
 
     // Resuming from the newest cursor replays nothing.
-    let (mut again, _) = app
-        .ws_with(
-            &user.token,
-            WsOpen {
-                since: Some(&last),
-                ..Default::default()
-            },
-        )
-        .await;
+    let (mut again, _) = app.ws_since(&user.token, &last).await;
     let m = again.next().await;
     assert_eq!(m["data"]["n"], 6);
     let resumed = again.next().await;
@@ -481,15 +465,7 @@ async fn resume_works_across_a_server_restart() {
     app.publish_ok(&admin.token, &user.id, "note", json!({ "n": 3 }))
         .await;
 
-    let (mut ws, _) = app
-        .ws_with(
-            &user.token,
-            WsOpen {
-                since: Some(&cursor),
-                ..Default::default()
-            },
-        )
-        .await;
+    let (mut ws, _) = app.ws_since(&user.token, &cursor).await;
     assert_eq!(ws.next().await["data"]["n"], 2);
     assert_eq!(ws.next().await["data"]["n"], 3);
     let resumed = ws.next().await;
@@ -508,15 +484,7 @@ async fn a_gap_beyond_retention_or_a_foreign_cursor_gets_reset() {
     let (app, admin, user) = app_with_admin_and(options).await;
 
     for since in ["garbage", "abc-1-", "00ff00ff00ff00ff-1", "-5"] {
-        let (mut ws, _) = app
-            .ws_with(
-                &user.token,
-                WsOpen {
-                    since: Some(since),
-                    ..Default::default()
-                },
-            )
-            .await;
+        let (mut ws, _) = app.ws_since(&user.token, since).await;
         let reset = ws.next().await;
         assert_control(&reset, "reset");
         assert!(reset["data"]["reason"].is_string(), "{reset}");
@@ -543,15 +511,7 @@ async fn a_gap_beyond_retention_or_a_foreign_cursor_gets_reset() {
     // The prune job runs about every second here; wait (bounded) until the gap is gone.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let (mut ws, _) = app
-            .ws_with(
-                &user.token,
-                WsOpen {
-                    since: Some(&cursor),
-                    ..Default::default()
-                },
-            )
-            .await;
+        let (mut ws, _) = app.ws_since(&user.token, &cursor).await;
         let first = ws.next().await;
         if first["type"] == "reset" {
             assert_eq!(first["data"]["reason"], "history_expired", "{first}");
