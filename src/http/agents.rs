@@ -2,7 +2,7 @@
 //! and delete. Every signed-in user can list and read agents; only the owner or an
 //! admin can change one.
 
-use super::error::{ApiError, ApiResult};
+use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{AuthUser, JsonBody};
 use super::state::AppState;
 use super::tasks::{page_params, PageQuery};
@@ -85,11 +85,6 @@ struct UpdateBody {
     capabilities: Option<Vec<String>>,
 }
 
-fn parse_id(raw: &str) -> Result<AgentId, ApiError> {
-    // A malformed id names no agent: the same answer as an unknown one.
-    AgentId::parse(raw).map_err(|_| ApiError::NotFound("agent"))
-}
-
 async fn load(state: &AppState, id: AgentId) -> ApiResult<AgentRecord> {
     match state.store.agent(id).await {
         Ok(agent) => Ok(agent),
@@ -167,7 +162,7 @@ async fn read(
     AuthUser(_): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<AgentView>> {
-    let agent = load(&state, parse_id(&id)?).await?;
+    let agent = load(&state, path_id(&id, AgentId::parse, "agent")?).await?;
     Ok(Json(agent.into()))
 }
 
@@ -178,7 +173,7 @@ async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<UpdateBody>,
 ) -> ApiResult<Json<AgentView>> {
-    let agent = load(&state, parse_id(&id)?).await?;
+    let agent = load(&state, path_id(&id, AgentId::parse, "agent")?).await?;
     ensure_may_change(&principal, &agent)?;
     let changes = AgentChanges {
         name: body.name.as_deref().map(agents::parse_name).transpose()?,
@@ -206,7 +201,7 @@ async fn remove(
     AuthUser(principal): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let agent = load(&state, parse_id(&id)?).await?;
+    let agent = load(&state, path_id(&id, AgentId::parse, "agent")?).await?;
     ensure_may_change(&principal, &agent)?;
     match state.agents.delete(&agent).await {
         Ok(()) => Ok(StatusCode::NO_CONTENT),

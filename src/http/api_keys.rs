@@ -1,6 +1,6 @@
 //! `/api/v1/api-keys`: create (the secret is shown once), list, revoke.
 
-use super::error::{ApiError, ApiResult};
+use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{AuthUser, JsonBody};
 use super::state::AppState;
 use crate::auth::secret::{self, API_KEY_PREFIX};
@@ -126,7 +126,7 @@ async fn revoke(
     AuthUser(principal): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let id = ApiKeyId::parse(&id).map_err(|_| ApiError::NotFound("api key"))?;
+    let id = path_id(&id, ApiKeyId::parse, "api key")?;
     match state
         .store
         .revoke_api_key(principal.user_id, id, Utc::now())

@@ -116,6 +116,16 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Parses an id taken from a request path. A malformed id names no object, so it gets
+/// the same 404 as an unknown one (and says nothing about which ids exist).
+pub fn path_id<T>(
+    raw: &str,
+    parse: impl Fn(&str) -> Result<T, ParseError>,
+    what: &'static str,
+) -> ApiResult<T> {
+    parse(raw).map_err(|_| ApiError::NotFound(what))
+}
+
 /// The result type of handlers.
 pub type ApiResult<T> = Result<T, ApiError>;
 

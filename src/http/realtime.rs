@@ -6,7 +6,7 @@
 //! an opened-then-closed socket. The transports take over from a registered
 //! `realtime::Connection`.
 
-use super::error::{ApiError, ApiResult};
+use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{origin_allowed, presented_secret, AdminUser, JsonBody, Presented};
 use super::state::AppState;
 use crate::auth::{resolve_secret, Principal};
@@ -187,7 +187,7 @@ async fn send_to_user(
     Path(user_id): Path<String>,
     JsonBody(body): JsonBody<PublishBody>,
 ) -> ApiResult<Response> {
-    let user = UserId::parse(&user_id)?;
+    let user = path_id(&user_id, UserId::parse, "user")?;
     let message = Message::parse(&body.kind, body.data)?;
     publish_to_user(&state, user, message).await
 }

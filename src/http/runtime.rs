@@ -1,7 +1,7 @@
 //! `/api/v1/runtime`: what an agent process calls with its `zsa_…` token: claim (a long
 //! poll), progress (renews the lease), complete and fail.
 
-use super::error::{ApiError, ApiResult};
+use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{parse_json, presented_secret, JsonBody, Presented};
 use super::state::AppState;
 use crate::auth::secret::{self, AGENT_TOKEN_PREFIX};
@@ -71,10 +71,6 @@ struct FailBody {
     retryable: bool,
 }
 
-fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(raw).map_err(|_| ApiError::NotFound("task"))
-}
-
 #[tracing::instrument(skip_all, fields(agent_id = %agent.id))]
 async fn claim(
     State(state): State<AppState>,
@@ -114,7 +110,7 @@ async fn progress(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ProgressBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id, TaskId::parse, "task")?;
     if !(0.0..=100.0).contains(&body.progress) {
         return Err(ApiError::invalid("progress must be between 0 and 100"));
     }
@@ -140,7 +136,7 @@ async fn complete(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CompleteBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id, TaskId::parse, "task")?;
     let task = state
         .tasks
         .finish(
@@ -161,7 +157,7 @@ async fn fail(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<FailBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let id = parse_id(&id)?;
+    let id = path_id(&id, TaskId::parse, "task")?;
     let error = body.error.trim();
     if error.is_empty() {
         return Err(ApiError::invalid("error must describe what went wrong"));

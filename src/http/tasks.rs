@@ -2,7 +2,7 @@
 //! own tasks (another user's task is 404, as if it did not exist); admins may read any
 //! and list all with `?all=true`.
 
-use super::error::{ApiError, ApiResult};
+use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{AuthUser, JsonBody};
 use super::state::AppState;
 use crate::auth::Principal;
@@ -125,10 +125,6 @@ fn viewer(principal: &Principal) -> Viewer {
     }
 }
 
-fn parse_id(raw: &str) -> Result<TaskId, ApiError> {
-    TaskId::parse(raw).map_err(|_| ApiError::NotFound("task"))
-}
-
 #[derive(Deserialize)]
 struct SubmitBody {
     query: String,
@@ -213,7 +209,10 @@ async fn read(
     AuthUser(principal): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TaskView>> {
-    let task = state.tasks.get(viewer(&principal), parse_id(&id)?).await?;
+    let task = state
+        .tasks
+        .get(viewer(&principal), path_id(&id, TaskId::parse, "task")?)
+        .await?;
     Ok(Json(task.into()))
 }
 
@@ -222,7 +221,10 @@ async fn status(
     AuthUser(principal): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let task = state.tasks.get(viewer(&principal), parse_id(&id)?).await?;
+    let task = state
+        .tasks
+        .get(viewer(&principal), path_id(&id, TaskId::parse, "task")?)
+        .await?;
     Ok(Json(json!({
         "task_id": task.id,
         "status": task.status,
@@ -237,7 +239,10 @@ async fn result(
     AuthUser(principal): AuthUser,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let task = state.tasks.get(viewer(&principal), parse_id(&id)?).await?;
+    let task = state
+        .tasks
+        .get(viewer(&principal), path_id(&id, TaskId::parse, "task")?)
+        .await?;
     if !task.status.is_finished() {
         return Err(TaskError::NotFinished.into());
     }
@@ -262,7 +267,7 @@ async fn cancel(
 ) -> ApiResult<Json<serde_json::Value>> {
     let task = state
         .tasks
-        .cancel(viewer(&principal), parse_id(&id)?)
+        .cancel(viewer(&principal), path_id(&id, TaskId::parse, "task")?)
         .await?;
     Ok(Json(json!({ "task_id": task.id, "status": task.status })))
 }

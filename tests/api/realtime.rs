@@ -377,12 +377,21 @@ async fn only_admins_publish_and_invalid_messages_are_refused() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    // A path that names no user, malformed or not, is 404; a malformed body is 400.
     assert_eq!(
         app.publish_to(&admin.token, "not-a-uuid", "note", json!({}))
             .await
             .0,
-        StatusCode::BAD_REQUEST
+        StatusCode::NOT_FOUND
     );
+    let (status, _) = app
+        .post(
+            "/api/v1/ws/send",
+            Some(&admin.token),
+            json!({ "user_id": "not-a-uuid", "type": "note", "data": {} }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
 #[tokio::test]
