@@ -37,7 +37,7 @@ describe('reconnect and resume', () => {
 
     await server.stop();
     await page.waitForFunction(() => /^Reconnecting\.\.\. \(\d\/5\)$/.test(document.getElementById('ws-status-text').textContent.trim()), null, { timeout: 15000 });
-    assert.ok(logs.includes('🔌 WebSocket disconnected') || logs.some((l) => l.startsWith('🔌 WebSocket disconnected')), 'disconnected line');
+    assert.ok(logs.includes('🔌 WebSocket disconnected'), "the guide's exact disconnected line");
     assert.ok(logs.some((l) => /^🔄 Reconnecting\.\.\. \(attempt \d\/5\)$/.test(l)), 'reconnecting line');
 
     await server.restart();

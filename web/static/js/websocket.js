@@ -230,7 +230,9 @@
         this.stopPing();
         var code = event && event.code;
         if (this.stopped) return;
-        console.log('🔌 WebSocket disconnected', code ? '(code ' + code + (event.reason ? ': ' + event.reason : '') + ')' : '');
+        // The guide's exact line; the close code goes to a separate debug line.
+        console.log('🔌 WebSocket disconnected');
+        if (code) console.debug('WebSocket close code ' + code + (event.reason ? ': ' + event.reason : ''));
         this.emit('disconnected', { code: code, reason: event && event.reason });
 
         if (code === 4001) {
