@@ -10,7 +10,8 @@ use crate::domain::{AgentId, Capability, Priority, TaskId, TaskQuery, TaskStatus
 use crate::store::{TaskFilter, TaskRecord};
 use crate::tasks::{Submission, TaskError, Viewer};
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -204,45 +205,38 @@ async fn list(
     })))
 }
 
-async fn read(
-    State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<TaskView>> {
-    let task = state
-        .tasks
-        .get(viewer(&principal), path_id(&id, TaskId::parse, "task")?)
-        .await?;
-    Ok(Json(task.into()))
+/// A task the caller may see, loaded from the `{id}` of the path: 404 for a malformed
+/// id, an unknown task or someone else's (unless the caller is an admin).
+struct VisibleTask(TaskRecord);
+
+impl FromRequestParts<AppState> for VisibleTask {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let AuthUser(principal) = AuthUser::from_request_parts(parts, state).await?;
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::NotFound("task"))?;
+        let id = path_id(&id, TaskId::parse, "task")?;
+        Ok(Self(state.tasks.get(viewer(&principal), id).await?))
+    }
 }
 
-async fn status(
-    State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let task = state
-        .tasks
-        .get(viewer(&principal), path_id(&id, TaskId::parse, "task")?)
-        .await?;
-    Ok(Json(json!({
+async fn read(VisibleTask(task): VisibleTask) -> Json<TaskView> {
+    Json(task.into())
+}
+
+async fn status(VisibleTask(task): VisibleTask) -> Json<serde_json::Value> {
+    Json(json!({
         "task_id": task.id,
         "status": task.status,
         "progress": task.progress,
         "agent_id": task.agent_id,
         "updated_at": task.updated_at,
-    })))
+    }))
 }
 
-async fn result(
-    State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
-    Path(id): Path<String>,
-) -> ApiResult<Json<serde_json::Value>> {
-    let task = state
-        .tasks
-        .get(viewer(&principal), path_id(&id, TaskId::parse, "task")?)
-        .await?;
+async fn result(VisibleTask(task): VisibleTask) -> ApiResult<Json<serde_json::Value>> {
     if !task.status.is_finished() {
         return Err(TaskError::NotFinished.into());
     }
