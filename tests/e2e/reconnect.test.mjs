@@ -163,4 +163,25 @@ describe('reconnect and resume', () => {
     assert.deepEqual(context.problems, []);
     await context.close();
   });
+  it('reconnects at once when the network comes back or the tab becomes visible', { timeout: 200000 }, async () => {
+    const context = await signedInContext(browser, server, user.token);
+    const page = await context.newPage();
+    await page.goto(`${server.url}/tasks.html`);
+    await waitForConnected(page);
+    for (const wake of [
+      () => window.dispatchEvent(new Event('online')),
+      () => document.dispatchEvent(new Event('visibilitychange')),
+    ]) {
+      await server.stop();
+      // Past the fast attempts the client waits 15 to 30 s between slow retries...
+      await page.waitForFunction(() => document.getElementById('ws-status-text').textContent.trim() === 'Disconnected', null, { timeout: 60000 });
+      await server.restart();
+      assert.equal(await page.getAttribute('#ws-status', 'data-state'), 'disconnected');
+      // ...but the browser's signal brings it back well before the next one.
+      await page.evaluate(wake);
+      await waitForConnected(page, 8000);
+    }
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
 });
