@@ -199,14 +199,17 @@ export async function waitForConnected(page, timeout = 20000) {
   }, null, { timeout });
 }
 
-/** Full-page screenshot into tests/e2e/artifacts/<name>.png and docs/screenshots/<name>.png. */
+/**
+ * Full-page screenshot into tests/e2e/artifacts/<name>.png; with E2E_UPDATE_SCREENSHOTS=1
+ * also into docs/screenshots/<name>.png, the ones the README shows.
+ */
 export async function screenshot(page, name) {
   mkdirSync(ARTIFACTS, { recursive: true });
   const file = path.join(ARTIFACTS, `${name}.png`);
   // From the top: a scrolled page would show its sticky header in the middle.
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: file, fullPage: true });
-  if (process.env.E2E_NO_DOC_SCREENSHOTS !== '1') {
+  if (process.env.E2E_UPDATE_SCREENSHOTS === '1') {
     mkdirSync(SCREENSHOTS, { recursive: true });
     copyFileSync(file, path.join(SCREENSHOTS, `${name}.png`));
   }
