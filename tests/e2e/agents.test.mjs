@@ -2,30 +2,22 @@
 // the token shown once, and seeing it come online live.
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, signedInContext, signUpApi, apiCall, waitForConnected, screenshot, spawnAgent, killProc } from './helpers.mjs';
+import { useServerAndBrowser, openSignedInPage, signUpApi, apiCall, screenshot, spawnAgent, killProc } from './helpers.mjs';
 
 describe('agents page', () => {
-  let server;
-  let browser;
+  const env = useServerAndBrowser({ builtinAgent: false });
   let user;
   let agentProc;
 
   before(async () => {
-    server = await startServer({ builtinAgent: false });
-    browser = await launchBrowser();
-    user = await signUpApi(server, { fullName: 'Agent Owner' });
+    user = await signUpApi(env.server, { fullName: 'Agent Owner' });
   });
   after(async () => {
     await killProc(agentProc);
-    await browser?.close();
-    await server?.dispose();
   });
 
   it('registers an agent, shows its token and command once, and shows it online live', { timeout: 120000 }, async () => {
-    const context = await signedInContext(browser, server, user.token);
-    const page = await context.newPage();
-    await page.goto(`${server.url}/agents.html`);
-    await waitForConnected(page);
+    const { context, page } = await openSignedInPage(env, user.token, '/agents.html');
     await page.waitForSelector('#my-agents-empty:not([hidden])');
     await page.evaluate(() => { window.__sameDocument = true; });
 
@@ -37,7 +29,7 @@ describe('agents page', () => {
     const token = await page.inputValue('#agent-token');
     assert.match(token, /^zsa_/);
     const command = await page.inputValue('#agent-command');
-    assert.equal(command, `zerostate agent run --server ${server.url} --token ${token} --exec "cat"`);
+    assert.equal(command, `zerostate agent run --server ${env.server.url} --token ${token} --exec "cat"`);
     const agentId = await page.getAttribute('#agent-token-box', 'data-registered-agent-id');
     assert.ok(agentId, 'the box knows the agent id');
 
@@ -46,7 +38,7 @@ describe('agents page', () => {
     assert.equal(await card.getAttribute('data-agent-status'), 'offline');
     await screenshot(page, 'agents-registered');
 
-    agentProc = spawnAgent(server, token, 'cat');
+    agentProc = spawnAgent(env.server, token, 'cat');
     await page.waitForFunction((id) => {
       const c = document.querySelector(`#my-agents [data-agent-id="${id}"]`);
       return c && c.dataset.agentStatus === 'online' && c.querySelector('[data-status]').textContent.trim() === 'online';
@@ -57,11 +49,11 @@ describe('agents page', () => {
 
     // The agent does real work: a task for its capability comes back as the query (cat).
     const query = `echo me ${Date.now()}`;
-    const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query, capability: 'echo' }, expect: 202 });
+    const res = await apiCall(env.server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query, capability: 'echo' }, expect: 202 });
     const deadline = Date.now() + 30000;
     let result;
     while (Date.now() < deadline) {
-      result = await apiCall(server, 'GET', `/api/v1/tasks/${res.body.task_id}`, { token: user.token });
+      result = await apiCall(env.server, 'GET', `/api/v1/tasks/${res.body.task_id}`, { token: user.token });
       if (['completed', 'failed'].includes(result.body.status)) break;
       await page.waitForTimeout(300);
     }

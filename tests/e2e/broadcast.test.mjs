@@ -1,26 +1,19 @@
 // Admin broadcast from the settings page reaches another user's browser as a
 // toast; message text is shown as text, never as HTML.
-import { describe, it, before, after } from 'node:test';
+import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, signedInContext, signUpApi, waitForConnected, screenshot } from './helpers.mjs';
+import { useServerAndBrowser, signedInContext, signUpApi, waitForConnected, screenshot } from './helpers.mjs';
 
 describe('system broadcast', () => {
-  let server;
-  let browser;
+  const env = useServerAndBrowser();
   let admin;
   let other;
 
   before(async () => {
-    server = await startServer();
-    browser = await launchBrowser();
-    admin = await signUpApi(server, { fullName: 'Admin' });
-    other = await signUpApi(server, { fullName: 'Other User' });
+    admin = await signUpApi(env.server, { fullName: 'Admin' });
+    other = await signUpApi(env.server, { fullName: 'Other User' });
     assert.equal(admin.user.role, 'admin');
     assert.equal(other.user.role, 'user');
-  });
-  after(async () => {
-    await browser?.close();
-    await server?.dispose();
   });
 
   async function broadcast(page, message, level) {
@@ -30,18 +23,18 @@ describe('system broadcast', () => {
   }
 
   it('delivers an admin broadcast to another user as a toast', { timeout: 60000 }, async () => {
-    const adminCtx = await signedInContext(browser, server, admin.token);
-    const otherCtx = await signedInContext(browser, server, other.token);
+    const adminCtx = await signedInContext(env.browser, env.server, admin.token);
+    const otherCtx = await signedInContext(env.browser, env.server, other.token);
     const adminPage = await adminCtx.newPage();
     const otherPage = await otherCtx.newPage();
 
-    await otherPage.goto(`${server.url}/settings.html`);
+    await otherPage.goto(`${env.server.url}/settings.html`);
     await waitForConnected(otherPage);
     assert.equal(await otherPage.isVisible('#broadcast-section'), false, 'non-admins do not see the form');
-    await otherPage.goto(`${server.url}/dashboard.html`);
+    await otherPage.goto(`${env.server.url}/dashboard.html`);
     await waitForConnected(otherPage);
 
-    await adminPage.goto(`${server.url}/settings.html`);
+    await adminPage.goto(`${env.server.url}/settings.html`);
     await waitForConnected(adminPage);
     await adminPage.waitForSelector('#broadcast-section:not([hidden])');
     assert.equal(await adminPage.inputValue('#profile-name'), 'Admin');

@@ -1,6 +1,7 @@
 // Helpers for the browser tests: start the real server binary on a free port
 // with its own data directory, create users through the API, launch Debian's
 // chromium through playwright-core, and collect screenshots.
+import { before, after } from 'node:test';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, copyFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -260,4 +261,30 @@ export async function waitTaskStatus(page, { server, token, root = '#task-list',
     }
     throw new Error(`${err.message}\nwanted ${status}; row: ${row}\nAPI task: ${task}`);
   }
+}
+
+/**
+ * A fresh server and browser for one `describe` block: started in `before`, stopped in
+ * `after`. The returned object's `server` and `browser` are set once `before` has run.
+ */
+export function useServerAndBrowser(serverOptions = {}) {
+  const env = { server: undefined, browser: undefined };
+  before(async () => {
+    env.server = await startServer(serverOptions);
+    env.browser = await launchBrowser();
+  });
+  after(async () => {
+    await env.browser?.close();
+    await env.server?.dispose();
+  });
+  return env;
+}
+
+/** Opens `pathname` in a new browser context signed in with `token`, once Connected. */
+export async function openSignedInPage(env, token, pathname) {
+  const context = await signedInContext(env.browser, env.server, token);
+  const page = await context.newPage();
+  await page.goto(`${env.server.url}${pathname}`);
+  await waitForConnected(page);
+  return { context, page };
 }

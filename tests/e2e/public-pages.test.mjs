@@ -1,28 +1,19 @@
 // Landing, sign-up and sign-in pages; no real-time connection on public pages;
 // the signed-in pages keep working under a strict Content-Security-Policy.
-import { describe, it, before, after } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, watchContext, signedInContext, signUpApi, uniqueEmail, waitForConnected, screenshot } from './helpers.mjs';
+import { useServerAndBrowser, watchContext, signedInContext, signUpApi, uniqueEmail, waitForConnected, screenshot } from './helpers.mjs';
 
 const PUBLIC = ['/', '/login.html', '/signup.html'];
 const SIGNED_IN = ['/dashboard.html', '/tasks.html', '/agents.html', '/analytics.html', '/settings.html', '/api-keys.html'];
 const CSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
 
 describe('public pages and sign-up', () => {
-  let server;
-  let browser;
+  const env = useServerAndBrowser();
 
-  before(async () => {
-    server = await startServer();
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    await browser?.close();
-    await server?.dispose();
-  });
 
   it('opens no WebSocket and no event stream on /, /login.html and /signup.html', { timeout: 60000 }, async () => {
-    const context = watchContext(await browser.newContext());
+    const context = watchContext(await env.browser.newContext());
     const page = await context.newPage();
     const sockets = [];
     const streams = [];
@@ -31,7 +22,7 @@ describe('public pages and sign-up', () => {
       if (/\/api\/v1\/(events|ws\/connect)/.test(req.url())) streams.push(req.url());
     });
     for (const p of PUBLIC) {
-      const res = await page.goto(server.url + p, { waitUntil: 'networkidle' });
+      const res = await page.goto(env.server.url + p, { waitUntil: 'networkidle' });
       assert.equal(res.status(), 200, `${p} answers 200`);
       await page.waitForTimeout(500);
       assert.equal(await page.$('#ws-status'), null, `${p} has no status indicator`);
@@ -46,21 +37,21 @@ describe('public pages and sign-up', () => {
   });
 
   it('sends a signed-out visitor of a signed-in page to /login.html', { timeout: 60000 }, async () => {
-    const context = watchContext(await browser.newContext());
+    const context = watchContext(await env.browser.newContext());
     const page = await context.newPage();
     for (const p of ['/dashboard.html', '/tasks.html']) {
-      await page.goto(server.url + p);
+      await page.goto(env.server.url + p);
       await page.waitForURL(/\/login\.html/, { timeout: 10000 });
     }
     await context.close();
   });
 
   it('signs up through the page and lands on a connected dashboard', { timeout: 60000 }, async () => {
-    const context = watchContext(await browser.newContext());
+    const context = watchContext(await env.browser.newContext());
     const page = await context.newPage();
     const logs = [];
     page.on('console', (m) => logs.push(m.text()));
-    await page.goto(`${server.url}/signup.html`);
+    await page.goto(`${env.server.url}/signup.html`);
 
     // Client-side validation: short password.
     await page.fill('#full-name', 'Ada Lovelace');
@@ -91,7 +82,7 @@ describe('public pages and sign-up', () => {
 
     // Duplicate sign-up shows the server's message.
     const page2 = await context.newPage();
-    await page2.goto(`${server.url}/signup.html`);
+    await page2.goto(`${env.server.url}/signup.html`);
     await page2.fill('#full-name', 'Ada Again');
     await page2.fill('#email', email);
     await page2.fill('#password', 'a long enough password');
@@ -117,15 +108,15 @@ describe('public pages and sign-up', () => {
   });
 
   it('serves every page with a strict Content-Security-Policy that the pages keep', { timeout: 90000 }, async () => {
-    const { token } = await signUpApi(server);
-    const context = await signedInContext(browser, server, token);
+    const { token } = await signUpApi(env.server);
+    const context = await signedInContext(env.browser, env.server, token);
     await context.addInitScript(() => {
       window.__csp = [];
       document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
     });
     const page = await context.newPage();
     for (const p of [...SIGNED_IN, ...PUBLIC]) {
-      const response = await page.goto(server.url + p);
+      const response = await page.goto(env.server.url + p);
       assert.equal(response.headers()['content-security-policy'], CSP, `policy on ${p}`);
       if (SIGNED_IN.includes(p)) await waitForConnected(page);
       else await page.waitForLoadState('networkidle');
@@ -137,18 +128,18 @@ describe('public pages and sign-up', () => {
   });
 
   it('fits a phone-size screen without sideways scrolling', { timeout: 90000 }, async () => {
-    const { token } = await signUpApi(server);
-    const context = await signedInContext(browser, server, token, { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+    const { token } = await signUpApi(env.server);
+    const context = await signedInContext(env.browser, env.server, token, { viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
     const page = await context.newPage();
     for (const p of [...PUBLIC, ...SIGNED_IN]) {
-      await page.goto(server.url + p);
+      await page.goto(env.server.url + p);
       if (SIGNED_IN.includes(p)) await waitForConnected(page);
       else await page.waitForLoadState('networkidle');
       const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
       assert.ok(overflow <= 0, `${p} overflows by ${overflow}px`);
     }
     // The menu button opens the navigation on small screens.
-    await page.goto(`${server.url}/tasks.html`);
+    await page.goto(`${env.server.url}/tasks.html`);
     await waitForConnected(page);
     assert.equal(await page.isVisible('.nav-links'), false);
     await page.click('.nav-toggle');

@@ -1,31 +1,22 @@
 // Sessions and the 4001 close code: signing out in one tab closes the live
 // connection of the others, which go to the sign-in page and come back after it.
-import { describe, it, before, after } from 'node:test';
+import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, signedInContext, signUpApi, waitForConnected } from './helpers.mjs';
+import { useServerAndBrowser, signedInContext, signUpApi, waitForConnected } from './helpers.mjs';
 
 describe('sessions', () => {
-  let server;
-  let browser;
+  const env = useServerAndBrowser();
 
-  before(async () => {
-    server = await startServer();
-    browser = await launchBrowser();
-  });
-  after(async () => {
-    await browser?.close();
-    await server?.dispose();
-  });
 
   it('sends every tab to sign-in when the session is revoked, and back after signing in', { timeout: 60000 }, async () => {
-    const user = await signUpApi(server, { fullName: 'Two Tabs' });
-    const context = await signedInContext(browser, server, user.token);
+    const user = await signUpApi(env.server, { fullName: 'Two Tabs' });
+    const context = await signedInContext(env.browser, env.server, user.token);
     const tabA = await context.newPage();
     const tabB = await context.newPage();
     const closes = [];
     tabB.on('websocket', (ws) => ws.on('close', () => closes.push(ws.url())));
-    await tabA.goto(`${server.url}/dashboard.html`);
-    await tabB.goto(`${server.url}/tasks.html`);
+    await tabA.goto(`${env.server.url}/dashboard.html`);
+    await tabB.goto(`${env.server.url}/tasks.html`);
     await waitForConnected(tabA);
     await waitForConnected(tabB);
 
@@ -46,8 +37,8 @@ describe('sessions', () => {
   });
 
   it('reloads its data on `reset` when its stored cursor cannot be resumed', { timeout: 60000 }, async () => {
-    const user = await signUpApi(server, { fullName: 'Stale Cursor' });
-    const context = await signedInContext(browser, server, user.token);
+    const user = await signUpApi(env.server, { fullName: 'Stale Cursor' });
+    const context = await signedInContext(env.browser, env.server, user.token);
     // A cursor from another server life (unknown epoch): the gap cannot be replayed.
     await context.addInitScript((key) => {
       if (location.protocol !== 'http:') return; // about:blank has no storage
@@ -61,7 +52,7 @@ describe('sessions', () => {
       frames.push(ws.url());
       ws.on('framereceived', (f) => frames.push(String(f.payload).slice(0, 200)));
     });
-    await page.goto(`${server.url}/tasks.html`);
+    await page.goto(`${env.server.url}/tasks.html`);
     await waitForConnected(page);
     await page.waitForFunction(() => window.__resets.length > 0, null, { timeout: 10000 }).catch((err) => {
       throw new Error(`${err.message}\nframes: ${frames.join('\n')}`);

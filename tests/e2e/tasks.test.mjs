@@ -1,31 +1,24 @@
 // Submitting a task from the tasks page: the built-in agent runs it and the
 // row moves to completed / 100 % live, with a toast; details show the result;
 // dashboard and analytics follow.
-import { describe, it, before, after } from 'node:test';
+import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { startServer, launchBrowser, signedInContext, signUpApi, apiCall, waitForConnected, screenshot, waitTaskStatus } from './helpers.mjs';
+import { useServerAndBrowser, openSignedInPage, signedInContext, signUpApi, apiCall, waitForConnected, screenshot, waitTaskStatus } from './helpers.mjs';
 
 describe('tasks page', () => {
-  let server;
-  let browser;
+  const env = useServerAndBrowser();
   let user;
 
   before(async () => {
-    server = await startServer();
-    browser = await launchBrowser();
-    user = await signUpApi(server, { fullName: 'Task Runner' });
-  });
-  after(async () => {
-    await browser?.close();
-    await server?.dispose();
+    user = await signUpApi(env.server, { fullName: 'Task Runner' });
   });
 
   it('submits a task and shows it completing live, with a toast', { timeout: 90000 }, async () => {
-    const context = await signedInContext(browser, server, user.token);
+    const context = await signedInContext(env.browser, env.server, user.token);
     const page = await context.newPage();
     const logs = [];
     page.on('console', (m) => logs.push(m.text()));
-    await page.goto(`${server.url}/tasks.html`);
+    await page.goto(`${env.server.url}/tasks.html`);
     await waitForConnected(page);
     await page.waitForSelector('#tasks-empty:not([hidden])');
     assert.match(await page.textContent('#tasks-empty'), /No tasks yet/);
@@ -42,7 +35,7 @@ describe('tasks page', () => {
     const id = await row.getAttribute('data-task-id');
     assert.match(id, /^[0-9a-f-]{36}$/i);
     const badge = page.locator(`#task-list [data-task-id="${id}"] [data-status]`);
-    await waitTaskStatus(page, { server, token: user.token, id });
+    await waitTaskStatus(page, { server: env.server, token: user.token, id });
     assert.equal((await badge.textContent()).trim(), 'completed');
     const progress = await page.$eval(`#task-list [data-task-id="${id}"] progress`, (p) => [p.value, p.dataset.progress]);
     assert.deepEqual(progress, [100, '100']);
@@ -60,8 +53,8 @@ describe('tasks page', () => {
 
     // A second task submitted by a script appears on the page by itself.
     const other = `From a script ${Date.now()}`;
-    const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: other }, expect: 202 });
-    await waitTaskStatus(page, { server, token: user.token, id: res.body.task_id });
+    const res = await apiCall(env.server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: other }, expect: 202 });
+    await waitTaskStatus(page, { server: env.server, token: user.token, id: res.body.task_id });
 
     // The status filter.
     await page.selectOption('#status-filter', 'failed');
@@ -74,10 +67,7 @@ describe('tasks page', () => {
   });
 
   it('cancels a queued task (no agent can take it)', { timeout: 60000 }, async () => {
-    const context = await signedInContext(browser, server, user.token);
-    const page = await context.newPage();
-    await page.goto(`${server.url}/tasks.html`);
-    await waitForConnected(page);
+    const { context, page } = await openSignedInPage(env, user.token, '/tasks.html');
     const query = `Needs a capability nobody has ${Date.now()}`;
     await page.fill('#task-query', query);
     await page.fill('#task-capability', 'nobody-has-this');
@@ -93,20 +83,17 @@ describe('tasks page', () => {
   });
 
   it('shows live numbers on the dashboard and charts on analytics', { timeout: 90000 }, async () => {
-    const context = await signedInContext(browser, server, user.token);
-    const page = await context.newPage();
-    await page.goto(`${server.url}/dashboard.html`);
-    await waitForConnected(page);
+    const { context, page } = await openSignedInPage(env, user.token, '/dashboard.html');
     await page.waitForFunction(() => Number(document.getElementById('stat-completed').textContent) >= 2, null, { timeout: 10000 });
     const before = Number(await page.textContent('#stat-completed'));
-    const res = await apiCall(server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `dashboard live ${Date.now()}` }, expect: 202 });
+    const res = await apiCall(env.server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `dashboard live ${Date.now()}` }, expect: 202 });
     const id = res.body.task_id;
-    await waitTaskStatus(page, { server, token: user.token, root: '#recent-tasks', id });
+    await waitTaskStatus(page, { server: env.server, token: user.token, root: '#recent-tasks', id });
     await page.waitForFunction((n) => Number(document.getElementById('stat-completed').textContent) > n, before, { timeout: 10000 });
     assert.notEqual((await page.textContent('#stat-success-rate')).trim(), '—');
     await screenshot(page, 'dashboard');
 
-    await page.goto(`${server.url}/analytics.html`);
+    await page.goto(`${env.server.url}/analytics.html`);
     await waitForConnected(page);
     await page.waitForSelector('#chart-throughput svg polyline');
     await page.waitForSelector('#chart-durations svg rect.bar');
