@@ -1,5 +1,6 @@
-//! An in-memory message log: the same contract as the store's, for unit tests and
-//! for embedding the hub without a database. Nothing survives the process.
+//! An in-memory message log with the same contract as the store's, so the hub's unit
+//! tests can drive thousands of publishes and reconnects without a database. Only
+//! compiled for tests: the server always keeps its history in the store.
 
 use super::history::{HistoryPolicy, MessageLog, StoredMessage, StreamPosition};
 use crate::domain::UserId;

@@ -9,7 +9,8 @@ pub mod client;
 pub mod disconnect;
 pub mod history;
 mod hub;
-pub mod memory;
+#[cfg(test)]
+mod memory;
 pub mod protocol;
 
 pub use client::TransportKind;
