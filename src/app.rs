@@ -74,6 +74,7 @@ impl Application {
         );
         let queue = crate::tasks::QueueSettings {
             lease: Duration::from_secs(args.task_lease_s),
+            retry_backoff_base: Duration::from_millis(args.retry_backoff_base_ms),
         };
         let tasks = crate::tasks::TaskService::new(
             store.clone(),
@@ -137,6 +138,9 @@ impl Application {
             // Not ready first, so load balancers stop sending clients here before
             // the live connections are told (1012) to reconnect elsewhere.
             draining_state.readiness.set_ready(false);
+            // While the listener still serves: the built-in agent's running tasks go
+            // back to the queue in-process, without using attempts.
+            draining_state.tasks.hand_back_server_agents().await;
             draining_state.hub.close_all(Disconnect::Shutdown);
         });
         let server = tokio::spawn(async move { server.await });

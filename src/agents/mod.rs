@@ -212,6 +212,12 @@ impl AgentService {
         Ok(())
     }
 
+    /// Announces a change of presence made by another service (a clean stop, noted
+    /// when the agent hands a task back, turns it offline).
+    pub async fn announce_updated(&self, agent: &AgentRecord) {
+        self.announce(agent, AgentAction::Updated).await;
+    }
+
     /// Sends `agent_update` to everyone. A failed publish is logged: the change itself
     /// is already stored, and clients reload lists on `reset`.
     async fn announce(&self, agent: &AgentRecord, action: AgentAction) {

@@ -14,7 +14,10 @@ mod tasks;
 pub use agents::{AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, Page};
 pub use error::StoreError;
 pub use models::*;
-pub use tasks::{NewTask, Outcome, TaskFilter, TaskRecord, TaskStat, TaskStore};
+pub use tasks::{
+    AttemptRecord, Backoff, Inserted, NewTask, Outcome, QueueGauges, QueueStanding, TaskFilter,
+    TaskRecord, TaskStat, TaskStore,
+};
 
 use crate::domain::{ApiKeyId, Email, FullName, Role, SessionId, UserId};
 // The real-time message log is defined by the hub (its port) and implemented here.
