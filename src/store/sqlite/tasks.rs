@@ -189,65 +189,46 @@ impl TaskStore for SqliteStore {
         key_window: chrono::Duration,
     ) -> Result<Inserted, StoreError> {
         let created_at = to_millis(new.created_at);
+        let Some(key) = &new.idempotency_key else {
+            // Without a key the insert is one statement, no transaction needed.
+            let mut conn = self.pool().acquire().await?;
+            return Ok(Inserted::New(insert_row(&mut conn, new).await?));
+        };
         // The first statement writes, so the transaction holds the write lock from its
         // start: no read-then-upgrade, no BUSY between the key and the task.
         let mut tx = self.pool().begin().await?;
-        if let Some(key) = &new.idempotency_key {
-            // Takes the key, or takes over one that has outlived the window; a live
-            // key of another task leaves the row alone and returns nothing.
-            let taken = sqlx::query(
-                "INSERT INTO idempotency_keys (user_id, key, task_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (user_id, key) DO UPDATE
-                    SET task_id = excluded.task_id, created_at = excluded.created_at
-                  WHERE idempotency_keys.created_at <= excluded.created_at - ?5
-                 RETURNING task_id",
-            )
+        // Takes the key, or takes over one that has outlived the window; a live key of
+        // another task leaves the row alone and returns nothing.
+        let taken = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, task_id, created_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id, key) DO UPDATE
+                SET task_id = excluded.task_id, created_at = excluded.created_at
+              WHERE idempotency_keys.created_at <= excluded.created_at - ?5
+             RETURNING task_id",
+        )
+        .bind(new.user_id.to_string())
+        .bind(key.as_str())
+        .bind(new.id.to_string())
+        .bind(created_at)
+        .bind(key_window.num_milliseconds())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if taken.is_none() {
+            let row = sqlx::query(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE id =
+                   (SELECT task_id FROM idempotency_keys WHERE user_id = ?1 AND key = ?2)"
+            ))
             .bind(new.user_id.to_string())
             .bind(key.as_str())
-            .bind(new.id.to_string())
-            .bind(created_at)
-            .bind(key_window.num_milliseconds())
-            .fetch_optional(&mut *tx)
+            .fetch_one(&mut *tx)
             .await?;
-            if taken.is_none() {
-                let row = sqlx::query(&format!(
-                    "SELECT {TASK_COLUMNS} FROM tasks WHERE id =
-                       (SELECT task_id FROM idempotency_keys WHERE user_id = ?1 AND key = ?2)"
-                ))
-                .bind(new.user_id.to_string())
-                .bind(key.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-                tx.rollback().await?;
-                return Ok(Inserted::Duplicate(task_from_row(&row)?));
-            }
+            tx.rollback().await?;
+            return Ok(Inserted::Duplicate(task_from_row(&row)?));
         }
-        let row = sqlx::query(&format!(
-            "INSERT INTO tasks (id, user_id, query, capability, priority, priority_rank, status,
-                                progress, requested_agent_id, agent_id, attempts, max_attempts,
-                                idempotency_key, run_at, available_at, timeout_s, created_at,
-                                updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?7, 0, ?8, ?9, ?10,
-                     MAX(?11, COALESCE(?10, 0)), ?12, ?11, ?11)
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(new.id.to_string())
-        .bind(new.user_id.to_string())
-        .bind(new.query.as_str())
-        .bind(new.capability.as_str())
-        .bind(new.priority.as_str())
-        .bind(new.priority.rank())
-        .bind(new.agent_id.map(|a| a.to_string()))
-        .bind(i64::from(new.max_attempts.get()))
-        .bind(new.idempotency_key.as_ref().map(|k| k.as_str()))
-        .bind(new.run_at.map(to_millis))
-        .bind(created_at)
-        .bind(i64::from(new.timeout.get()))
-        .fetch_one(&mut *tx)
-        .await?;
+        let task = insert_row(&mut tx, new).await?;
         tx.commit().await?;
-        Ok(Inserted::New(task_from_row(&row)?))
+        Ok(Inserted::New(task))
     }
 
     async fn task(&self, id: TaskId) -> Result<TaskRecord, StoreError> {
@@ -649,6 +630,37 @@ fn release_set(now: usize) -> String {
          attempt_outcome = 'handed_back', available_at = ?{now}, lease_expires_at = NULL,
          updated_at = ?{now}"
     )
+}
+
+/// Inserts the task row.
+async fn insert_row(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewTask,
+) -> Result<TaskRecord, StoreError> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO tasks (id, user_id, query, capability, priority, priority_rank, status,
+                            progress, requested_agent_id, agent_id, attempts, max_attempts,
+                            idempotency_key, run_at, available_at, timeout_s, created_at,
+                            updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?7, 0, ?8, ?9, ?10,
+                 MAX(?11, COALESCE(?10, 0)), ?12, ?11, ?11)
+         RETURNING {TASK_COLUMNS}"
+    ))
+    .bind(new.id.to_string())
+    .bind(new.user_id.to_string())
+    .bind(new.query.as_str())
+    .bind(new.capability.as_str())
+    .bind(new.priority.as_str())
+    .bind(new.priority.rank())
+    .bind(new.agent_id.map(|a| a.to_string()))
+    .bind(i64::from(new.max_attempts.get()))
+    .bind(new.idempotency_key.as_ref().map(|k| k.as_str()))
+    .bind(new.run_at.map(to_millis))
+    .bind(to_millis(new.created_at))
+    .bind(i64::from(new.timeout.get()))
+    .fetch_one(conn)
+    .await?;
+    task_from_row(&row)
 }
 
 /// Runs one claim statement on `conn`.
