@@ -18,10 +18,12 @@ ALTER TABLE tasks ADD COLUMN available_at INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN attempt_outcome TEXT;
 UPDATE tasks SET available_at = created_at;
 
--- The claim: queued tasks of a capability, top priority first, grouped by user for the
--- fair choice, then oldest first.
+-- The claim: queued tasks of a capability, by priority and user for the fair choice,
+-- then oldest first. It covers every column the claim filters on, so the scan of the
+-- queue never reads the table rows (seq is the rowid).
 DROP INDEX tasks_queue;
-CREATE INDEX tasks_queue ON tasks(status, capability, priority_rank, user_id, created_at, seq);
+CREATE INDEX tasks_queue ON tasks(status, capability, priority_rank, user_id, created_at,
+                                  available_at, requested_agent_id);
 -- Running tasks per user (fair scheduling) and a user's queued tasks in order.
 CREATE INDEX tasks_by_user_status ON tasks(user_id, status, priority_rank, created_at, seq);
 

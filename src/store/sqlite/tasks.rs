@@ -36,29 +36,32 @@ fn backoff_sql(base_param: usize, max_param: usize) -> String {
         .replace("?M", &format!("?{max_param}"))
 }
 
+/// The tasks agent `a` may take now (`?3`): its capabilities, not reserved for another
+/// agent, its owner's unless it is shared, and due.
+const ELIGIBLE: &str = "t.status = 'queued'
+       AND t.capability IN (SELECT value FROM json_each(a.capabilities))
+       AND (t.requested_agent_id IS NULL OR t.requested_agent_id = a.id)
+       AND (a.shared = 1 OR t.user_id = a.owner_id)
+       AND t.available_at <= ?3";
+
 /// One claim: the fair choice among the due tasks the agent may take, marked running.
-/// `?1` agent, `?2` lease end, `?3` now.
-const CLAIM_SQL: &str = "
+/// `?1` agent, `?2` lease end, `?3` now. Each step reads the covering `tasks_queue`
+/// index: the top priority, the users with tasks at it, then one seek for the chosen
+/// user's oldest task.
+fn claim_sql() -> String {
+    format!(
+        "
 WITH a AS (
     -- Agents the server runs itself are shared (migration 0004), however they were made.
     SELECT id, owner_id, (shared = 1 OR system_key IS NOT NULL) AS shared, capabilities
       FROM agents WHERE id = ?1
 ),
-eligible AS (
-    SELECT t.id, t.user_id, t.priority_rank, t.created_at, t.seq
-      FROM tasks t, a
-     WHERE t.status = 'queued'
-       AND t.capability IN (SELECT value FROM json_each(a.capabilities))
-       AND (t.requested_agent_id IS NULL OR t.requested_agent_id = a.id)
-       AND (a.shared = 1 OR t.user_id = a.owner_id)
-       AND t.available_at <= ?3
-),
-top AS (SELECT MAX(priority_rank) AS rank FROM eligible),
+top AS (SELECT MAX(t.priority_rank) AS rank FROM tasks t, a WHERE {ELIGIBLE}),
 users AS (
-    SELECT e.user_id, MIN(e.created_at) AS oldest
-      FROM eligible e, top
-     WHERE e.priority_rank = top.rank
-     GROUP BY e.user_id
+    SELECT t.user_id, MIN(t.created_at) AS oldest
+      FROM tasks t, a, top
+     WHERE {ELIGIBLE} AND t.priority_rank = top.rank
+     GROUP BY t.user_id
 ),
 chosen AS (
     SELECT u.user_id
@@ -70,68 +73,53 @@ chosen AS (
 UPDATE tasks SET status = 'running', agent_id = ?1, attempts = attempts + 1, progress = 0,
                  error = NULL, attempt_outcome = NULL, started_at = ?3, completed_at = NULL,
                  lease_expires_at = ?2, updated_at = ?3
- WHERE id = (SELECT e.id FROM eligible e, top, chosen
-              WHERE e.priority_rank = top.rank AND e.user_id = chosen.user_id
-              ORDER BY e.created_at, e.seq
-              LIMIT 1)
+ WHERE seq = (SELECT t.seq FROM tasks t, a, top, chosen
+               WHERE {ELIGIBLE} AND t.priority_rank = top.rank AND t.user_id = chosen.user_id
+               ORDER BY t.created_at, t.seq
+               LIMIT 1)
    AND status = 'queued'
-RETURNING ";
+RETURNING {TASK_COLUMNS}"
+    )
+}
 
-/// Where a queued task stands. `?1` task, `?2` now.
-const STANDING_SQL: &str = "
-WITH me AS (
-    SELECT id, user_id, capability, priority_rank, created_at, seq, requested_agent_id
-      FROM tasks WHERE id = ?1 AND status = 'queued'
-),
--- The agents that may run it: its capability, visible to its owner, its reservation.
-able AS (
-    SELECT a.id, a.online, (a.shared = 1 OR a.system_key IS NOT NULL) AS shared
-      FROM agents a, me
-     WHERE EXISTS (SELECT 1 FROM json_each(a.capabilities) c WHERE c.value = me.capability)
-       AND (a.shared = 1 OR a.system_key IS NOT NULL OR a.owner_id = me.user_id)
-       AND (me.requested_agent_id IS NULL OR a.id = me.requested_agent_id)
-),
--- The due tasks those agents weigh against it (other users' only through shared agents).
-rivals AS (
-    SELECT t.user_id, t.priority_rank, t.created_at, t.seq
-      FROM tasks t, me
-     WHERE t.status = 'queued' AND t.capability = me.capability AND t.available_at <= ?2
-       AND (t.requested_agent_id IS NULL OR t.requested_agent_id IS me.requested_agent_id)
-       AND (t.user_id = me.user_id OR EXISTS (SELECT 1 FROM able WHERE able.shared = 1))
-),
--- Its place among its owner's tasks of its priority (1 = the owner's next).
-k AS (
-    SELECT COUNT(*) + 1 AS n FROM rivals r, me
-     WHERE r.user_id = me.user_id AND r.priority_rank = me.priority_rank
-       AND (r.created_at, r.seq) < (me.created_at, me.seq)
-),
--- Each user's turn order at this priority: fewest running, longest since a hand-out,
--- oldest task, as the claim decides.
-turn AS (
-    SELECT r.user_id,
-           COUNT(*) AS queued,
-           (SELECT COUNT(*) FROM tasks x WHERE x.user_id = r.user_id AND x.status = 'running') AS running,
-           COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = r.user_id), 0) AS last,
-           MIN(r.created_at) AS oldest
-      FROM rivals r, me
-     WHERE r.priority_rank = me.priority_rank
-     GROUP BY r.user_id
-),
-mine AS (
-    SELECT (SELECT COUNT(*) FROM tasks x, me WHERE x.user_id = me.user_id AND x.status = 'running') AS running,
-           COALESCE((SELECT last_claimed_at FROM task_dispatch d, me WHERE d.user_id = me.user_id), 0) AS last,
-           MIN((SELECT created_at FROM me), COALESCE((SELECT oldest FROM turn, me WHERE turn.user_id = me.user_id), (SELECT created_at FROM me))) AS oldest
-)
-SELECT
-    (SELECT COUNT(*) FROM rivals r, me WHERE r.priority_rank > me.priority_rank)
-    + (SELECT n FROM k)
-    -- Round robin: each other user gets k-1 turns before ours, and the k-th too when
-    -- their turn comes first in a round.
-    + COALESCE((SELECT SUM(MIN(t.queued, (SELECT n FROM k) - 1
-                              + ((t.running, t.last, t.oldest) < (m.running, m.last, m.oldest))))
-                  FROM turn t, mine m, me WHERE t.user_id <> me.user_id), 0) AS position,
-    (SELECT COUNT(*) FROM able WHERE online = 1) AS online
-FROM me";
+/// A queued task's own standing: its owner's turn keys, the online agents that may run
+/// it, and whether a shared one exists (then every user's tasks compete with it).
+/// `?1` task.
+const STANDING_SELF_SQL: &str = "
+SELECT t.user_id, t.capability, t.priority_rank, t.created_at, t.seq, t.requested_agent_id,
+       (SELECT COUNT(*) FROM tasks x WHERE x.user_id = t.user_id AND x.status = 'running')
+           AS running,
+       COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = t.user_id), 0)
+           AS last,
+       (SELECT COUNT(*) FROM agents a
+         WHERE EXISTS (SELECT 1 FROM json_each(a.capabilities) c WHERE c.value = t.capability)
+           AND (a.shared = 1 OR a.system_key IS NOT NULL OR a.owner_id = t.user_id)
+           AND (t.requested_agent_id IS NULL OR a.id = t.requested_agent_id)
+           AND a.online = 1) AS online,
+       EXISTS (SELECT 1 FROM agents a
+         WHERE EXISTS (SELECT 1 FROM json_each(a.capabilities) c WHERE c.value = t.capability)
+           AND (a.shared = 1 OR a.system_key IS NOT NULL)
+           AND (t.requested_agent_id IS NULL OR a.id = t.requested_agent_id)) AS shared
+  FROM tasks t WHERE t.id = ?1 AND t.status = 'queued'";
+
+/// The due tasks that compete with it at its priority or above, per priority and user
+/// (one pass over the covering queue index). `?1` capability, `?2` priority rank,
+/// `?3` now, `?4` reservation, `?5` owner, `?6` shared agent exists, `?7`/`?8` the
+/// task's created_at and seq.
+const STANDING_RIVALS_SQL: &str = "
+SELECT t.priority_rank AS rank, t.user_id, COUNT(*) AS queued,
+       SUM((t.created_at, t.seq) < (?7, ?8)) AS before,
+       MIN(t.created_at) AS oldest,
+       (SELECT COUNT(*) FROM tasks x WHERE x.user_id = t.user_id AND x.status = 'running')
+           AS running,
+       COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = t.user_id), 0)
+           AS last
+  FROM tasks t
+ WHERE t.status = 'queued' AND t.capability = ?1 AND t.priority_rank >= ?2
+   AND t.available_at <= ?3
+   AND (t.requested_agent_id IS NULL OR t.requested_agent_id IS ?4)
+   AND (t.user_id = ?5 OR ?6)
+ GROUP BY t.priority_rank, t.user_id";
 
 fn opt_agent(raw: Option<String>) -> Result<Option<AgentId>, StoreError> {
     Ok(raw.as_deref().map(AgentId::parse).transpose()?)
@@ -303,7 +291,7 @@ impl TaskStore for SqliteStore {
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        let sql = format!("{CLAIM_SQL}{TASK_COLUMNS}");
+        let sql = claim_sql();
         let mut conn = self.pool().acquire().await?;
         if max <= 1 {
             let claimed = claim_one(&mut conn, &sql, agent, lease_until, at).await?;
@@ -550,18 +538,46 @@ impl TaskStore for SqliteStore {
         task: &TaskRecord,
         at: DateTime<Utc>,
     ) -> Result<Option<QueueStanding>, StoreError> {
-        let row = sqlx::query(STANDING_SQL)
+        let Some(me) = sqlx::query(STANDING_SELF_SQL)
             .bind(task.id.to_string())
-            .bind(to_millis(at))
             .fetch_optional(self.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let user: String = me.try_get("user_id")?;
+        let rank: i64 = me.try_get("priority_rank")?;
+        let created_at: i64 = me.try_get("created_at")?;
+        let rows = sqlx::query(STANDING_RIVALS_SQL)
+            .bind(me.try_get::<String, _>("capability")?)
+            .bind(rank)
+            .bind(to_millis(at))
+            .bind(me.try_get::<Option<String>, _>("requested_agent_id")?)
+            .bind(&user)
+            .bind(me.try_get::<bool, _>("shared")?)
+            .bind(created_at)
+            .bind(me.try_get::<i64, _>("seq")?)
+            .fetch_all(self.pool())
             .await?;
-        row.map(|row| {
-            Ok(QueueStanding {
-                position: row.try_get("position")?,
-                eligible_online_agents: row.try_get("online")?,
-            })
-        })
-        .transpose()
+        let mut rivals = Vec::with_capacity(rows.len());
+        for row in &rows {
+            rivals.push(Rival {
+                rank: row.try_get("rank")?,
+                mine: row.try_get::<String, _>("user_id")? == user,
+                queued: row.try_get("queued")?,
+                before: row.try_get("before")?,
+                turn: (
+                    row.try_get("running")?,
+                    row.try_get("last")?,
+                    row.try_get("oldest")?,
+                ),
+            });
+        }
+        let own_turn = (me.try_get("running")?, me.try_get("last")?, created_at);
+        Ok(Some(QueueStanding {
+            position: fair_position(rank, own_turn, &rivals),
+            eligible_online_agents: me.try_get("online")?,
+        }))
     }
 
     async fn queue_gauges(&self) -> Result<QueueGauges, StoreError> {
@@ -630,6 +646,41 @@ fn release_set(now: usize) -> String {
          attempt_outcome = 'handed_back', available_at = ?{now}, lease_expires_at = NULL,
          updated_at = ?{now}"
     )
+}
+
+/// One user's due tasks at one priority, as `queue_standing` weighs them.
+struct Rival {
+    rank: i64,
+    /// The task's own user.
+    mine: bool,
+    queued: i64,
+    /// Of those, how many come before the task (its own user's only matter).
+    before: i64,
+    /// The claim's turn order: running tasks, last hand-out (0 = never), oldest task.
+    turn: (i64, i64, i64),
+}
+
+/// The task's place in the fair order (1 = next): every task of a higher priority, then
+/// a round robin over the users at its priority, where it is its owner's k-th task: each
+/// other user gets k-1 turns before it, and a k-th too when their turn comes first in a
+/// round (the claim's order of fewest running, longest since a hand-out, oldest task).
+/// An estimate in one respect: the turn order is today's, while the real one shifts as
+/// tasks are handed out.
+fn fair_position(rank: i64, own_turn: (i64, i64, i64), rivals: &[Rival]) -> i64 {
+    let higher: i64 = rivals
+        .iter()
+        .filter(|r| r.rank > rank)
+        .map(|r| r.queued)
+        .sum();
+    let own = rivals.iter().find(|r| r.rank == rank && r.mine);
+    let k = own.map_or(0, |r| r.before) + 1;
+    let own_turn = own.map_or(own_turn, |r| (r.turn.0, r.turn.1, r.turn.2.min(own_turn.2)));
+    let others: i64 = rivals
+        .iter()
+        .filter(|r| r.rank == rank && !r.mine)
+        .map(|r| r.queued.min(k - 1 + i64::from(r.turn < own_turn)))
+        .sum();
+    higher + k + others
 }
 
 /// Inserts the task row.
@@ -931,6 +982,43 @@ mod tests {
                 (1, AttemptOutcome::Running)
             ]
         );
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_the_server_agents_tasks_go_back_without_using_an_attempt() {
+        let (store, _dir, user) = store().await;
+        let builtin = AgentId::new();
+        let mut new = NewAgent {
+            id: builtin,
+            owner_id: UserId(uuid::Uuid::nil()),
+            name: "builtin".into(),
+            description: String::new(),
+            capabilities: vec![Capability::general()],
+            token_hash: "builtin".into(),
+            token_prefix: "p".into(),
+            created_at: Utc::now(),
+        };
+        store.upsert_system_agent("builtin", &new).await.unwrap();
+        new.id = AgentId::new();
+        let other = add_agent(&store, user, false).await;
+        let a = insert(&store, &new_task(user, Priority::Normal, "builtin's")).await;
+        let b = insert(&store, &new_task(user, Priority::Normal, "other's")).await;
+        let now = Utc::now();
+        assert_eq!(
+            claim(&store, builtin, now).await.unwrap().id,
+            a.id,
+            "shared"
+        );
+        assert_eq!(claim(&store, other, now).await.unwrap().id, b.id);
+        let back = store.release_server_agent_tasks(Utc::now()).await.unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            (back[0].id, back[0].status, back[0].attempts),
+            (a.id, TaskStatus::Queued, 0)
+        );
+        assert_eq!(store.task(b.id).await.unwrap().status, TaskStatus::Running);
+        let history = store.task_attempts(a.id).await.unwrap();
+        assert_eq!(history[0].outcome, AttemptOutcome::HandedBack);
     }
 
     #[tokio::test]
