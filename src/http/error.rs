@@ -27,6 +27,9 @@ pub enum ApiError {
     /// 404: no such object, or not one the caller may see.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 404 with the code the contract names for the case (`agent_not_found`).
+    #[error("{message}")]
+    NotFoundAs { code: &'static str, message: String },
     /// 409: the object's state forbids the change.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
@@ -66,6 +69,7 @@ impl ApiError {
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFoundAs { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
