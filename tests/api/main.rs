@@ -11,4 +11,5 @@ mod realtime;
 mod runtime;
 mod sse;
 mod tasks;
+mod tenancy;
 mod users;
