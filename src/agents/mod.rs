@@ -167,7 +167,7 @@ impl AgentService {
         };
         let agent = self.store.create_agent(&new).await?;
         tracing::info!(agent_id = %agent.id, owner_id = %owner, shared = agent.shared, "agent registered");
-        self.announce(&agent, AgentAction::Registered, false).await;
+        self.announce(&agent, AgentAction::Registered).await;
         Ok((agent, token))
     }
 
@@ -190,7 +190,7 @@ impl AgentService {
         };
         let (agent, created) = self.store.upsert_system_agent(BUILTIN_KEY, &new).await?;
         if created {
-            self.announce(&agent, AgentAction::Registered, false).await;
+            self.announce(&agent, AgentAction::Registered).await;
         }
         Ok((agent, token))
     }
@@ -210,7 +210,8 @@ impl AgentService {
         if agent.shared != before.shared {
             tracing::info!(agent_id = %agent.id, shared = agent.shared, "agent sharing changed");
         }
-        self.announce(&agent, AgentAction::Updated, before.shared)
+        let everyone = agent.shared || before.shared;
+        self.announce_to(&agent, AgentAction::Updated, everyone)
             .await;
         Ok(agent)
     }
@@ -221,7 +222,7 @@ impl AgentService {
     pub async fn delete(&self, agent: &AgentRecord) -> Result<Vec<TaskRecord>, StoreError> {
         let requeued = self.store.delete_agent(agent.id, Utc::now()).await?;
         tracing::info!(agent_id = %agent.id, requeued = requeued.len(), "agent deleted");
-        self.announce(agent, AgentAction::Deleted, false).await;
+        self.announce(agent, AgentAction::Deleted).await;
         Ok(requeued)
     }
 
@@ -244,7 +245,7 @@ impl AgentService {
         match self.store.mark_agent_seen(id, Utc::now()).await {
             Ok(Some(agent)) => {
                 tracing::info!(agent_id = %id, "agent online");
-                self.announce(&agent, AgentAction::Updated, false).await;
+                self.announce(&agent, AgentAction::Updated).await;
             }
             Ok(None) => {}
             Err(err) => {
@@ -259,16 +260,22 @@ impl AgentService {
         let cutoff = now - chrono::Duration::from_std(self.offline_after).unwrap_or_default();
         for agent in self.store.mark_stale_agents_offline(cutoff, now).await? {
             tracing::info!(agent_id = %agent.id, "agent offline");
-            self.announce(&agent, AgentAction::Updated, false).await;
+            self.announce(&agent, AgentAction::Updated).await;
         }
         Ok(())
     }
 
     /// Sends `agent_update` to the users who can see the agent: everyone for a shared
-    /// agent (or one that `was_shared` a moment ago), else its owner and the admins.
-    /// Never to anyone else: the name is text its owner chose. A failed publish is
+    /// agent, else its owner and the admins. Never to anyone else: the name is text its
+    /// owner chose.
+    async fn announce(&self, agent: &AgentRecord, action: AgentAction) {
+        self.announce_to(agent, action, agent.shared).await;
+    }
+
+    /// Sends `agent_update` to everyone when `everyone` (a shared agent, or one that was
+    /// shared until this change), else to its owner and the admins. A failed publish is
     /// logged: the change itself is already stored, and clients reload lists on `reset`.
-    async fn announce(&self, agent: &AgentRecord, action: AgentAction, was_shared: bool) {
+    async fn announce_to(&self, agent: &AgentRecord, action: AgentAction, everyone: bool) {
         let update = AgentUpdate {
             agent_id: agent.id,
             name: &agent.name,
@@ -283,7 +290,7 @@ impl AgentService {
                 return;
             }
         };
-        let targets = if agent.shared || was_shared {
+        let targets = if everyone {
             vec![Target::Everyone]
         } else {
             match self.store.admin_ids().await {
