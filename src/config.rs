@@ -105,7 +105,9 @@ impl Default for Limits {
 /// `N/<duration>`: at most `count` events per sliding `per` window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
+    /// Events allowed in one window.
     pub count: usize,
+    /// The sliding window.
     pub per: Duration,
 }
 
@@ -187,6 +189,7 @@ impl TrustedProxies {
         self.0.iter().any(|net| net.contains(&addr))
     }
 
+    /// Whether no proxy is trusted (the default).
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -25,7 +25,9 @@ use std::time::{Duration, Instant};
 /// Limits for one kind of key.
 #[derive(Debug, Clone, Copy)]
 pub struct Limit {
+    /// Events allowed in one window.
     pub max_failures: usize,
+    /// The sliding window.
     pub window: Duration,
 }
 
@@ -161,6 +163,7 @@ impl Attempt<'_> {
 }
 
 impl LoginThrottle {
+    /// Limits per (email, address) pair and per address; at most `max_keys` counters.
     pub fn new(per_pair: Limit, per_address: Limit, max_keys: usize) -> Self {
         let longest = per_pair.window.max(per_address.window);
         Self {

@@ -1,5 +1,8 @@
-//! Extractors: authentication (`AuthUser`, `AdminUser`), the caller's address, and a
-//! JSON body reader whose rejections speak the contract's error format.
+//! Extractors: authentication (`AuthUser`, `AdminUser`, `SessionUser` for what an API key
+//! may not do), the caller's address (`ClientIp`, behind trusted proxies only), the
+//! same-origin guard of login and register (`SameOrigin`), the JSON-only middleware
+//! (`require_json`, 415), and a JSON body reader with a deadline whose rejections speak
+//! the contract's error format.
 
 use super::error::ApiError;
 use super::server::Draining;

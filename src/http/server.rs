@@ -318,6 +318,7 @@ pub struct StallGuard<T> {
 }
 
 impl<T> StallGuard<T> {
+    /// Wraps `inner`; a write pending for `limit` fails.
     pub fn new(inner: T, limit: Duration) -> Self {
         Self {
             inner,
