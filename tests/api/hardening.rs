@@ -177,25 +177,34 @@ async fn health_answers_while_a_thousand_idle_sockets_are_held() {
     );
     let app = spawn_app_with(real_limits()).await;
     let mut held = Vec::with_capacity(1000);
+    let opening = Instant::now();
     for _ in 0..1000 {
         held.push(connect(&app).await);
     }
-    // The address has its 1000 sockets: a further one is refused (closed at once).
-    let (_, received) = time_until_dropped(
-        connect(&app).await,
-        format!(
+    let opened_in = opening.elapsed();
+    println!(
+        "1000 idle sockets opened in {:.1} s",
+        opened_in.as_secs_f64()
+    );
+    // The address has its 1000 sockets: a further one is refused (closed at once). Only
+    // checked while none of the 1000 can have met its 10 s header timeout yet.
+    if opened_in < Duration::from_secs(5) {
+        let request = format!(
             "GET /health HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
             app.port
+        );
+        let (_, received) = time_until_dropped(
+            connect(&app).await,
+            request.into_bytes(),
+            None,
+            Duration::from_secs(30),
         )
-        .into_bytes(),
-        None,
-        Duration::from_secs(30),
-    )
-    .await;
-    assert!(
-        received.is_empty(),
-        "over the per-address cap, yet answered"
-    );
+        .await;
+        assert!(
+            received.is_empty(),
+            "over the per-address cap, yet answered"
+        );
+    }
     // Anyone else is served: another loopback address stands for another client.
     let other_client = reqwest::Client::builder()
         .local_address("127.0.0.2".parse::<std::net::IpAddr>().unwrap())
