@@ -320,3 +320,24 @@ impl<S: MessageStore> MessageLog for StoreMessageLog<S> {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::Broker;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_local_broker_on_sqlite_keeps_the_broker_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let next = std::sync::atomic::AtomicU32::new(0);
+        crate::realtime::broker::contract::run_all(|| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.path().join(format!("broker-{n}.db"));
+            async move {
+                let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+                let log: Arc<dyn MessageLog> = Arc::new(StoreMessageLog(store));
+                Arc::new(LocalBroker::start(log).await.unwrap()) as Arc<dyn Broker>
+            }
+        })
+        .await;
+    }
+}

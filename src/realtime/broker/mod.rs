@@ -20,6 +20,9 @@
 
 pub mod local;
 
+#[cfg(test)]
+pub(crate) mod contract;
+
 use super::history::{HistoryPolicy, StoredMessage, StreamPosition};
 use super::Target;
 use crate::domain::UserId;
@@ -149,3 +152,19 @@ pub trait Broker: Send + Sync + 'static {
     async fn history_size(&self) -> Result<u64, BrokerError>;
 }
 
+#[cfg(test)]
+mod tests {
+    use super::local::LocalBroker;
+    use super::Broker;
+    use crate::realtime::memory::MemoryLog;
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_local_broker_on_the_in_memory_log_keeps_the_contract() {
+        super::contract::run_all(|| async {
+            let log = Arc::new(MemoryLog::new("abcd"));
+            Arc::new(LocalBroker::start(log).await.unwrap()) as Arc<dyn Broker>
+        })
+        .await;
+    }
+}
