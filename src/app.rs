@@ -110,6 +110,7 @@ impl Application {
             signer: Arc::new(signer),
             throttle: Arc::new(LoginThrottle::default()),
             registrations: Arc::new(RegistrationLimiter::new(settings.limits.registration_limit)),
+            realtime_admission: Arc::default(),
             hasher: Hasher::new(),
             http: Arc::new(HttpSettings {
                 allowed_origins: settings.allowed_origins.clone(),
