@@ -97,6 +97,7 @@ impl Application {
         );
         let queue = crate::tasks::QueueSettings {
             lease: settings.task_lease,
+            retry_backoff_base: settings.retry_backoff_base,
         };
         let tasks = crate::tasks::TaskService::new(
             store.clone(),
@@ -170,6 +171,9 @@ impl Application {
         // Not ready first, so load balancers stop sending clients here before the live
         // connections are told (1012) to reconnect elsewhere.
         state.readiness.set_ready(false);
+        // While the listener still serves: the built-in agent's running tasks go back to
+        // the queue in-process, without using attempts.
+        state.tasks.hand_back_server_agents().await;
         state.hub.close_all(Disconnect::Shutdown);
         server.drain();
         let (requests, realtime) = tokio::join!(

@@ -11,7 +11,10 @@ mod user;
 pub use credential::Credential;
 pub use ids::{AgentId, ApiKeyId, SessionId, TaskId, UserId};
 pub use message::{Cursor, MessageType};
-pub use task::{Capability, Priority, TaskQuery, TaskStatus, TimeoutSecs};
+pub use task::{
+    AttemptOutcome, Capability, IdempotencyKey, MaxAttempts, Priority, TaskQuery, TaskStatus,
+    TimeoutSecs,
+};
 pub use user::{Email, FullName, Password, Role};
 
 /// A value that failed validation, with a message meant for a person.

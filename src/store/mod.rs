@@ -16,7 +16,10 @@ pub use agents::{AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, P
 pub use error::StoreError;
 pub use messages::{MessagePosition, MessageRow, MessageStore};
 pub use models::*;
-pub use tasks::{NewTask, Outcome, TaskFilter, TaskRecord, TaskStat, TaskStore};
+pub use tasks::{
+    AttemptRecord, Backoff, Inserted, NewTask, Outcome, QueueGauges, QueueStanding, TaskFilter,
+    TaskRecord, TaskStat, TaskStore,
+};
 
 use crate::domain::{ApiKeyId, Email, FullName, Role, SessionId, UserId};
 use async_trait::async_trait;
