@@ -85,7 +85,10 @@ struct Assembled {
 
 impl Assembled {
     fn new(html: String) -> Self {
-        let etag = format!("\"{}\"", hex::encode(&Sha256::digest(html.as_bytes())[..12]));
+        let etag = format!(
+            "\"{}\"",
+            hex::encode(&Sha256::digest(html.as_bytes())[..12])
+        );
         Self { html, etag }
     }
 }
@@ -100,10 +103,15 @@ fn assemble(source: &str) -> Option<String> {
     let layout = Assets::get(&format!("layouts/{layout_name}.html"))?;
     let layout = std::str::from_utf8(&layout.data).ok()?.to_owned();
     let script_tag = match attrs.get("script") {
-        Some(script) => format!("<script type=\"module\" src=\"/static/js/pages/{script}.js\"></script>"),
+        Some(script) => {
+            format!("<script type=\"module\" src=\"/static/js/pages/{script}.js\"></script>")
+        }
         None => String::new(),
     };
-    let title = attrs.get("title").map(|t| t.as_ref()).unwrap_or("ZeroState");
+    let title = attrs
+        .get("title")
+        .map(|t| t.as_ref())
+        .unwrap_or("ZeroState");
     let page = attrs.get("page").map(|t| t.as_ref()).unwrap_or("");
     // `{{body}}` last, so that page text that happens to contain a placeholder is kept.
     Some(
@@ -228,7 +236,10 @@ mod tests {
             let html = &assembled(page).expect(page).html;
             assert!(html.starts_with("<!doctype html>"), "{page}");
             assert!(html.contains("<div id=\"ws-status\" class=\"fixed bottom-4 right-4 z-50 opacity-0 transition-opacity duration-300\">"), "{page}");
-            assert!(html.contains("<script src=\"/static/js/websocket.js\"></script>"), "{page}");
+            assert!(
+                html.contains("<script src=\"/static/js/websocket.js\"></script>"),
+                "{page}"
+            );
             assert!(!html.contains("{{"), "{page}");
         }
         for page in ["index.html", "login.html", "signup.html", "404.html"] {
