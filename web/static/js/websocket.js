@@ -11,8 +11,11 @@
  *    /signup.html; the server only serves the other pages to a signed-in user);
  *  - sends {"type":"ping"} every 25 s;
  *  - reconnects: the guide's five attempts with exponential backoff (jittered,
- *    spent within about 12 s), then keeps trying every few seconds, so a server that
- *    is back is live again within seconds; "Disconnected" only after 30 s down;
+ *    spent within about 12 s), then a retry every 2-4 s, so a restarted server is
+ *    live again within seconds of its return; only after 30 s down does it say
+ *    "Disconnected" and retry every 15-30 s (a Retry button, `online` and the tab
+ *    becoming visible retry at once); after 10 s down the page says live updates
+ *    are paused;
  *  - keeps the cursor of the last message handled (memory + sessionStorage) and
  *    resumes with ?since=<cursor>;
  *  - falls back to Server-Sent Events (/api/v1/events) when WebSockets are blocked.
@@ -62,15 +65,15 @@
             /** First backoff step and its cap: five attempts take 6 to 12 s. */
             this.baseDelay = options.baseDelay || 500;
             this.maxDelay = options.maxDelay || 4000;
-            /** After the fast attempts: a retry every 2-4 s for the first minute... */
+            /** After the fast attempts: a retry every 2-4 s while down less than 30 s
+             *  (an ordinary restart is back within seconds of its return)... */
             this.quietRetry = options.quietRetry || [2000, 4000];
-            /** ...then every 15-30 s (jittered, so a restart is not hit all at once). */
+            /** ...then "Disconnected" and a retry every 15-30 s (jittered, so a restarted
+             *  server is not hit by every client at once), with a Retry button. */
             this.slowRetry = options.slowRetry || [15000, 30000];
-            this.quietPhaseMs = options.quietPhaseMs || 60000;
+            this.disconnectedAfterMs = options.disconnectedAfterMs || 30000;
             /** Down this long: the live data may be stale, say so (a quiet banner). */
             this.pausedAfterMs = options.pausedAfterMs || 10000;
-            /** Down this long: the indicator says "Disconnected". */
-            this.disconnectedAfterMs = options.disconnectedAfterMs || 30000;
             /** Consecutive WebSocket failures before any open that make us try SSE. */
             this.sseFallbackAfter = options.sseFallbackAfter || 3;
             /** While on SSE, how often to try the WebSocket again. */
@@ -245,7 +248,11 @@
             }, this.pausedAfterMs);
             this.timers.disconnected = setTimeout(function () {
                 self.timers.disconnected = null;
-                if (self.state === 'reconnecting') self.setStatus('disconnected');
+                if (self.state !== 'reconnecting') return;
+                self.setStatus('disconnected');
+                // Not an ordinary restart: from now on retry slowly (a pending quick
+                // retry is replaced; one in flight schedules the next when it fails).
+                if (self.timers.reconnect) self.scheduleReconnect();
             }, this.disconnectedAfterMs);
         }
 
@@ -272,7 +279,7 @@
             } else {
                 // The fast attempts are spent: keep trying, every few seconds for a
                 // while (an ordinary restart), then slowly; the user can retry at once.
-                var range = down < this.quietPhaseMs ? this.quietRetry : this.slowRetry;
+                var range = down < this.disconnectedAfterMs ? this.quietRetry : this.slowRetry;
                 delay = immediate ? 0 : between(range[0], range[1]);
                 this.setStatus(down >= this.disconnectedAfterMs ? 'disconnected' : 'reconnecting', { attempt: this.reconnectAttempts });
             }
