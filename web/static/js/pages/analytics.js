@@ -1,7 +1,7 @@
 // /analytics.html: the summary drawn as plain SVG charts (no chart library):
 // throughput over time, duration percentiles and success by agent. The window
 // picker chooses 1h / 24h / 7d; task updates refresh it (debounced).
-import { initPage, api, el, replaceChildren, debounce, onRealtime, formatMs, formatRate, ratePercent, reportError } from '../app.js';
+import { initPage, api, el, replaceChildren, debounce, onRealtime, formatMs, formatRate, summaryRate, ratePercent, reportError } from '../app.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 
@@ -164,7 +164,7 @@ async function load() {
   if (win !== currentWindow()) return;
   const tasks = (s && s.tasks) || {};
   document.getElementById('a-total').textContent = String(tasks.total ?? 0);
-  document.getElementById('a-success').textContent = formatRate(tasks.success_rate);
+  document.getElementById('a-success').textContent = summaryRate(tasks);
   const tp = Number(tasks.throughput_per_min);
   document.getElementById('a-throughput').textContent = formatThroughput(tp);
   const agents = (s && s.agents) || {};

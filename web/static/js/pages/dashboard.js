@@ -1,6 +1,6 @@
 // /dashboard.html: counts by status, success rate, agents online, recent tasks
 // and the user's notifications (from the server's message history), all live.
-import { initPage, api, el, replaceChildren, formatRate, debounce, onRealtime, fetchNotifications, timeAgo, reportError } from '../app.js';
+import { initPage, api, el, replaceChildren, formatRate, summaryRate, debounce, onRealtime, fetchNotifications, timeAgo, reportError } from '../app.js';
 import { taskRow, findTaskRow } from '../task-view.js';
 
 const RECENT = 10;
@@ -17,7 +17,7 @@ async function loadSummary() {
   const by = tasks.by_status || {};
   setStat('stat-total', tasks.total ?? 0);
   for (const status of ['queued', 'running', 'completed', 'failed']) setStat(`stat-${status}`, by[status] ?? 0);
-  setStat('stat-success-rate', formatRate(tasks.success_rate));
+  setStat('stat-success-rate', summaryRate(tasks));
   const agents = (s && s.agents) || {};
   setStat('stat-agents-online', `${agents.online ?? 0} / ${agents.total ?? 0}`);
 }
