@@ -135,7 +135,7 @@ describe('task detail and the tasks list', () => {
     // Status filter.
     await page.fill('#filter-capability', '');
     await page.selectOption('#status-filter', 'completed');
-    await page.waitForSelector('#tasks-empty:has-text("No tasks match these filters")');
+    await page.waitForSelector('#tasks-empty:has-text("No completed tasks")');
     // A non-admin has no "all users" switch.
     assert.equal(await page.isHidden('#all-users-field'), true);
     await context.close();

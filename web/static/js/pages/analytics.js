@@ -113,7 +113,7 @@ function drawDurations(container, d) {
     return;
   }
   const max = Math.max(1, ...rows.map(([, v]) => Number(v) || 0));
-  const W = 360; const rowH = 34; const L = 44; const R = 90;
+  const W = Math.max(300, Math.round(container.clientWidth || 360)); const rowH = 34; const L = 44; const R = 90;
   const root = svg('svg', { viewBox: `0 0 ${W} ${rows.length * rowH + 8}`, class: 'chart-svg', role: 'img', 'aria-label': 'Task duration percentiles' });
   rows.forEach(([label, v], i) => {
     const yy = 6 + i * rowH;
@@ -133,7 +133,7 @@ function drawAgents(container, agents) {
     emptyChart(container, 'No agent has finished a task in this window yet');
     return;
   }
-  const W = 360; const rowH = 44; const R = 56;
+  const W = Math.max(300, Math.round(container.clientWidth || 360)); const rowH = 44; const R = 56;
   const root = svg('svg', { viewBox: `0 0 ${W} ${agents.length * rowH + 4}`, class: 'chart-svg', role: 'img', 'aria-label': 'Success rate by agent' });
   agents.forEach((a, i) => {
     const yy = 2 + i * rowH;

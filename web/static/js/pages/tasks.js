@@ -102,7 +102,8 @@ function refreshEmpty() {
   empty.hidden = list.children.length > 0;
   if (empty.hidden) return;
   const f = filterValues();
-  empty.textContent = f.q || f.status || f.capability || f.agent_id ? 'No tasks match these filters' : 'No tasks yet';
+  if (f.q || f.capability || f.agent_id) empty.textContent = 'No tasks match these filters';
+  else empty.textContent = f.status ? `No ${f.status} tasks` : 'No tasks yet';
 }
 
 async function loadTasks({ append = false } = {}) {
@@ -294,7 +295,7 @@ const WAITING = {
   agent: () => 'The agents that can run it are busy; it starts when one of them is free.',
   no_agent_online: (t) => `No online agent you may use offers the capability “${t.capability || 'general'}”. It starts as soon as one comes online (see the Agents page).`,
   run_at: (t) => `It is scheduled: it does not start before ${formatTime(t.run_at)}.`,
-  retry_backoff: (t) => `An attempt failed; it is retried after a short pause (attempt ${(t.attempts ?? 0) + 1} of ${t.max_attempts ?? '?'}).`,
+  retry_backoff: (t) => `An attempt failed; it is retried after a short pause (attempt ${(t.attempts ?? 0) + 1}${t.max_attempts ? ` of ${t.max_attempts}` : ''}).`,
 };
 
 function field(label, value, cls) {
@@ -359,7 +360,7 @@ class TaskDetail {
         field('Capability', t.capability || 'general'),
         field('Priority', t.priority || 'normal'),
         field('Agent', agentName(t.agent_id)),
-        field('Attempts', `${t.attempts ?? 0} of ${t.max_attempts ?? '?'}`),
+        field('Attempts', t.max_attempts ? `${t.attempts ?? 0} of ${t.max_attempts}` : String(t.attempts ?? 0)),
         field('Submitted', formatTime(t.created_at)),
         t.run_at ? field('Starts at', formatTime(t.run_at)) : null,
         field('Started', formatTime(t.started_at)),
@@ -529,7 +530,10 @@ form.addEventListener('submit', async (event) => {
   }
 });
 
-const reloadList = debounce(() => { loadTasks().catch(reportError); }, 300);
+const reloadList = debounce(() => {
+  document.getElementById('list-title').textContent = filters.all.checked ? 'Tasks of all users' : 'Your tasks';
+  loadTasks().catch(reportError);
+}, 300);
 filters.addEventListener('submit', (event) => { event.preventDefault(); loadTasks().catch(reportError); });
 filters.addEventListener('input', reloadList);
 filters.addEventListener('change', reloadList);
