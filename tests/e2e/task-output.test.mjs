@@ -74,6 +74,16 @@ describe('live task output in the browser', () => {
     }, [CHUNKS], { timeout: 120000 });
     await sleep(200); // the last animation frame writes what is queued
     assert.equal(await page.$eval('#task-output', (pre) => pre.textContent), want);
+    // It followed the end; scrolling up pauses that, "Follow the end" resumes it.
+    assert.ok(await page.$eval('#task-output', (pre) => pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24), 'at the end');
+    await page.$eval('#task-output', (pre) => { pre.scrollTop = 0; });
+    await page.waitForSelector('.output-follow', { state: 'visible' });
+    assert.equal(await page.getAttribute('#task-output', 'data-following'), 'false');
+    await page.click('.output-follow');
+    await page.waitForFunction(() => {
+      const pre = document.getElementById('task-output');
+      return pre.dataset.following === 'true' && pre.scrollHeight - pre.scrollTop - pre.clientHeight < 24;
+    });
     assert.deepEqual(context.problems, []);
 
     // A page opened after the task finished shows the same output.
