@@ -71,4 +71,12 @@ describe('connection UX across a server restart', () => {
     assert.deepEqual(banner, [false, true, false]);
     await context.close();
   });
+
+  it('drives the indicator on a page that has only the guide\'s snippet', { timeout: 60000 }, async () => {
+    // /static/ws-status.html is the guide's markup and script tag, nothing else.
+    const { context, page } = await openSignedInPage(env, user.token, '/static/ws-status.html');
+    assert.equal(await page.getAttribute('#ws-status', 'data-state'), 'connected');
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
 });

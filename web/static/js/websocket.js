@@ -668,4 +668,10 @@
     window.zsWebSocket = client;
     // The script sits at the end of <body>, after the indicator markup.
     client.start();
+    // The page's reactions (the indicator first) are one ES module; a page that only
+    // pastes the guide's snippet gets them too. The pages' own modules import the same
+    // module (one instance per page), so nothing is wired twice.
+    import('/static/js/realtime-ui.js')
+        .then(function (ui) { ui.startRealtimeUi(); })
+        .catch(function (err) { console.error('Real-time UI failed to load:', err); });
 })();
