@@ -11,7 +11,7 @@ mod health;
 mod notifications;
 mod observe;
 mod pages;
-mod realtime;
+pub mod realtime;
 mod runtime;
 pub mod server;
 pub mod state;

@@ -10,7 +10,6 @@
 use super::error::{ApiError, ApiResult};
 use super::extract::AuthUser;
 use super::state::AppState;
-use crate::store::MessageLog;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::routing::get;
@@ -72,7 +71,7 @@ async fn list(
             )))
         }
     };
-    let log = &state.store;
+    let log = &state.messages;
     let upto = log.last_seq().await?;
     let start = log.position(principal.user_id, upto).await?.pruned_through;
     // The log is read oldest first; keep the newest `limit` system messages seen.
