@@ -8,6 +8,7 @@ mod api_keys;
 pub mod error;
 pub mod extract;
 mod health;
+mod notifications;
 mod observe;
 mod pages;
 pub mod realtime;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(runtime::router())
         .merge(analytics::router())
+        .merge(notifications::router())
         .merge(realtime::router())
         .merge(pages::router())
         .fallback(pages::not_found)
