@@ -403,12 +403,15 @@ class EventStream(Iterator[Event]):
         from websockets.sync.client import connect
 
         try:
+            # Entered by hand: the connection outlives this call (it is closed by
+            # `_run` or `close`); `__enter__` is what opens it on every websockets
+            # version this SDK supports.
             socket = connect(
                 self._url(),
                 additional_headers=auth_headers(self._client._secret),
                 open_timeout=10,
                 close_timeout=5,
-            )
+            ).__enter__()
         except InvalidHandshake as err:
             status = _handshake_status(err)
             if status == 401:
