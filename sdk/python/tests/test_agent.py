@@ -280,6 +280,8 @@ def test_sigterm_releases_without_using_an_attempt(server: Server, user: User) -
     assert task["status"] == "completed", task
     assert task["result"] == "done after hand-back"
     assert len(seen) == 1
+    outcomes = [a["outcome"] for a in user.client.attempts(task_id)]
+    assert outcomes == ["handed_back", "completed"], outcomes
 
 
 def test_agent_reconnects_after_server_restart(own_server: Server) -> None:
