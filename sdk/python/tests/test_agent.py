@@ -321,3 +321,24 @@ def test_streaming_example_runs(server: Server, user: User) -> None:
     assert len(tokens) == 40
     assert "".join(tokens) == task["result"]["text"]
     assert [c.text for c in chunks if c.stream == "log"] == ["attempt 1: generating\n"]
+
+
+def test_a_long_text_is_split_below_the_append_limit(server: Server, user: User) -> None:
+    require_output(server, user)
+    agent = user.agent()
+    # 200 KiB in one call, with characters that grow when encoded: the server takes at
+    # most 64 KiB per append, so the SDK must split it (and keep it whole).
+    text = ("é\"\\" * 1000 + "\n") * 70
+
+    @agent.task
+    def handle(ctx: TaskContext) -> int:
+        ctx.output(text)
+        return len(text)
+
+    with running(agent):
+        task_id = user.client.submit("a long text")["task_id"]
+        task = user.client.wait(task_id, timeout=WAIT_S)
+    assert task["status"] == "completed", task
+    chunks = all_output(user, task_id)
+    assert len(chunks) > 1
+    assert "".join(c.text for c in chunks) == text

@@ -194,3 +194,34 @@ def test_submit_options_get_list_cancel_retry(server: Server, user: User) -> Non
     assert retried["task"]["id"] != task["id"]
     assert retried["task"]["query"] == "with every option"
     assert retried["task"]["status"] == "queued"
+
+
+def test_events_carry_live_task_output(server: Server, user: User) -> None:
+    require_output_stream(server, user)
+    agent = user.agent()
+    go = threading.Event()
+
+    @agent.task
+    def handle(ctx: TaskContext) -> str:
+        go.wait(WAIT_S)
+        for word in ("live", " output", " frames"):
+            ctx.output(word)
+        return "ok"
+
+    events = user.client.events()
+    try:
+        with running(agent):
+            task_id = user.client.submit("frames")["task_id"]
+            wait_until("task running", lambda: user.client.get(task_id)["status"] == "running")
+            go.set()
+            frames: List[Any] = []
+            for event in events:
+                if event.type == "task_output" and event.data.get("task_id") == task_id:
+                    assert event.cursor is None  # kept out of the resume history
+                    frames.append((event.data["seq"], event.data["text"]))
+                if len(frames) == 3:
+                    break
+            user.client.wait(task_id, timeout=WAIT_S)
+    finally:
+        events.close()
+    assert frames == [(1, "live"), (2, " output"), (3, " frames")]
