@@ -342,3 +342,16 @@ def test_a_long_text_is_split_below_the_append_limit(server: Server, user: User)
     chunks = all_output(user, task_id)
     assert len(chunks) > 1
     assert "".join(c.text for c in chunks) == text
+
+
+def test_a_refused_token_stops_the_agent_with_unauthorized(server: Server) -> None:
+    from zerostate import Agent, Unauthorized
+
+    agent = Agent(server.url, "zsa_not_a_token")
+
+    @agent.task
+    def handle(ctx: TaskContext) -> None:
+        raise AssertionError("no task can reach an agent the server refuses")
+
+    with pytest.raises(Unauthorized):
+        agent.run()

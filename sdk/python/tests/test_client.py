@@ -225,3 +225,21 @@ def test_events_carry_live_task_output(server: Server, user: User) -> None:
     finally:
         events.close()
     assert frames == [(1, "live"), (2, " output"), (3, " frames")]
+
+
+def test_bad_credentials_raise_unauthorized(server: Server) -> None:
+    from zerostate import NotFound, Unauthorized
+
+    client = Client(server.url, api_key="zs_not_a_key")
+    try:
+        with pytest.raises(Unauthorized) as refused:
+            client.list()
+        assert refused.value.status == 401 and refused.value.code
+        with pytest.raises(Unauthorized):
+            client.events()
+    finally:
+        client.close()
+    good = server.new_user().client
+    with pytest.raises(NotFound):
+        good.get(str(uuid.uuid4()))
+    good.close()
