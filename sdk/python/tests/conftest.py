@@ -1,9 +1,8 @@
 """The harness: the real ``zerostate`` binary on a free port, accounts and agents on it.
 
 The binary comes from ``ZEROSTATE_BIN`` (default: ``target/debug/zerostate`` in the
-repository). Each server gets its own temporary data directory; each test its own user,
-whose private agents take only that user's tasks, so tests sharing a server cannot take
-each other's tasks.
+repository). Each server gets its own temporary data directory; each test its own server, so
+no test can take another's tasks.
 """
 
 from __future__ import annotations
@@ -172,17 +171,10 @@ class User:
         return Agent(self.server.url, token, **options)
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    s = Server(tmp_path_factory.mktemp("zerostate"))
-    s.start()
-    yield s
-    s.stop()
-
-
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[Server]:
-    """A server of the test's own (for tests that restart it)."""
+def server(tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own: no task another test left queued can reach this
+    test's agents, whatever the server's agent visibility rules."""
     s = Server(tmp_path)
     s.start()
     yield s

@@ -284,8 +284,8 @@ def test_sigterm_releases_without_using_an_attempt(server: Server, user: User) -
     assert outcomes == ["handed_back", "completed"], outcomes
 
 
-def test_agent_reconnects_after_server_restart(own_server: Server) -> None:
-    user = own_server.new_user()
+def test_agent_reconnects_after_server_restart(server: Server) -> None:
+    user = server.new_user()
     agent = user.agent()
 
     @agent.task
@@ -295,7 +295,7 @@ def test_agent_reconnects_after_server_restart(own_server: Server) -> None:
     with running(agent):
         first = user.client.submit("before")["task_id"]
         assert user.client.wait(first, timeout=WAIT_S)["status"] == "completed"
-        own_server.restart()
+        server.restart()
         second = user.client.submit("after the restart")["task_id"]
         task = user.client.wait(second, timeout=WAIT_S)
     assert task["status"] == "completed", task
