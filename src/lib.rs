@@ -9,6 +9,7 @@ pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod commands;
+pub mod config;
 pub mod domain;
 pub mod http;
 pub mod realtime;
