@@ -10,7 +10,7 @@ pub mod extract;
 mod health;
 mod observe;
 mod pages;
-mod realtime;
+pub mod realtime;
 mod runtime;
 pub mod server;
 pub mod state;
