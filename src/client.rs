@@ -49,7 +49,7 @@ pub struct ConnectArgs {
     /// API key (`zs_…`); prefer the environment variable, which stays out of the process
     /// list.
     #[arg(long, env = "ZEROSTATE_API_KEY", hide_env_values = true)]
-    pub api_key: String,
+    pub api_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -423,18 +423,17 @@ impl Api {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             bail!("--server must be an http:// or https:// URL, got {base:?}");
         }
-        if connect.api_key.trim().is_empty() {
-            bail!("an API key is required: set ZEROSTATE_API_KEY");
-        }
+        let key = match connect.api_key.as_deref().map(str::trim) {
+            Some(key) if !key.is_empty() => key.to_owned(),
+            _ => bail!(
+                "an API key is required: set ZEROSTATE_API_KEY (create one on the API keys page)"
+            ),
+        };
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .build()
             .context("building the HTTP client")?;
-        Ok(Self {
-            client,
-            base,
-            key: connect.api_key.trim().to_owned(),
-        })
+        Ok(Self { client, base, key })
     }
 
     fn url(&self, path: &str) -> String {
