@@ -2,11 +2,13 @@
 //! store row) is parsed into one of these first, so the rest of the code never has to
 //! re-check an email, a status or a message type. This module imports nothing internal.
 
+mod credential;
 mod ids;
 mod message;
 mod task;
 mod user;
 
+pub use credential::Credential;
 pub use ids::{AgentId, ApiKeyId, SessionId, TaskId, UserId};
 pub use message::{Cursor, MessageType};
 pub use task::{

@@ -1,7 +1,8 @@
-//! `/api/v1/api-keys`: create (the secret is shown once), list, revoke.
+//! `/api/v1/api-keys`: create (the secret is shown once), list, revoke. Creating and
+//! revoking need a session: a leaked key must not be able to mint keys that outlive it.
 
 use super::error::{path_id, ApiError, ApiResult};
-use super::extract::{AuthUser, JsonBody};
+use super::extract::{AuthUser, JsonBody, SessionUser};
 use super::state::AppState;
 use crate::auth::secret::{self, API_KEY_PREFIX};
 use crate::domain::ApiKeyId;
@@ -61,7 +62,7 @@ fn parse_name(raw: &str) -> Result<String, ApiError> {
 #[tracing::instrument(skip_all, fields(user_id = %principal.user_id))]
 async fn create(
     State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
+    SessionUser(AuthUser(principal)): SessionUser,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let name = parse_name(&body.name)?;
@@ -123,10 +124,18 @@ async fn list(
 #[tracing::instrument(skip_all, fields(user_id = %principal.user_id))]
 async fn revoke(
     State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
+    SessionUser(AuthUser(principal)): SessionUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = path_id(&id, ApiKeyId::parse, "api key")?;
+    // The alert names the key as its owner named it (an id means nothing to a person).
+    let name = state
+        .store
+        .list_api_keys(principal.user_id)
+        .await?
+        .into_iter()
+        .find(|k| k.id == id)
+        .map(|k| k.name);
     match state
         .store
         .revoke_api_key(principal.user_id, id, Utc::now())
@@ -139,7 +148,13 @@ async fn revoke(
     tracing::info!(key_id = %id, "api key revoked");
     state.on_credentials_revoked(&[crate::auth::Credential::ApiKey(id)]);
     state
-        .notify_security(principal.user_id, format!("API key {id} was revoked"))
+        .notify_security(
+            principal.user_id,
+            match name {
+                Some(name) => format!("API key \"{name}\" was revoked"),
+                None => format!("API key {id} was revoked"),
+            },
+        )
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

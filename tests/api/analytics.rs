@@ -63,7 +63,6 @@ async fn run_one(app: &TestApp, token: &str, ms: u64, complete: bool) {
     let (what, body) = if complete {
         ("complete", json!({ "result": "ok" }))
     } else {
-        // Not retryable: a plain `fail` goes back to the queue (contract v2, Retries).
         ("fail", json!({ "error": "no", "retryable": false }))
     };
     assert_eq!(

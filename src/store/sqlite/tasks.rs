@@ -19,7 +19,8 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-const TASK_COLUMNS: &str = "seq, id, user_id, query, capability, priority, status, progress, \
+pub(super) const TASK_COLUMNS: &str =
+    "seq, id, user_id, query, capability, priority, status, progress, \
     agent_id, requested_agent_id, result, error, attempts, max_attempts, idempotency_key, \
     run_at, available_at, timeout_s, lease_expires_at, created_at, started_at, completed_at, \
     updated_at";
@@ -164,7 +165,7 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
     })
 }
 
-fn tasks_from_rows(rows: &[SqliteRow]) -> Result<Vec<TaskRecord>, StoreError> {
+pub(super) fn tasks_from_rows(rows: &[SqliteRow]) -> Result<Vec<TaskRecord>, StoreError> {
     rows.iter().map(task_from_row).collect()
 }
 
@@ -775,6 +776,7 @@ mod tests {
                 name: "a".into(),
                 description: String::new(),
                 capabilities: vec![Capability::general()],
+                shared,
                 token_hash: id.to_string(),
                 token_prefix: "p".into(),
                 created_at: Utc::now(),
@@ -994,6 +996,7 @@ mod tests {
             name: "builtin".into(),
             description: String::new(),
             capabilities: vec![Capability::general()],
+            shared: true,
             token_hash: "builtin".into(),
             token_prefix: "p".into(),
             created_at: Utc::now(),
@@ -1122,6 +1125,7 @@ mod tests {
             name: "a".into(),
             description: String::new(),
             capabilities: vec![Capability::general()],
+            shared: false,
             token_hash: "h".into(),
             token_prefix: "p".into(),
             created_at: Utc::now(),
