@@ -74,6 +74,7 @@ impl Application {
         );
         let queue = crate::tasks::QueueSettings {
             lease: Duration::from_secs(args.task_lease_s),
+            output_max_bytes: args.task_output_max_bytes,
         };
         let tasks = crate::tasks::TaskService::new(
             store.clone(),

@@ -79,6 +79,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ZEROSTATE_AGENT_OFFLINE_AFTER_S", default_value_t = 60, hide = true,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub agent_offline_after_s: u64,
+    /// Most bytes of output one task may keep; appends beyond it get 413 `output_limit`.
+    #[arg(long, env = "ZEROSTATE_TASK_OUTPUT_MAX_BYTES", default_value_t = crate::domain::DEFAULT_TASK_OUTPUT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub task_output_max_bytes: u64,
     /// Real-time history: newest messages always kept per user stream. Hidden: for
     /// tests, which need `reset` without publishing a thousand messages.
     #[arg(

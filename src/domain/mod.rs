@@ -4,11 +4,16 @@
 
 mod ids;
 mod message;
+mod output;
 mod task;
 mod user;
 
 pub use ids::{AgentId, ApiKeyId, SessionId, TaskId, UserId};
 pub use message::{Cursor, MessageType};
+pub use output::{
+    BatchError, ChunkBatch, NewChunk, OutputChunk, OutputStream, DEFAULT_TASK_OUTPUT_MAX_BYTES,
+    MAX_APPEND_BYTES, MAX_APPEND_CHUNKS,
+};
 pub use task::{Capability, Priority, TaskQuery, TaskStatus, TimeoutSecs};
 pub use user::{Email, FullName, Password, Role};
 

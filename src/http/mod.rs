@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod observe;
+mod output;
 mod pages;
 mod realtime;
 mod runtime;
@@ -38,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(tasks::router())
         .merge(runtime::router())
+        .merge(output::router())
         .merge(analytics::router())
         .merge(realtime::router())
         .merge(pages::router())

@@ -91,6 +91,7 @@ pub struct TaskView {
     result: Option<serde_json::Value>,
     error: Option<String>,
     attempts: u32,
+    output_bytes: u64,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     completed_at: Option<DateTime<Utc>>,
@@ -111,6 +112,7 @@ impl From<TaskRecord> for TaskView {
             result: t.result,
             error: t.error,
             attempts: t.attempts,
+            output_bytes: t.output_bytes,
             created_at: t.created_at,
             started_at: t.started_at,
             completed_at: t.completed_at,
@@ -207,7 +209,7 @@ async fn list(
 
 /// A task the caller may see, loaded from the `{id}` of the path: 404 for a malformed
 /// id, an unknown task or someone else's (unless the caller is an admin).
-struct VisibleTask(TaskRecord);
+pub(super) struct VisibleTask(pub(super) TaskRecord);
 
 impl FromRequestParts<AppState> for VisibleTask {
     type Rejection = ApiError;

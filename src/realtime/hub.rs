@@ -236,6 +236,61 @@ impl Hub {
             .map_err(|_| anyhow::anyhow!("the real-time publisher has stopped"))?
     }
 
+    /// Queues transient frames (no cursor, not kept in history) to every live
+    /// connection of `user` on this node, one frame per item, in order, under one
+    /// registry lock. For high-rate data that has its own store and catch-up path
+    /// (task output): it must not push durable messages out of the resume history.
+    /// The bounded-queue rule is the same as for `publish`: a connection that cannot
+    /// take a frame is closed with 4008. Returns how many frames were queued.
+    pub fn send_transient<T: Serialize>(
+        &self,
+        user: UserId,
+        kind: &'static str,
+        items: &[T],
+    ) -> usize {
+        let frames: Vec<Frame> = items
+            .iter()
+            .filter_map(|item| serde_json::to_value(item).ok())
+            .map(|data| protocol::control(kind, data))
+            .collect();
+        let (queued, overflowed) = {
+            let mut reg = self.shared.lock();
+            let Some(ids) = reg.by_user.get(&user) else {
+                return 0;
+            };
+            let mut queued = 0;
+            let mut overflowed = Vec::new();
+            for id in ids {
+                let Some(slot) = reg.conns.get(id) else {
+                    continue;
+                };
+                for frame in &frames {
+                    match slot.offer(frame) {
+                        Offer::Queued => queued += 1,
+                        Offer::Overflowed => {
+                            overflowed.push(*id);
+                            break;
+                        }
+                        Offer::Gone => break,
+                    }
+                }
+            }
+            for id in &overflowed {
+                reg.remove(*id);
+            }
+            (queued, overflowed.len())
+        };
+        if overflowed > 0 {
+            self.shared
+                .counters
+                .slow
+                .fetch_add(overflowed as u64, Ordering::Relaxed);
+            metrics::counter!("zerostate_realtime_slow_disconnects_total")
+                .increment(overflowed as u64);
+        }
+        queued
+    }
+
     /// Registers a connection and prepares what it sends first: `welcome`, then (with
     /// a cursor) the replay and `resumed`, or `reset`. Live messages queue up from the
     /// moment of registration, so nothing falls between replay and live delivery.

@@ -8,12 +8,14 @@
 mod agents;
 mod error;
 mod models;
+mod output;
 pub mod sqlite;
 mod tasks;
 
 pub use agents::{AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, Page};
 pub use error::StoreError;
 pub use models::*;
+pub use output::{Appended, OutputStore};
 pub use tasks::{NewTask, Outcome, TaskFilter, TaskRecord, TaskStat, TaskStore};
 
 use crate::domain::{ApiKeyId, Email, FullName, Role, SessionId, UserId};
@@ -25,11 +27,20 @@ use chrono::{DateTime, Utc};
 /// Everything the server persists. Blanket-implemented for any type that implements
 /// every area trait.
 pub trait Store:
-    UserStore + AgentStore + TaskStore + HealthCheck + MessageLog + Send + Sync + 'static
+    UserStore + AgentStore + TaskStore + OutputStore + HealthCheck + MessageLog + Send + Sync + 'static
 {
 }
-impl<T: UserStore + AgentStore + TaskStore + HealthCheck + MessageLog + Send + Sync + 'static> Store
-    for T
+impl<
+        T: UserStore
+            + AgentStore
+            + TaskStore
+            + OutputStore
+            + HealthCheck
+            + MessageLog
+            + Send
+            + Sync
+            + 'static,
+    > Store for T
 {
 }
 

@@ -9,6 +9,7 @@
 //! missed wake-up costs at most `RECHECK_EVERY`.
 
 pub mod analytics;
+pub mod output;
 
 use crate::agents::AgentService;
 use crate::domain::{
@@ -43,12 +44,15 @@ const REAP_EVERY: Duration = Duration::from_secs(1);
 pub struct QueueSettings {
     /// How long a claim or a progress report holds the task for the agent.
     pub lease: Duration,
+    /// Most bytes of output one task may store (`--task-output-max-bytes`).
+    pub output_max_bytes: u64,
 }
 
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
             lease: DEFAULT_LEASE,
+            output_max_bytes: crate::domain::DEFAULT_TASK_OUTPUT_MAX_BYTES,
         }
     }
 }
@@ -122,6 +126,8 @@ struct Inner {
     wake: watch::Sender<u64>,
     /// Ends waiting claims at shutdown, so draining is not held up by long polls.
     shutdown: Shutdown,
+    /// Wakes the followers of each task's output (see `output`).
+    feeds: output::Feeds,
 }
 
 impl TaskService {
@@ -142,6 +148,7 @@ impl TaskService {
                 settings,
                 wake,
                 shutdown,
+                feeds: output::Feeds::default(),
             }),
         }
     }
@@ -370,6 +377,9 @@ impl TaskService {
     /// Sends the owner `task_update`. A failed publish is logged: the change is stored,
     /// and the owner's client reloads on reconnect.
     async fn publish(&self, task: &TaskRecord) {
+        if task.status.is_finished() {
+            self.inner.feeds.finished(task.id, task.status);
+        }
         let mut data = json!({
             "task_id": task.id,
             "status": task.status,

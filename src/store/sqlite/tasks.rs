@@ -19,7 +19,7 @@ use sqlx::Row;
 
 const TASK_COLUMNS: &str = "seq, id, user_id, query, capability, priority, status, progress, \
     agent_id, requested_agent_id, result, error, attempts, timeout_s, lease_expires_at, \
-    created_at, started_at, completed_at, updated_at";
+    output_bytes, created_at, started_at, completed_at, updated_at";
 
 fn opt_agent(raw: Option<String>) -> Result<Option<AgentId>, StoreError> {
     Ok(raw.as_deref().map(AgentId::parse).transpose()?)
@@ -53,6 +53,7 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
         attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
         timeout_s: row.try_get::<i64, _>("timeout_s")?.max(0) as u32,
         lease_expires_at: opt_time(row, "lease_expires_at")?,
+        output_bytes: row.try_get::<i64, _>("output_bytes")?.max(0) as u64,
         created_at: from_millis(row.try_get("created_at")?),
         started_at: opt_time(row, "started_at")?,
         completed_at: opt_time(row, "completed_at")?,
