@@ -7,6 +7,7 @@ mod agents;
 mod analytics;
 mod api_keys;
 mod health;
+mod output;
 mod realtime;
 mod runtime;
 mod sse;
