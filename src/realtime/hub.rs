@@ -238,55 +238,56 @@ impl Hub {
 
     /// Queues transient frames (no cursor, not kept in history) to every live
     /// connection of `user` on this node, one frame per item, in order, under one
-    /// registry lock. For high-rate data that has its own store and catch-up path
-    /// (task output): it must not push durable messages out of the resume history.
-    /// The bounded-queue rule is the same as for `publish`: a connection that cannot
-    /// take a frame is closed with 4008. Returns how many frames were queued.
+    /// registry lock. For high-rate data that has its own store and a catch-up path
+    /// (task output, whose frames carry a gapless `seq` the client can fill in with
+    /// `?after=`): it must not push durable messages out of the resume history, nor
+    /// get a connection closed for them.
+    ///
+    /// So transient frames only take the part of a connection's bounded queue that
+    /// durable messages do not need: while less than half of it is free, they are
+    /// skipped for that connection (counted in
+    /// `zerostate_realtime_transient_skipped_total`; the client sees the gap in `seq`).
+    /// The bounds and the 4008 rule for durable messages are unchanged. Returns how
+    /// many frames were queued.
     pub fn send_transient<T: Serialize>(
         &self,
         user: UserId,
         kind: &'static str,
         items: &[T],
     ) -> usize {
+        use super::client::{MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES};
         let frames: Vec<Frame> = items
             .iter()
             .filter_map(|item| serde_json::to_value(item).ok())
             .map(|data| protocol::control(kind, data))
             .collect();
-        let (queued, overflowed) = {
-            let mut reg = self.shared.lock();
-            let Some(ids) = reg.by_user.get(&user) else {
-                return 0;
-            };
-            let mut queued = 0;
-            let mut overflowed = Vec::new();
-            for id in ids {
-                let Some(slot) = reg.conns.get(id) else {
-                    continue;
-                };
-                for frame in &frames {
-                    match slot.offer(frame) {
-                        Offer::Queued => queued += 1,
-                        Offer::Overflowed => {
-                            overflowed.push(*id);
-                            break;
-                        }
-                        Offer::Gone => break,
+        let (mut queued, mut skipped) = (0, 0);
+        {
+            let reg = self.shared.lock();
+            for slot in reg
+                .by_user
+                .get(&user)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| reg.conns.get(id))
+            {
+                for (i, frame) in frames.iter().enumerate() {
+                    let room = slot.tx.capacity() > MAX_QUEUED_FRAMES / 2
+                        && slot.queued_bytes.load(Ordering::Acquire) + frame.len()
+                            <= MAX_QUEUED_BYTES / 2;
+                    // With room left, `offer` cannot overflow; a connection that is
+                    // ending takes nothing more.
+                    if !room || slot.offer(frame) != Offer::Queued {
+                        skipped += frames.len() - i;
+                        break;
                     }
+                    queued += 1;
                 }
             }
-            for id in &overflowed {
-                reg.remove(*id);
-            }
-            (queued, overflowed.len())
-        };
-        if overflowed > 0 {
-            self.shared
-                .counters
-                .slow
-                .fetch_add(overflowed as u64, Ordering::Relaxed);
-            metrics::counter!("zerostate_realtime_slow_disconnects_total")
-                .increment(overflowed as u64);
+        }
+        if skipped > 0 {
+            metrics::counter!("zerostate_realtime_transient_skipped_total")
+                .increment(skipped as u64);
         }
         queued
     }
