@@ -166,6 +166,8 @@ impl ShellExecutor {
             .stderr(Stdio::piped())
             .process_group(0)
             .kill_on_drop(true);
+        // The kernel sends the signal when the *thread* that forked exits: here a tokio
+        // worker thread, which lives as long as the runtime, i.e. the agent process.
         // SAFETY: runs in the child between fork and exec, where only async-signal-safe
         // calls are allowed: `prctl` and `getppid` are plain syscalls, and nothing is
         // allocated.
