@@ -574,3 +574,61 @@ async fn killing_the_reference_agent_kills_its_command() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn the_builtin_agent_streams_its_findings_as_it_computes_them() {
+    let app = spawn_app_with(AppOptions {
+        builtin_agent: true,
+        ..AppOptions::default()
+    })
+    .await;
+    let user = app.new_user().await;
+    let id = app
+        .submit_query(
+            &user,
+            "Rust makes systems programming safe. The borrow checker keeps Rust programs \
+             free of data races. Cats sleep all day.",
+        )
+        .await;
+    let task = app.wait_status(&user, &id, "completed").await;
+    let (_, page) = app
+        .get(&format!("/api/v1/tasks/{id}/output"), Some(&user.token))
+        .await;
+    assert_eq!(page["complete"], true);
+    let chunks = page["chunks"].as_array().unwrap();
+    assert!(chunks.len() > 10, "streamed in many chunks: {page}");
+    let text: String = chunks.iter().map(|c| c["text"].as_str().unwrap()).collect();
+    assert!(text.contains("Keywords: rust (2)"), "{text}");
+    // The summary in the result is the one streamed, word by word.
+    let summary = task["result"]["summary"].as_str().unwrap();
+    let streamed = text
+        .split("Summary:")
+        .nth(1)
+        .expect("summary streamed")
+        .trim();
+    assert_eq!(streamed, summary);
+    assert_eq!(task["output_bytes"], text.len() as u64);
+}
+
+#[tokio::test]
+async fn the_reference_agent_refuses_a_server_without_a_scheme() {
+    let out = tokio::process::Command::new(crate::helpers::BIN)
+        .args([
+            "agent",
+            "run",
+            "--server",
+            "localhost:8080",
+            "--exec",
+            "true",
+        ])
+        .env("ZEROSTATE_AGENT_TOKEN", "zsa_not_used")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--server must be a URL starting with http://"),
+        "{stderr}"
+    );
+}
