@@ -186,7 +186,9 @@ impl TaskService {
                 text: &c.text,
             })
             .collect();
-        self.inner.hub.send_transient(user, TASK_OUTPUT, &frames);
+        self.inner
+            .hub
+            .send_transient_batch(user, TASK_OUTPUT, &frames);
     }
 
     /// Up to `limit` chunks of `task` after `after`. `task` must have been read before

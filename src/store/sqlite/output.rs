@@ -123,8 +123,10 @@ impl OutputStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{Capability, Email, FullName, NewChunk, Priority, TaskQuery, TimeoutSecs};
-    use crate::store::{NewTask, NewUser, TaskStore, UserStore};
+    use crate::domain::{
+        Capability, Email, FullName, MaxAttempts, NewChunk, Priority, TaskQuery, TimeoutSecs,
+    };
+    use crate::store::{AgentStore, NewAgent, NewTask, NewUser, TaskStore, UserStore};
     use std::sync::Arc;
 
     async fn running_task() -> (Arc<SqliteStore>, tempfile::TempDir, TaskId, AgentId) {
@@ -140,26 +142,45 @@ mod tests {
             .await
             .unwrap()
             .id;
-        let task = store
-            .insert_task(&NewTask {
-                id: TaskId::new(),
-                user_id: user,
-                query: TaskQuery::parse("q".into()).unwrap(),
-                capability: Capability::general(),
-                priority: Priority::Normal,
-                agent_id: None,
-                timeout: TimeoutSecs::DEFAULT,
+        let agent = AgentId::new();
+        store
+            .create_agent(&NewAgent {
+                id: agent,
+                owner_id: user,
+                name: "a".into(),
+                description: String::new(),
+                capabilities: vec![Capability::general()],
+                shared: false,
+                token_hash: agent.to_string(),
+                token_prefix: "p".into(),
                 created_at: Utc::now(),
             })
             .await
             .unwrap();
-        let agent = AgentId::new();
-        let lease = Utc::now() + chrono::Duration::seconds(30);
+        let new = NewTask {
+            id: TaskId::new(),
+            user_id: user,
+            query: TaskQuery::parse("q".into()).unwrap(),
+            capability: Capability::general(),
+            priority: Priority::Normal,
+            agent_id: None,
+            timeout: TimeoutSecs::DEFAULT,
+            max_attempts: MaxAttempts::DEFAULT,
+            idempotency_key: None,
+            run_at: None,
+            created_at: Utc::now(),
+        };
         store
-            .claim_task(agent, &[Capability::general()], lease, Utc::now())
+            .insert_task(&new, chrono::Duration::hours(24))
             .await
-            .unwrap()
             .unwrap();
+        let lease = Utc::now() + chrono::Duration::seconds(30);
+        let claimed = store
+            .claim_tasks(agent, 1, lease, Utc::now())
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        let task = &claimed[0];
         (store, dir, task.id, agent)
     }
 
