@@ -142,8 +142,8 @@ describe('agents page', () => {
     const claim = (token) => fetch(`${env.server.url}/api/v1/runtime/claim`, { method: 'POST', headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' }, body: '{"wait_s":0}' });
     assert.equal((await claim(slow.token)).status, 401);
     // The new one works (200 with the task handed back above, or 204: nothing to do).
-    const fresh_status = (await claim(fresh)).status;
-    assert.ok([200, 204].includes(fresh_status), `claim with the new token: ${fresh_status}`);
+    const freshStatus = (await claim(fresh)).status;
+    assert.ok([200, 204].includes(freshStatus), `claim with the new token: ${freshStatus}`);
 
     // The admin's shared switch (the first account is the admin).
     await card.locator('input[data-shared-switch]').check();
