@@ -29,7 +29,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// An agent as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AgentView {
     id: AgentId,
     owner_id: crate::domain::UserId,
@@ -70,16 +70,16 @@ struct ListQuery {
     page: PageQuery,
 }
 
-#[derive(Deserialize)]
-struct RegisterBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct RegisterBody {
     name: String,
     #[serde(default)]
     description: String,
     capabilities: Option<Vec<String>>,
 }
 
-#[derive(Deserialize)]
-struct UpdateBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct UpdateBody {
     name: Option<String>,
     description: Option<String>,
     capabilities: Option<Vec<String>>,

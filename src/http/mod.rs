@@ -9,6 +9,7 @@ pub mod error;
 pub mod extract;
 mod health;
 mod observe;
+mod openapi;
 mod pages;
 mod realtime;
 mod runtime;
@@ -40,6 +41,7 @@ pub fn router(state: AppState) -> Router {
         .merge(runtime::router())
         .merge(analytics::router())
         .merge(realtime::router())
+        .merge(openapi::router())
         .merge(pages::router())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(body_limit))

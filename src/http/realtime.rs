@@ -136,16 +136,16 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `{type, data}` of a publish.
-#[derive(Debug, Deserialize)]
-struct PublishBody {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct PublishBody {
     #[serde(rename = "type")]
     kind: String,
     data: Value,
 }
 
 /// `{user_id, type, data}` of `/api/v1/ws/send`.
-#[derive(Debug, Deserialize)]
-struct SendBody {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct SendBody {
     user_id: String,
     #[serde(rename = "type")]
     kind: String,

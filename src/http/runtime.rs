@@ -47,25 +47,25 @@ impl FromRequestParts<AppState> for AgentAuth {
     }
 }
 
-#[derive(Deserialize, Default)]
-struct ClaimBody {
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub(super) struct ClaimBody {
     wait_s: Option<f64>,
 }
 
-#[derive(Deserialize)]
-struct ProgressBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ProgressBody {
     progress: f64,
     message: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct CompleteBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct CompleteBody {
     #[serde(default)]
     result: serde_json::Value,
 }
 
-#[derive(Deserialize)]
-struct FailBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct FailBody {
     error: String,
     #[serde(default)]
     retryable: bool,

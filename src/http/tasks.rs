@@ -78,7 +78,7 @@ pub fn page_params(page: &PageQuery) -> ApiResult<(u32, Option<i64>)> {
 }
 
 /// A task as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     id: TaskId,
     user_id: crate::domain::UserId,
@@ -126,8 +126,8 @@ fn viewer(principal: &Principal) -> Viewer {
     }
 }
 
-#[derive(Deserialize)]
-struct SubmitBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct SubmitBody {
     query: String,
     capability: Option<String>,
     agent_id: Option<String>,
