@@ -44,7 +44,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::borrow::Cow;
 use std::sync::LazyLock;
-use utoipa::openapi::path::{Operation, PathItem};
+use utoipa::openapi::path::{Operation, Parameter, ParameterIn, PathItem};
 use utoipa::openapi::schema::{KnownFormat, Object, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder, Schema};
@@ -403,7 +403,7 @@ fn metrics() {}
 fn openapi_document() {}
 
 #[utoipa::path(post, path = "/api/v1/users/register", tag = "users", security(()),
-    request_body = users::RegisterBody,
+    request_body(content = inline(users::RegisterBody), content_type = "application/json"),
     responses(
         (status = 201, description = "Account created and signed in; sets the session cookie", body = AuthResponse),
         (status = 403, description = "Foreign Origin", body = ErrorBody),
@@ -414,7 +414,7 @@ fn openapi_document() {}
 fn users_register() {}
 
 #[utoipa::path(post, path = "/api/v1/users/login", tag = "users", security(()),
-    request_body = users::LoginBody,
+    request_body(content = inline(users::LoginBody), content_type = "application/json"),
     responses(
         (status = 200, description = "Signed in; sets the session cookie", body = AuthResponse),
         (status = 401, description = "`invalid_credentials`", body = ErrorBody),
@@ -433,12 +433,12 @@ fn users_logout() {}
 fn users_me() {}
 
 #[utoipa::path(put, path = "/api/v1/users/me", tag = "users",
-    request_body = users::ProfileBody,
+    request_body(content = inline(users::ProfileBody), content_type = "application/json"),
     responses((status = 200, description = "The updated account", body = UserResponse)))]
 fn users_update_me() {}
 
 #[utoipa::path(put, path = "/api/v1/users/me/password", tag = "users",
-    request_body = users::PasswordBody,
+    request_body(content = inline(users::PasswordBody), content_type = "application/json"),
     responses(
         (status = 204, description = "Changed; other sessions are revoked"),
         (status = 503, description = "Password hashing is saturated", body = ErrorBody),
@@ -450,7 +450,7 @@ fn users_change_password() {}
 fn api_keys_list() {}
 
 #[utoipa::path(post, path = "/api/v1/api-keys", tag = "api-keys",
-    request_body = api_keys::CreateBody,
+    request_body(content = inline(api_keys::CreateBody), content_type = "application/json"),
     responses((status = 201, description = "Created; `key` is shown only here", body = CreatedApiKey)))]
 fn api_keys_create() {}
 
@@ -462,9 +462,9 @@ fn api_keys_revoke() {}
 #[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
     params(
         ("q" = Option<String>, Query, description = "Text to find in the name or description"),
-        ("capability" = Option<String>, Query, description = "Only agents offering this capability"),
-        ("limit" = Option<u32>, Query, minimum = 1, description = "Page size, default 50; above 200 counts as 200"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("capability" = Option<String>, Query, description = "Only agents offering this capability (case-insensitive)"),
+        ("limit" = Option<String>, Query, description = "Page size, default 50; above 200 counts as 200"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)"),
     ),
     responses((status = 200, description = "A page of agents, newest first", body = AgentList)))]
 fn agents_list() {}
@@ -472,15 +472,15 @@ fn agents_list() {}
 #[utoipa::path(get, path = "/api/v1/agents/search", tag = "agents",
     params(
         ("q" = Option<String>, Query, description = "Text to find in the name or description"),
-        ("capability" = Option<String>, Query, description = "Only agents offering this capability"),
-        ("limit" = Option<u32>, Query, minimum = 1, description = "Page size, default 50; above 200 counts as 200"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("capability" = Option<String>, Query, description = "Only agents offering this capability (case-insensitive)"),
+        ("limit" = Option<String>, Query, description = "Page size, default 50; above 200 counts as 200"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)"),
     ),
     responses((status = 200, description = "The same list as `GET /api/v1/agents`", body = AgentList)))]
 fn agents_search() {}
 
 #[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents",
-    request_body = agents::RegisterBody,
+    request_body(content = inline(agents::RegisterBody), content_type = "application/json"),
     responses((status = 201, description = "Registered; `agent_token` is shown only here", body = RegisteredAgent)))]
 fn agents_register() {}
 
@@ -491,7 +491,7 @@ fn agents_read() {}
 
 #[utoipa::path(put, path = "/api/v1/agents/{id}", tag = "agents",
     params(("id" = uuid::Uuid, Path, description = "Agent id")),
-    request_body = agents::UpdateBody,
+    request_body(content = inline(agents::UpdateBody), content_type = "application/json"),
     responses((status = 200, description = "The updated agent (owner or admin)", body = AgentView)))]
 fn agents_update() {}
 
@@ -502,16 +502,16 @@ fn agents_delete() {}
 
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
     params(
-        ("status" = Option<TaskStatus>, Query, description = "Only tasks in this status"),
-        ("all" = Option<bool>, Query, description = "Every user's tasks (admins only)"),
-        ("limit" = Option<u32>, Query, minimum = 1, description = "Page size, default 50; above 200 counts as 200"),
-        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
+        ("status" = Option<String>, Query, description = "Only tasks in this status"),
+        ("all" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "`true`: every user's tasks (admins only)"),
+        ("limit" = Option<String>, Query, description = "Page size, default 50; above 200 counts as 200"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)"),
     ),
     responses((status = 200, description = "A page of tasks, newest first", body = TaskList)))]
 fn tasks_list() {}
 
 #[utoipa::path(post, path = "/api/v1/tasks/submit", tag = "tasks",
-    request_body = tasks::SubmitBody,
+    request_body(content = inline(tasks::SubmitBody), content_type = "application/json"),
     responses(
         (status = 202, description = "Queued", body = Submitted),
         (status = 404, description = "`agent_id` names no agent the caller can see", body = ErrorBody),
@@ -554,7 +554,7 @@ fn tasks_cancel() {}
 
 #[utoipa::path(post, path = "/api/v1/runtime/claim", tag = "runtime",
     security(("agent_token" = [])),
-    request_body(content = Option<runtime::ClaimBody>, description = "Optional; an empty body asks for an immediate answer"),
+    request_body(content = inline(Option<runtime::ClaimBody>), content_type = "application/json", description = "Optional; an empty body asks for an immediate answer"),
     responses(
         (status = 200, description = "A task for this agent", body = Claimed),
         (status = 204, description = "Nothing matched within `wait_s`"),
@@ -564,7 +564,7 @@ fn runtime_claim() {}
 #[utoipa::path(post, path = "/api/v1/runtime/tasks/{id}/progress", tag = "runtime",
     security(("agent_token" = [])),
     params(("id" = uuid::Uuid, Path, description = "Task id")),
-    request_body = runtime::ProgressBody,
+    request_body(content = inline(runtime::ProgressBody), content_type = "application/json"),
     responses(
         (status = 200, description = "Recorded; the lease is renewed", body = ProgressAck),
         (status = 409, description = "`canceled` (stop working on it) or not this agent's running task", body = ErrorBody),
@@ -574,7 +574,7 @@ fn runtime_progress() {}
 #[utoipa::path(post, path = "/api/v1/runtime/tasks/{id}/complete", tag = "runtime",
     security(("agent_token" = [])),
     params(("id" = uuid::Uuid, Path, description = "Task id")),
-    request_body = runtime::CompleteBody,
+    request_body(content = inline(runtime::CompleteBody), content_type = "application/json"),
     responses(
         (status = 200, description = "Completed", body = Finished),
         (status = 409, description = "`canceled` or not this agent's running task", body = ErrorBody),
@@ -584,7 +584,7 @@ fn runtime_complete() {}
 #[utoipa::path(post, path = "/api/v1/runtime/tasks/{id}/fail", tag = "runtime",
     security(("agent_token" = [])),
     params(("id" = uuid::Uuid, Path, description = "Task id")),
-    request_body = runtime::FailBody,
+    request_body(content = inline(runtime::FailBody), content_type = "application/json"),
     responses(
         (status = 200, description = "Failed (or queued for another attempt)", body = Finished),
         (status = 409, description = "`canceled` or not this agent's running task", body = ErrorBody),
@@ -626,18 +626,18 @@ fn events() {}
 fn ws_stats() {}
 
 #[utoipa::path(post, path = "/api/v1/ws/broadcast", tag = "realtime",
-    request_body = realtime::PublishBody,
+    request_body(content = inline(realtime::PublishBody), content_type = "application/json"),
     responses((status = 202, description = "Sent to every connected user, kept for resume (admin)", body = Delivered)))]
 fn ws_broadcast() {}
 
 #[utoipa::path(post, path = "/api/v1/ws/user/{user_id}", tag = "realtime",
     params(("user_id" = uuid::Uuid, Path, description = "Recipient")),
-    request_body = realtime::PublishBody,
+    request_body(content = inline(realtime::PublishBody), content_type = "application/json"),
     responses((status = 202, description = "Sent to the user's connections, kept for resume (admin)", body = Delivered)))]
 fn ws_send_to_user() {}
 
 #[utoipa::path(post, path = "/api/v1/ws/send", tag = "realtime",
-    request_body = realtime::SendBody,
+    request_body(content = inline(realtime::SendBody), content_type = "application/json"),
     responses(
         (status = 202, description = "Sent to the user's connections, kept for resume (admin)", body = Delivered),
         (status = 404, description = "No such user", body = ErrorBody),
@@ -735,6 +735,25 @@ fn operations_mut(item: &mut PathItem) -> impl Iterator<Item = &mut Operation> {
     .flatten()
 }
 
+/// What the handlers trim from query values: Unicode White_Space, as `str::trim` knows it
+/// (spelt out: `\\s` means slightly different sets in different regex engines).
+const TRIMMED: &str =
+    r"[\t\n\u000b\u000c\r \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*";
+
+/// The exact form of the query parameters the list handlers parse by hand (as strings,
+/// trimmed, empty meaning absent), so the document says precisely what is accepted.
+fn query_pattern(name: &str) -> Option<String> {
+    let body = match name {
+        // `?limit=` (1 or more; above 200 counts as 200) and the paging cursor: positive
+        // integers as the handlers parse them.
+        "limit" | "cursor" => r"\+?0*[1-9][0-9]{0,17}",
+        "status" => "queued|running|completed|failed|canceled",
+        "capability" => "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+        _ => return None,
+    };
+    Some(format!("^{TRIMMED}({body})?{TRIMMED}$"))
+}
+
 fn apply_conventions(path: &str, op: &mut Operation) {
     let security = op
         .security
@@ -755,9 +774,7 @@ fn apply_conventions(path: &str, op: &mut Operation) {
         }
     }
     let params = op.parameters.as_deref().unwrap_or_default();
-    let in_query = |p: &&utoipa::openapi::path::Parameter| {
-        matches!(p.parameter_in, utoipa::openapi::path::ParameterIn::Query)
-    };
+    let in_query = |p: &&Parameter| matches!(p.parameter_in, ParameterIn::Query);
     if op.request_body.is_some() {
         shared.extend(["400", "413", "415"]);
     } else if params.iter().any(|p| in_query(&p)) {
@@ -765,6 +782,18 @@ fn apply_conventions(path: &str, op: &mut Operation) {
     }
     if path.contains('{') {
         shared.push("404");
+    }
+    for param in op.parameters.iter_mut().flatten() {
+        if let Some(pattern) = query_pattern(&param.name) {
+            if matches!(param.parameter_in, ParameterIn::Query) {
+                param.schema = Some(
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .pattern(Some(pattern))
+                        .into(),
+                );
+            }
+        }
     }
     for status in shared {
         if op.responses.responses.contains_key(status) {
