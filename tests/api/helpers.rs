@@ -21,6 +21,8 @@ pub struct AppOptions {
     pub builtin_agent: bool,
     /// More `serve` flags.
     pub extra_args: Vec<String>,
+    /// Environment variables for the server process (settings by their env twins).
+    pub env: Vec<(String, String)>,
 }
 
 /// A running server.
@@ -71,6 +73,7 @@ async fn start(data_dir: &Path, options: &AppOptions, addr: &str) -> (Child, u16
         .arg("--data-dir")
         .arg(data_dir)
         .args(&options.extra_args)
+        .envs(options.env.iter().map(|(k, v)| (k, v)))
         .env_remove("ZEROSTATE_DATABASE_URL")
         .env_remove("ZEROSTATE_REDIS_URL")
         .env("RUST_LOG", "info")
