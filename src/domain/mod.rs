@@ -4,6 +4,8 @@
 
 mod ids;
 mod message;
+#[cfg(test)]
+mod props;
 mod task;
 mod user;
 

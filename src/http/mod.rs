@@ -11,6 +11,8 @@ mod health;
 mod observe;
 mod openapi;
 mod pages;
+#[cfg(test)]
+mod props;
 mod realtime;
 mod runtime;
 pub mod state;

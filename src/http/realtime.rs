@@ -153,13 +153,13 @@ pub(super) struct SendBody {
 }
 
 /// A publish turned into domain types.
-struct Message {
+pub(super) struct Message {
     kind: MessageType,
     data: Value,
 }
 
 impl Message {
-    fn parse(kind: &str, data: Value) -> Result<Self, ApiError> {
+    pub(super) fn parse(kind: &str, data: Value) -> Result<Self, ApiError> {
         let kind = MessageType::parse_publishable(kind)?;
         if !data.is_object() {
             return Err(ApiError::invalid("data must be a JSON object"));

@@ -12,6 +12,8 @@ mod hub;
 #[cfg(test)]
 mod memory;
 pub mod protocol;
+#[cfg(test)]
+mod protocol_props;
 
 pub use client::TransportKind;
 pub use disconnect::Disconnect;
