@@ -2,9 +2,11 @@
 //! the router, binds the listener, and runs until shut down. The only place that names
 //! concrete backends.
 
-use crate::auth::throttle::LoginThrottle;
+use crate::auth::password::Hasher;
+use crate::auth::throttle::{LoginThrottle, RegistrationLimiter};
 use crate::auth::tokens::TokenSigner;
-use crate::cli::{ServeArgs, StorageArgs};
+use crate::config::{Settings, StorageSettings};
+use crate::http::server::Server;
 use crate::http::{self, AppState, HttpSettings, Readiness};
 use crate::realtime::{Disconnect, HistoryPolicy, Hub};
 use crate::shutdown::Shutdown;
@@ -13,32 +15,37 @@ use crate::store::Store;
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpSocket};
 
-/// How long in-flight requests get to finish once shutdown starts.
+/// How long in-flight requests get to finish once shutdown starts; then the rest are
+/// dropped.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long real-time connections get to send their 1012 close at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before `accept`.
 const LISTEN_BACKLOG: u32 = 1024;
 
-/// Opens the store named by the storage arguments, creating the data directory.
-pub async fn open_store(storage: &StorageArgs) -> anyhow::Result<Arc<dyn Store>> {
-    std::fs::create_dir_all(&storage.data_dir)
-        .with_context(|| format!("creating data directory {}", storage.data_dir.display()))?;
-    match storage.database_url.as_deref() {
+/// Opens the store named by the storage settings, creating the data directory `0700`
+/// and keeping every file in it `0600`.
+pub async fn open_store(storage: &StorageSettings) -> anyhow::Result<Arc<dyn Store>> {
+    prepare_data_dir(&storage.data_dir)?;
+    let store: Arc<dyn Store> = match storage.database_url.as_deref() {
         None => {
             let path = storage.data_dir.join("zerostate.db");
-            Ok(Arc::new(SqliteStore::open(&path).await?))
+            Arc::new(SqliteStore::open(&path).await?)
         }
-        Some(url) if url.starts_with("sqlite:") => Ok(Arc::new(SqliteStore::open_url(url).await?)),
+        Some(url) if url.starts_with("sqlite:") => Arc::new(SqliteStore::open_url(url).await?),
         Some(url) => {
             let scheme = url.split(':').next().unwrap_or_default();
             anyhow::bail!("unsupported database URL scheme {scheme:?}: this build supports sqlite:")
         }
-    }
+    };
+    // Files made by an older version (or before the umask was set) are tightened too.
+    restrict_files(&storage.data_dir);
+    Ok(store)
 }
 
 /// A server that has bound its port and is ready to run.
@@ -48,21 +55,24 @@ pub struct Application {
     shutdown: Shutdown,
     /// Whether to run the built-in agent once the server listens.
     builtin_agent: bool,
+    settings: Settings,
 }
 
 impl Application {
     /// Builds everything and binds the listener, so `local_addr` is known before `run`.
-    pub async fn build(args: ServeArgs, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        if args.redis_url.is_some() {
+    pub async fn build(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<Self> {
+        if settings.redis_url.is_some() {
             anyhow::bail!("--redis-url (several nodes) is not supported by this build yet");
         }
-        let store = open_store(&args.storage).await?;
-        let signer =
-            TokenSigner::load_or_create(args.signing_key.as_deref(), &args.storage.data_dir)?;
+        let store = open_store(&settings.storage).await?;
+        let signer = TokenSigner::load_or_create(
+            settings.signing_key.as_ref().map(|k| k.0.as_str()),
+            &settings.storage.data_dir,
+        )?;
         let readiness = Readiness::default();
         let history = HistoryPolicy {
-            max_per_stream: args.history_max_per_user,
-            max_age: Duration::from_secs(args.history_max_age_s),
+            max_per_stream: settings.history_max_per_user,
+            max_age: settings.history_max_age,
         };
         // `Arc<dyn Store>` is itself a message log (see `realtime::history`).
         let hub = Hub::start(Arc::new(store.clone()), history).await?;
@@ -70,10 +80,10 @@ impl Application {
         let agents = crate::agents::AgentService::new(
             store.clone(),
             hub.clone(),
-            Duration::from_secs(args.agent_offline_after_s),
+            settings.agent_offline_after,
         );
         let queue = crate::tasks::QueueSettings {
-            lease: Duration::from_secs(args.task_lease_s),
+            lease: settings.task_lease,
         };
         let tasks = crate::tasks::TaskService::new(
             store.clone(),
@@ -86,9 +96,14 @@ impl Application {
             store,
             signer: Arc::new(signer),
             throttle: Arc::new(LoginThrottle::default()),
+            registrations: Arc::new(RegistrationLimiter::new(settings.limits.registration_limit)),
+            hasher: Hasher::new(),
             http: Arc::new(HttpSettings {
-                allowed_origins: normalise_origins(&args.allowed_origins),
+                allowed_origins: settings.allowed_origins.clone(),
                 body_limit: http::extract::DEFAULT_BODY_LIMIT,
+                body_timeout: settings.limits.body_timeout,
+                trusted_proxies: settings.limits.trusted_proxies.clone(),
+                realtime_connections_per_user: settings.limits.realtime_connections_per_user,
             }),
             readiness,
             metrics,
@@ -97,13 +112,14 @@ impl Application {
             agents,
             tasks,
         };
-        let listener = bind(&args.addr).await?;
-        let builtin_agent = args.builtin_agent_enabled();
+        let listener = bind(&settings.addr).await?;
+        let builtin_agent = settings.builtin_agent;
         Ok(Self {
             listener,
             state,
             shutdown,
             builtin_agent,
+            settings,
         })
     }
 
@@ -111,35 +127,24 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until SIGINT/SIGTERM, then drains: `/ready` turns 503, real-time
-    /// connections are closed with 1012, in-flight requests get `DRAIN_TIMEOUT` to
-    /// finish, and the function returns.
+    /// Serves until SIGINT/SIGTERM, then drains: `/ready` turns 503 at once while the
+    /// listener stays open (so probes see it), real-time connections are closed with
+    /// 1012, requests in flight get `DRAIN_TIMEOUT` to finish (a half-sent one is cut at
+    /// once), and the function returns.
     pub async fn run(self) -> anyhow::Result<()> {
         let Self {
             listener,
             state,
             shutdown,
             builtin_agent,
+            settings,
         } = self;
         let local_addr = listener.local_addr()?;
         let mut jobs = BackgroundJobs::start(&state, &shutdown);
         let app = http::router(state.clone());
         state.readiness.set_ready(true);
         spawn_signal_listener(shutdown.clone());
-
-        let (drained, draining_state) = (shutdown.clone(), state.clone());
-        let server = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
-            drained.triggered().await;
-            // Not ready first, so load balancers stop sending clients here before
-            // the live connections are told (1012) to reconnect elsewhere.
-            draining_state.readiness.set_ready(false);
-            draining_state.hub.close_all(Disconnect::Shutdown);
-        });
-        let server = tokio::spawn(async move { server.await });
+        let server = Server::start(listener, app, &settings.limits);
         // The built-in agent talks to this server over HTTP like any agent, so it starts
         // once the listener is serving; it stops by itself on shutdown.
         if builtin_agent {
@@ -148,14 +153,24 @@ impl Application {
             jobs.0.push(tokio::spawn(run));
         }
         shutdown.triggered().await;
-        match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-            Ok(result) => result??,
-            Err(_) => tracing::warn!("in-flight requests did not finish in time"),
+        // Not ready first, so load balancers stop sending clients here before the live
+        // connections are told (1012) to reconnect elsewhere.
+        state.readiness.set_ready(false);
+        state.hub.close_all(Disconnect::Shutdown);
+        server.drain();
+        let (requests, realtime) = tokio::join!(
+            server.wait_drained(DRAIN_TIMEOUT),
+            // Upgraded WebSockets are not HTTP connections any more: wait for their
+            // close frames.
+            state.hub.wait_idle(CLOSE_TIMEOUT),
+        );
+        if !requests {
+            tracing::warn!("in-flight requests did not finish in time");
         }
-        // Upgraded WebSockets are not in-flight requests: wait for their close frames.
-        if !state.hub.wait_idle(CLOSE_TIMEOUT).await {
+        if !realtime {
             tracing::warn!("real-time connections did not close in time");
         }
+        server.stop().await;
         jobs.stop();
         tracing::info!("stopped");
         Ok(())
@@ -193,14 +208,6 @@ fn spawn_signal_listener(shutdown: Shutdown) {
     });
 }
 
-/// Origins compare without a trailing slash.
-fn normalise_origins(raw: &[String]) -> Vec<String> {
-    raw.iter()
-        .map(|o| o.trim().trim_end_matches('/').to_owned())
-        .filter(|o| !o.is_empty())
-        .collect()
-}
-
 /// Binds with a backlog of `LISTEN_BACKLOG` (tokio's default is 1024 only on some
 /// platforms; here it is explicit).
 async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
@@ -235,4 +242,88 @@ fn spawn_metrics_upkeep(
             }
         }
     })
+}
+
+/// Creates the data directory readable by its owner only, and makes every file created
+/// from now on (the SQLite database, its `-wal` and `-shm`, the signing key) `0600`: the
+/// umask is process-wide, so SQLite's own files get it too.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        // SAFETY: umask only swaps the process's file-creation mask; it cannot fail.
+        unsafe {
+            libc::umask(0o077);
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating data directory {}", dir.display()))?;
+        // An existing directory is tightened as well; one we do not own stays as it is.
+        if let Err(err) = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)) {
+            tracing::warn!(dir = %dir.display(), error = %err, "cannot make the data directory 0700");
+        }
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating data directory {}", dir.display()))?;
+    Ok(())
+}
+
+/// Makes the files the server keeps in the data directory `0600`.
+fn restrict_files(dir: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for name in [
+            "zerostate.db",
+            "zerostate.db-wal",
+            "zerostate.db-shm",
+            "signing.key",
+        ] {
+            let path = dir.join(name);
+            if path.exists() {
+                if let Err(err) =
+                    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot make the file 0600");
+                }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// Raises this process's soft limit on open files to the hard limit: every socket is a
+/// descriptor, and the common default soft limit (1024) would let a thousand idle
+/// sockets from one host starve `/health` before any other limit applies.
+pub fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return;
+            }
+            if limit.rlim_cur < limit.rlim_max {
+                let raised = libc::rlimit {
+                    rlim_cur: limit.rlim_max,
+                    rlim_max: limit.rlim_max,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                    tracing::debug!(
+                        from = limit.rlim_cur,
+                        to = limit.rlim_max,
+                        "raised the open-files limit"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -69,33 +69,43 @@ pub struct ServeArgs {
     /// Token signing key (at least 32 characters); default: generated into the data directory.
     #[arg(long, env = "ZEROSTATE_SIGNING_KEY", hide_env_values = true)]
     pub signing_key: Option<String>,
-    /// Seconds a claimed task stays with its agent without a progress report. Hidden:
-    /// for tests, which need lost leases to expire in seconds.
-    #[arg(long, env = "ZEROSTATE_TASK_LEASE_S", default_value_t = 30, hide = true,
+    /// Seconds a claimed task stays with its agent without a progress report before it
+    /// goes back to the queue.
+    #[arg(long, env = "ZEROSTATE_TASK_LEASE_S", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub task_lease_s: u64,
-    /// Seconds without a claim or progress report after which an agent counts as
-    /// offline. Hidden: for tests, which cannot wait a minute.
-    #[arg(long, env = "ZEROSTATE_AGENT_OFFLINE_AFTER_S", default_value_t = 60, hide = true,
+    /// Seconds without a claim or progress report after which an agent counts as offline.
+    #[arg(long, env = "ZEROSTATE_AGENT_OFFLINE_AFTER_S", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub agent_offline_after_s: u64,
-    /// Real-time history: newest messages always kept per user stream. Hidden: for
-    /// tests, which need `reset` without publishing a thousand messages.
-    #[arg(
-        long,
-        env = "ZEROSTATE_HISTORY_MAX_PER_USER",
-        default_value_t = 1000,
-        hide = true
-    )]
+    /// Real-time history: the newest messages always kept per user, for resume.
+    #[arg(long, env = "ZEROSTATE_HISTORY_MAX_PER_USER", default_value_t = 1000)]
     pub history_max_per_user: u32,
-    /// Real-time history: messages younger than this many seconds are always kept. Hidden.
+    /// Real-time history: messages younger than this many seconds are always kept.
+    #[arg(long, env = "ZEROSTATE_HISTORY_MAX_AGE_S", default_value_t = 600)]
+    pub history_max_age_s: u64,
+    /// Open TCP connections allowed from one client address; beyond, new ones are
+    /// refused (0: no limit).
     #[arg(
         long,
-        env = "ZEROSTATE_HISTORY_MAX_AGE_S",
-        default_value_t = 600,
-        hide = true
+        env = "ZEROSTATE_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 1000
     )]
-    pub history_max_age_s: u64,
+    pub max_connections_per_address: u32,
+    /// Sign-ups allowed per client address, as COUNT/WINDOW (`10/10m`, `100/1h`;
+    /// 0: no limit); beyond, 429.
+    #[arg(long, env = "ZEROSTATE_REGISTRATION_LIMIT", default_value = "10/10m",
+          value_parser = crate::config::RateSetting::parse)]
+    pub registration_limit: crate::config::RateSetting,
+    /// Reverse proxies (addresses or CIDR networks, comma-separated) whose
+    /// `X-Forwarded-For` is believed; from any other peer the header is ignored.
+    #[arg(
+        long,
+        env = "ZEROSTATE_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR,…"
+    )]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ServeArgs {

@@ -3,7 +3,7 @@
 use crate::app::{open_store, Application};
 use crate::auth::password;
 use crate::cli::{AgentCommand, AgentRunArgs, Command, ServeArgs, UsersCommand};
-use crate::domain::{Email, FullName, Password, Role};
+use crate::domain::{Email, FullName, Role};
 use crate::store::NewUser;
 use std::io::Write;
 
@@ -43,8 +43,11 @@ async fn agent_run(args: AgentRunArgs) -> anyhow::Result<()> {
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     crate::telemetry::init_logging(args.log_format);
+    let settings = crate::config::Settings::try_from(args)?;
+    crate::app::raise_open_files_limit();
+    crate::auth::password::tune_allocator();
     let metrics = crate::telemetry::init_metrics()?;
-    let app = Application::build(args, metrics).await?;
+    let app = Application::build(settings, metrics).await?;
     let addr = app.local_addr()?;
     // One machine-readable line on stdout, for scripts and tests that bind port 0.
     println!("zerostate listening on http://{addr}");
@@ -62,11 +65,13 @@ async fn users(cmd: UsersCommand) -> anyhow::Result<()> {
             admin,
             storage,
         } => {
-            let store = open_store(&storage).await?;
+            let store = open_store(&storage.into()).await?;
             let new = NewUser {
                 email: Email::parse(&email)?,
                 full_name: FullName::parse(&full_name)?,
-                password_hash: password::hash(Password::parse_new(password)?).await?,
+                password_hash: password::Hasher::new()
+                    .hash(password::parse_new(password)?)
+                    .await?,
                 role: Some(if admin { Role::Admin } else { Role::User }),
             };
             let user = store.create_user(new).await?;
@@ -78,7 +83,7 @@ async fn users(cmd: UsersCommand) -> anyhow::Result<()> {
             );
         }
         UsersCommand::Promote { email, storage } => {
-            let store = open_store(&storage).await?;
+            let store = open_store(&storage.into()).await?;
             let user = store.set_role(&Email::parse(&email)?, Role::Admin).await?;
             println!("{} is now admin", user.email);
         }

@@ -1,5 +1,6 @@
-//! Agents: the registry (register, update, delete, each announced as `agent_update`),
-//! presence (online while polling or renewing a lease; offline after `OFFLINE_AFTER` of
+//! Agents: the registry (register, update, delete, each announced as `agent_update` to
+//! the users who can see the agent: for a private agent its owner and the admins, for a
+//! shared one everyone), token rotation, presence (online while polling or renewing a lease; offline after `OFFLINE_AFTER` of
 //! silence by default, detected by a sweeper), and the agent processes themselves: the reference
 //! agent `zerostate agent run` (`runner` + `shell`) and the built-in agent (`builtin`),
 //! which talk to the server over the same HTTP runtime API.
@@ -11,9 +12,9 @@ pub mod shell;
 use crate::auth::secret::{self, NewSecret, AGENT_TOKEN_PREFIX};
 use crate::domain::{AgentId, Capability, MessageType, ParseError, UserId};
 use crate::realtime::{Hub, Target};
-use crate::store::{AgentChanges, AgentRecord, NewAgent, Store, StoreError};
+use crate::store::{AgentChanges, AgentRecord, NewAgent, Store, StoreError, TaskRecord};
 use chrono::Utc;
-use serde_json::json;
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -78,21 +79,42 @@ pub fn parse_capabilities(raw: &[String]) -> Result<Vec<Capability>, ParseError>
 }
 
 /// What `agent_update` says an agent did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AgentAction {
     Registered,
+    /// Changed by its owner or an admin, or went online or offline.
     Updated,
     Deleted,
 }
 
-impl AgentAction {
-    fn as_str(self) -> &'static str {
-        match self {
-            AgentAction::Registered => "registered",
-            AgentAction::Updated => "updated",
-            AgentAction::Deleted => "deleted",
+/// Whether an agent is reachable, as the API and `agent_update` say it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentStatus {
+    Online,
+    Offline,
+}
+
+impl AgentStatus {
+    /// The status of a stored agent.
+    pub fn of(agent: &AgentRecord) -> Self {
+        if agent.online {
+            AgentStatus::Online
+        } else {
+            AgentStatus::Offline
         }
     }
+}
+
+/// The `agent_update` message's data, exactly as it goes on the wire.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentUpdate<'a> {
+    pub agent_id: AgentId,
+    pub name: &'a str,
+    pub action: AgentAction,
+    pub status: AgentStatus,
+    pub shared: bool,
 }
 
 /// A validated registration.
@@ -101,6 +123,8 @@ pub struct Registration {
     pub name: String,
     pub description: String,
     pub capabilities: Vec<Capability>,
+    /// Only admins may register a shared agent; the HTTP layer checks it.
+    pub shared: bool,
 }
 
 /// The registry and presence tracker. Cheap to clone.
@@ -136,18 +160,21 @@ impl AgentService {
             name: reg.name,
             description: reg.description,
             capabilities: reg.capabilities,
+            shared: reg.shared,
             token_hash: token.hash.clone(),
             token_prefix: token.prefix.clone(),
             created_at: Utc::now(),
         };
         let agent = self.store.create_agent(&new).await?;
-        tracing::info!(agent_id = %agent.id, owner_id = %owner, "agent registered");
+        tracing::info!(agent_id = %agent.id, owner_id = %owner, shared = agent.shared, "agent registered");
         self.announce(&agent, AgentAction::Registered).await;
         Ok((agent, token))
     }
 
     /// Creates the built-in agent on first start, or gives it a fresh token on later
-    /// starts; the raw token lives only in this process's memory.
+    /// starts; the raw token lives only in this process's memory. It is shared (it runs
+    /// every user's tasks, so a new user's first task completes), and made shared again
+    /// at every start should it have been changed.
     pub async fn ensure_builtin(&self) -> Result<(AgentRecord, NewSecret), StoreError> {
         let token = secret::generate(AGENT_TOKEN_PREFIX);
         let new = NewAgent {
@@ -156,6 +183,7 @@ impl AgentService {
             name: "Built-in text agent".to_owned(),
             description: "Runs inside the server: text statistics, keywords and an extractive summary of the query.".to_owned(),
             capabilities: vec![Capability::general(), Capability::parse("text").expect("valid")],
+            shared: true,
             token_hash: token.hash.clone(),
             token_prefix: token.prefix.clone(),
             created_at: Utc::now(),
@@ -167,23 +195,48 @@ impl AgentService {
         Ok((agent, token))
     }
 
-    /// Applies a validated change and announces it (`updated`).
+    /// Applies a validated change to `before` and announces it (`updated`). When it
+    /// stops being shared, everyone who could see it until now hears it too, so their
+    /// lists can drop it.
     pub async fn update(
         &self,
-        id: AgentId,
+        before: &AgentRecord,
         changes: &AgentChanges,
     ) -> Result<AgentRecord, StoreError> {
-        let agent = self.store.update_agent(id, changes, Utc::now()).await?;
-        self.announce(&agent, AgentAction::Updated).await;
+        let agent = self
+            .store
+            .update_agent(before.id, changes, Utc::now())
+            .await?;
+        if agent.shared != before.shared {
+            tracing::info!(agent_id = %agent.id, shared = agent.shared, "agent sharing changed");
+        }
+        let everyone = agent.shared || before.shared;
+        self.announce_to(&agent, AgentAction::Updated, everyone)
+            .await;
         Ok(agent)
     }
 
-    /// Deletes the agent (its tasks keep its id) and announces it (`deleted`).
-    pub async fn delete(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.store.delete_agent(agent.id).await?;
-        tracing::info!(agent_id = %agent.id, "agent deleted");
+    /// Deletes the agent and announces it (`deleted`). Its running tasks are back in the
+    /// queue when this returns (see `AgentStore::delete_agent`); they are returned for
+    /// the task service to announce, which also wakes waiting claims.
+    pub async fn delete(&self, agent: &AgentRecord) -> Result<Vec<TaskRecord>, StoreError> {
+        let requeued = self.store.delete_agent(agent.id, Utc::now()).await?;
+        tracing::info!(agent_id = %agent.id, requeued = requeued.len(), "agent deleted");
         self.announce(agent, AgentAction::Deleted).await;
-        Ok(())
+        Ok(requeued)
+    }
+
+    /// Gives the agent a new token, returned once; the old one stops working at once
+    /// (every runtime request looks its token up). Not announced: nothing others see
+    /// changes.
+    pub async fn rotate_token(&self, id: AgentId) -> Result<(AgentRecord, NewSecret), StoreError> {
+        let token = secret::generate(AGENT_TOKEN_PREFIX);
+        let agent = self
+            .store
+            .set_agent_token(id, &token.hash, &token.prefix, Utc::now())
+            .await?;
+        tracing::info!(agent_id = %id, "agent token rotated");
+        Ok((agent, token))
     }
 
     /// Records a sign of life (a claim, a progress report); announces the agent coming
@@ -212,23 +265,68 @@ impl AgentService {
         Ok(())
     }
 
-    /// Sends `agent_update` to everyone. A failed publish is logged: the change itself
-    /// is already stored, and clients reload lists on `reset`.
+    /// Sends `agent_update` to the users who can see the agent: everyone for a shared
+    /// agent, else its owner and the admins. Never to anyone else: the name is text its
+    /// owner chose.
     async fn announce(&self, agent: &AgentRecord, action: AgentAction) {
-        let data = json!({
-            "agent_id": agent.id,
-            "name": agent.name,
-            "action": action.as_str(),
-            "status": if agent.online { "online" } else { "offline" },
-        });
-        if let Err(err) = self
-            .hub
-            .publish(Target::Everyone, MessageType::known("agent_update"), data)
-            .await
-        {
-            tracing::warn!(agent_id = %agent.id, error = format!("{err:#}"), "agent_update not published");
+        self.announce_to(agent, action, agent.shared).await;
+    }
+
+    /// Sends `agent_update` to everyone when `everyone` (a shared agent, or one that was
+    /// shared until this change), else to its owner and the admins. A failed publish is
+    /// logged: the change itself is already stored, and clients reload lists on `reset`.
+    async fn announce_to(&self, agent: &AgentRecord, action: AgentAction, everyone: bool) {
+        let update = AgentUpdate {
+            agent_id: agent.id,
+            name: &agent.name,
+            action,
+            status: AgentStatus::of(agent),
+            shared: agent.shared,
+        };
+        let data = match serde_json::to_value(&update) {
+            Ok(data) => data,
+            Err(err) => {
+                tracing::error!(agent_id = %agent.id, error = %err, "agent_update not serializable");
+                return;
+            }
+        };
+        let targets = if everyone {
+            vec![Target::Everyone]
+        } else {
+            match self.store.admin_ids().await {
+                Ok(admins) => audience(agent.owner_id, admins),
+                Err(err) => {
+                    // Fall back to the owner alone: never widen the audience on error.
+                    tracing::warn!(agent_id = %agent.id, error = %err, "admins unknown; agent_update to the owner only");
+                    audience(agent.owner_id, Vec::new())
+                }
+            }
+        };
+        for target in targets {
+            if let Err(err) = self
+                .hub
+                .publish(target, MessageType::known("agent_update"), data.clone())
+                .await
+            {
+                tracing::warn!(agent_id = %agent.id, error = format!("{err:#}"), "agent_update not published");
+            }
         }
     }
+}
+
+/// The users who see a private agent: its owner (unless it is the system, which is no
+/// account) and the admins, each once.
+fn audience(owner: UserId, admins: Vec<UserId>) -> Vec<Target> {
+    let mut users = Vec::with_capacity(admins.len() + 1);
+    if owner != SYSTEM_OWNER {
+        users.push(owner);
+    }
+    for admin in admins {
+        if !users.contains(&admin) {
+            users.push(admin);
+        }
+    }
+    users.into_iter().map(Target::User).collect()
 }
 
 #[cfg(test)]
@@ -244,6 +342,40 @@ mod tests {
         );
         assert!(parse_capabilities(&[]).is_err());
         assert!(parse_capabilities(&["no spaces".into()]).is_err());
+    }
+
+    #[test]
+    fn a_private_agents_audience_is_its_owner_and_the_admins_once_each() {
+        let (owner, admin) = (UserId::new(), UserId::new());
+        let users = |targets: Vec<Target>| {
+            targets
+                .into_iter()
+                .map(|t| match t {
+                    Target::User(u) => u,
+                    other => panic!("unexpected target {other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(users(audience(owner, vec![admin])), [owner, admin]);
+        assert_eq!(users(audience(admin, vec![admin])), [admin]);
+        assert_eq!(users(audience(SYSTEM_OWNER, vec![admin])), [admin]);
+    }
+
+    #[test]
+    fn agent_update_has_the_contract_shape() {
+        let id = AgentId::new();
+        let update = AgentUpdate {
+            agent_id: id,
+            name: "n",
+            action: AgentAction::Registered,
+            status: AgentStatus::Offline,
+            shared: true,
+        };
+        assert_eq!(
+            serde_json::to_value(&update).unwrap(),
+            serde_json::json!({ "agent_id": id, "name": "n", "action": "registered",
+                                "status": "offline", "shared": true })
+        );
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! `/api/v1/api-keys`: create (the secret is shown once), list, revoke.
+//! `/api/v1/api-keys`: create (the secret is shown once), list, revoke. Creating and
+//! revoking need a session: a leaked key must not be able to mint keys that outlive it.
 
 use super::error::{path_id, ApiError, ApiResult};
-use super::extract::{AuthUser, JsonBody};
+use super::extract::{AuthUser, JsonBody, SessionUser};
 use super::state::AppState;
 use crate::auth::secret::{self, API_KEY_PREFIX};
 use crate::domain::ApiKeyId;
@@ -61,7 +62,7 @@ fn parse_name(raw: &str) -> Result<String, ApiError> {
 #[tracing::instrument(skip_all, fields(user_id = %principal.user_id))]
 async fn create(
     State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
+    SessionUser(AuthUser(principal)): SessionUser,
     JsonBody(body): JsonBody<CreateBody>,
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let name = parse_name(&body.name)?;
@@ -123,7 +124,7 @@ async fn list(
 #[tracing::instrument(skip_all, fields(user_id = %principal.user_id))]
 async fn revoke(
     State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
+    SessionUser(AuthUser(principal)): SessionUser,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = path_id(&id, ApiKeyId::parse, "api key")?;

@@ -24,21 +24,36 @@ pub enum ApiError {
     /// 403: authenticated but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// 403: the action needs a session; an API key may not do it.
+    #[error("an API key cannot do this; sign in with a session")]
+    ForbiddenForApiKey,
     /// 404: no such object, or not one the caller may see.
     #[error("{0} not found")]
     NotFound(&'static str),
+    /// 404 with the code the contract names for the case (`agent_not_found`).
+    #[error("{message}")]
+    NotFoundAs { code: &'static str, message: String },
     /// 409: the object's state forbids the change.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
     /// 413: the body is larger than this endpoint accepts.
     #[error("request body is too large")]
     PayloadTooLarge,
+    /// 408: the request body did not arrive in time.
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
+    /// 415: a body that is not `application/json`.
+    #[error("request bodies must be application/json")]
+    UnsupportedMediaType,
     /// 429 with `Retry-After`.
     #[error("too many attempts, retry in {} s", retry_after.as_secs())]
     RateLimited { retry_after: Duration },
     /// 503: draining or a dependency is down.
     #[error("{0}")]
     Unavailable(String),
+    /// 503 with `Retry-After`: too busy right now (every password-hashing turn taken).
+    #[error("the server is busy, retry in {} s", retry_after.as_secs())]
+    Busy { retry_after: Duration },
     /// 500: logged in full, answered vaguely.
     #[error("internal error")]
     Internal(#[from] anyhow::Error),
@@ -65,7 +80,14 @@ impl ApiError {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::ForbiddenForApiKey => (StatusCode::FORBIDDEN, "forbidden_for_api_key"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotFoundAs { code, .. } => (StatusCode::NOT_FOUND, code),
             ApiError::Conflict { code, .. } => (StatusCode::CONFLICT, code),
             ApiError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
@@ -88,7 +110,7 @@ impl IntoResponse for ApiError {
             tracing::error!(error = format!("{err:#}"), "request failed");
         }
         let mut response = error_response(status, code, &self.to_string());
-        if let ApiError::RateLimited { retry_after } = self {
+        if let ApiError::RateLimited { retry_after } | ApiError::Busy { retry_after } = self {
             let secs = retry_after.as_secs().max(1).to_string();
             if let Ok(value) = HeaderValue::from_str(&secs) {
                 response.headers_mut().insert(header::RETRY_AFTER, value);
@@ -101,6 +123,29 @@ impl IntoResponse for ApiError {
 impl From<ParseError> for ApiError {
     fn from(err: ParseError) -> Self {
         ApiError::invalid(err.0)
+    }
+}
+
+impl From<crate::auth::password::HashError> for ApiError {
+    fn from(err: crate::auth::password::HashError) -> Self {
+        use crate::auth::password::HashError;
+        match err {
+            HashError::Busy { retry_after } => ApiError::Busy { retry_after },
+            HashError::Failed(err) => ApiError::Internal(err),
+        }
+    }
+}
+
+impl From<crate::auth::password::NewPasswordError> for ApiError {
+    fn from(err: crate::auth::password::NewPasswordError) -> Self {
+        use crate::auth::password::NewPasswordError;
+        match err {
+            NewPasswordError::Weak(message) => ApiError::BadRequest {
+                code: "weak_password",
+                message: message.into(),
+            },
+            NewPasswordError::Invalid(err) => err.into(),
+        }
     }
 }
 

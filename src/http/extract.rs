@@ -1,9 +1,14 @@
-//! Extractors: authentication (`AuthUser`, `AdminUser`), the caller's address, and a
-//! JSON body reader whose rejections speak the contract's error format.
+//! Extractors: authentication (`AuthUser`, `AdminUser`, `SessionUser` for what an API key
+//! may not do), the caller's address (`ClientIp`, behind trusted proxies only), the
+//! same-origin guard of login and register (`SameOrigin`), the JSON-only middleware
+//! (`require_json`, 415), and a JSON body reader with a deadline whose rejections speak
+//! the contract's error format.
 
 use super::error::ApiError;
+use super::server::Draining;
 use super::state::AppState;
 use crate::auth::{resolve_secret, Credential, Principal};
+use crate::config::{canonical, TrustedProxies};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request};
 use axum::http::{header, request::Parts, HeaderMap, Method};
 use serde::de::DeserializeOwned;
@@ -125,34 +130,122 @@ impl FromRequestParts<AppState> for AdminUser {
     }
 }
 
-/// The address of the client. Behind a reverse proxy on the same host (a loopback peer),
-/// the last `X-Forwarded-For` entry is the client; from anywhere else the header is
-/// ignored, so remote clients cannot pick their own address.
+/// The address of the client: the peer's, unless the peer is one of the trusted proxies
+/// (`--trusted-proxies`); then `X-Forwarded-For` is read from the right, skipping the
+/// trusted proxies' own entries, and the first other address is the client. Nobody else
+/// can pick their own address with the header.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
+impl FromRequestParts<AppState> for ClientIp {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
-            .map(|ci| ci.0.ip())
+            .map(|ci| canonical(ci.0.ip()))
             .unwrap_or(IpAddr::from([0, 0, 0, 0]));
-        if peer.is_loopback() {
-            let forwarded = parts
-                .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .and_then(|v| v.trim().parse::<IpAddr>().ok());
-            if let Some(ip) = forwarded {
-                return Ok(ClientIp(ip));
-            }
-        }
-        Ok(ClientIp(peer))
+        Ok(ClientIp(client_ip(
+            peer,
+            &parts.headers,
+            &state.http.trusted_proxies,
+        )))
     }
+}
+
+/// See [`ClientIp`].
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) -> IpAddr {
+    if !trusted.contains(peer) {
+        return peer;
+    }
+    let mut client = peer;
+    let hops = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect::<Vec<_>>();
+    for hop in hops.into_iter().rev() {
+        let Ok(addr) = hop.trim().parse::<IpAddr>() else {
+            // A garbled entry: nothing left of it can be believed.
+            break;
+        };
+        client = canonical(addr);
+        if !trusted.contains(client) {
+            break;
+        }
+    }
+    client
+}
+
+/// Login and register refuse a foreign `Origin` (403), cookie or not: otherwise a page
+/// elsewhere could sign its visitor into the attacker's account (login CSRF).
+#[derive(Debug, Clone, Copy)]
+pub struct SameOrigin;
+
+impl FromRequestParts<AppState> for SameOrigin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if origin_allowed(&parts.headers, &state.http.allowed_origins) {
+            Ok(SameOrigin)
+        } else {
+            Err(ApiError::Forbidden("origin not allowed".into()))
+        }
+    }
+}
+
+/// A signed-in user acting through a session, not an API key: for the account's own
+/// credentials and profile (API keys, password, profile, logout), which a leaked key must
+/// not be able to take over. An API key gets 403 `forbidden_for_api_key`.
+#[derive(Debug, Clone)]
+pub struct SessionUser(pub AuthUser);
+
+impl FromRequestParts<AppState> for SessionUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let user = AuthUser::from_request_parts(parts, state).await?;
+        match user.0.credential {
+            Credential::Session(_) => Ok(SessionUser(user)),
+            Credential::ApiKey(_) => Err(ApiError::ForbiddenForApiKey),
+        }
+    }
+}
+
+/// Refuses a request body that is not `application/json` (415) before any handler runs:
+/// a cross-site form can only send `text/plain`, `multipart/form-data` or
+/// `application/x-www-form-urlencoded`, so this is what stops it. A request without a
+/// body needs no Content-Type.
+pub async fn require_json(req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if has_body(req.headers()) && !is_json(req.headers()) {
+        return ApiError::UnsupportedMediaType.into_response();
+    }
+    next.run(req).await
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match length {
+        Some(n) => n > 0,
+        None => headers.contains_key(header::TRANSFER_ENCODING),
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
 }
 
 /// A JSON body, read up to the router's body limit (`DefaultBodyLimit`). Malformed JSON
@@ -160,24 +253,44 @@ impl<S: Send + Sync> FromRequestParts<S> for ClientIp {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::BadRequest {
-                        code: "invalid_body",
-                        message: "the request body could not be read".into(),
-                    }
-                }
-            })?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Reads a whole request body up to the router's body limit, within the body timeout
+/// (408 after it, however the bytes trickle in), and gives up at once when the server
+/// starts draining (503), so a half-sent request does not hold the shutdown.
+pub async fn read_body(req: Request, state: &AppState) -> Result<axum::body::Bytes, ApiError> {
+    let draining = req
+        .extensions()
+        .get::<Draining>()
+        .map(|d| d.0.clone())
+        .unwrap_or_default();
+    let read = axum::body::Bytes::from_request(req, state);
+    let bytes = tokio::select! {
+        // A body that is already here wins over the drain.
+        biased;
+        read = read => read,
+        () = tokio::time::sleep(state.http.body_timeout) => return Err(ApiError::RequestTimeout),
+        () = draining.cancelled() => {
+            return Err(ApiError::Unavailable("draining for shutdown".into()))
+        }
+    };
+    bytes.map_err(|rejection| {
+        if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest {
+                code: "invalid_body",
+                message: "the request body could not be read".into(),
+            }
+        }
+    })
 }
 
 /// Parses a JSON body with the contract's error for each way it can be wrong.

@@ -1,6 +1,6 @@
 //! The HTTP face of the server: one router merged from one module per resource, the
-//! layers every request goes through (request id, tracing, metrics, body limit), and
-//! the embedded web pages.
+//! layers every request goes through (request id, tracing, metrics, JSON-only bodies,
+//! body limit and timeout), the accept loop (`server`), and the embedded web pages.
 
 mod agents;
 mod analytics;
@@ -15,6 +15,7 @@ mod pages;
 mod props;
 mod realtime;
 mod runtime;
+pub mod server;
 pub mod state;
 mod tasks;
 mod users;
@@ -26,6 +27,7 @@ use axum::http::{HeaderName, Request};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
@@ -34,6 +36,7 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// Builds the whole application router.
 pub fn router(state: AppState) -> Router {
     let body_limit = state.http.body_limit;
+    let body_timeout = state.http.body_timeout;
     Router::new()
         .merge(health::router())
         .merge(users::router())
@@ -47,6 +50,10 @@ pub fn router(state: AppState) -> Router {
         .merge(pages::router())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(body_limit))
+        // Any body reader (not only `JsonBody`, which has a whole-body deadline) fails
+        // when the client stops sending for this long.
+        .layer(RequestBodyTimeoutLayer::new(body_timeout))
+        .layer(axum::middleware::from_fn(extract::require_json))
         // A bug must not cost the client its connection or show it a stack trace: a
         // panicking handler answers 500 in the contract's format (the panic is logged).
         .layer(CatchPanicLayer::custom(error::panic_response))

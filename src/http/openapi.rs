@@ -31,6 +31,7 @@ use super::runtime;
 use super::state::AppState;
 use super::tasks::{self, TaskView};
 use super::users;
+use crate::agents::AgentStatus;
 use crate::domain::{
     AgentId, ApiKeyId, Capability, Email, FullName, Priority, Role, TaskId, TaskStatus, UserId,
 };
@@ -86,7 +87,7 @@ async fn serve() -> impl IntoResponse {
         users_change_password,
         api_keys_list, api_keys_create, api_keys_revoke,
         agents_list, agents_search, agents_register, agents_read, agents_update,
-        agents_delete,
+        agents_delete, agents_token,
         tasks_list, tasks_submit, tasks_read, tasks_delete, tasks_status, tasks_result,
         tasks_cancel,
         runtime_claim, runtime_progress, runtime_complete, runtime_fail,
@@ -189,6 +190,11 @@ domain_schema!(
     .enum_values(Some(["low", "normal", "high", "critical"]))
 );
 domain_schema!(
+    AgentStatus,
+    "AgentStatus",
+    string_schema(None, "Whether the agent is reachable").enum_values(Some(["online", "offline"]))
+);
+domain_schema!(
     TaskStatus,
     "TaskStatus",
     string_schema(None, "queued → running → completed | failed; canceled")
@@ -265,22 +271,6 @@ struct CreatedApiKey {
 #[derive(ToSchema)]
 struct ApiKeyList {
     api_keys: Vec<KeyView>,
-}
-
-/// A page of agents.
-#[derive(ToSchema)]
-struct AgentList {
-    agents: Vec<AgentView>,
-    /// Pass as `?cursor=` for the next page; null at the end.
-    next_cursor: Option<String>,
-}
-
-/// A registered agent and the token its process runs with (shown once).
-#[derive(ToSchema)]
-struct RegisteredAgent {
-    agent: AgentView,
-    /// Starts with `zsa_`.
-    agent_token: String,
 }
 
 /// A page of tasks.
@@ -441,6 +431,7 @@ fn users_update_me() {}
     request_body(content = inline(users::PasswordBody), content_type = "application/json"),
     responses(
         (status = 204, description = "Changed; other sessions are revoked"),
+        (status = 429, description = "Too many wrong current passwords", body = ErrorBody),
         (status = 503, description = "Password hashing is saturated", body = ErrorBody),
     ))]
 fn users_change_password() {}
@@ -463,25 +454,27 @@ fn api_keys_revoke() {}
     params(
         ("q" = Option<String>, Query, description = "Text to find in the name or description"),
         ("capability" = Option<String>, Query, description = "Only agents offering this capability (case-insensitive)"),
+        ("all" = Option<String>, Query, description = "`true`: every user's agents (admins only)"),
         ("limit" = Option<String>, Query, description = "Page size, default 50; above 200 counts as 200"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)"),
     ),
-    responses((status = 200, description = "A page of agents, newest first", body = AgentList)))]
+    responses((status = 200, description = "A page of agents, newest first", body = agents::AgentList)))]
 fn agents_list() {}
 
 #[utoipa::path(get, path = "/api/v1/agents/search", tag = "agents",
     params(
         ("q" = Option<String>, Query, description = "Text to find in the name or description"),
         ("capability" = Option<String>, Query, description = "Only agents offering this capability (case-insensitive)"),
+        ("all" = Option<String>, Query, description = "`true`: every user's agents (admins only)"),
         ("limit" = Option<String>, Query, description = "Page size, default 50; above 200 counts as 200"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)"),
     ),
-    responses((status = 200, description = "The same list as `GET /api/v1/agents`", body = AgentList)))]
+    responses((status = 200, description = "The same list as `GET /api/v1/agents`", body = agents::AgentList)))]
 fn agents_search() {}
 
 #[utoipa::path(post, path = "/api/v1/agents/register", tag = "agents",
     request_body(content = inline(agents::RegisterBody), content_type = "application/json"),
-    responses((status = 201, description = "Registered; `agent_token` is shown only here", body = RegisteredAgent)))]
+    responses((status = 201, description = "Registered; `agent_token` is shown only here", body = agents::Registered)))]
 fn agents_register() {}
 
 #[utoipa::path(get, path = "/api/v1/agents/{id}", tag = "agents",
@@ -499,6 +492,14 @@ fn agents_update() {}
     params(("id" = uuid::Uuid, Path, description = "Agent id")),
     responses((status = 204, description = "Deleted (owner or admin)")))]
 fn agents_delete() {}
+
+#[utoipa::path(post, path = "/api/v1/agents/{id}/token", tag = "agents",
+    params(("id" = uuid::Uuid, Path, description = "Agent id")),
+    responses(
+        (status = 201, description = "A new token; the old one stops working at once (owner or admin)", body = agents::NewToken),
+        (status = 409, description = "`builtin_agent_token`: the built-in agent's token is the server's", body = ErrorBody),
+    ))]
+fn agents_token() {}
 
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
     params(
@@ -742,8 +743,10 @@ const TRIMMED: &str =
 
 /// The exact form of the query parameters the list handlers parse by hand (as strings,
 /// trimmed, empty meaning absent), so the document says precisely what is accepted.
-fn query_pattern(name: &str) -> Option<String> {
+fn query_pattern(path: &str, name: &str) -> Option<String> {
     let body = match name {
+        // The agent lists trim `?all=`; the task list takes it as is (pattern on the route).
+        "all" if path.starts_with("/api/v1/agents") => "true|false|1|0",
         // `?limit=` (1 or more; above 200 counts as 200) and the paging cursor: positive
         // integers as the handlers parse them.
         "limit" | "cursor" => r"\+?0*[1-9][0-9]{0,17}",
@@ -784,7 +787,7 @@ fn apply_conventions(path: &str, op: &mut Operation) {
         shared.push("404");
     }
     for param in op.parameters.iter_mut().flatten() {
-        if let Some(pattern) = query_pattern(&param.name) {
+        if let Some(pattern) = query_pattern(path, &param.name) {
             if matches!(param.parameter_in, ParameterIn::Query) {
                 param.schema = Some(
                     ObjectBuilder::new()

@@ -118,6 +118,15 @@ async fn register(
     transport: TransportKind,
     since: Option<String>,
 ) -> Result<Connection, ApiError> {
+    // Checked before the upgrade so the client gets a 429 it can read. Two connections
+    // racing for the last place can both get it: the cap is a bound on a stranger's
+    // reach, not an exact count.
+    let cap = state.http.realtime_connections_per_user;
+    if state.hub.user_connection_count(principal.user_id) >= cap {
+        return Err(ApiError::RateLimited {
+            retry_after: std::time::Duration::from_secs(30),
+        });
+    }
     let request = ConnectRequest {
         user: principal.user_id,
         credential: Some(principal.credential),

@@ -1,7 +1,9 @@
 //! The state every handler can reach. Cheap to clone: everything is behind an `Arc`.
 
-use crate::auth::throttle::LoginThrottle;
+use crate::auth::password::Hasher;
+use crate::auth::throttle::{LoginThrottle, RegistrationLimiter};
 use crate::auth::tokens::TokenSigner;
+use crate::config::TrustedProxies;
 use crate::store::Store;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,8 +17,12 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Signs and checks session tokens.
     pub signer: Arc<TokenSigner>,
-    /// Failed-login counters.
+    /// Login attempt counters.
     pub throttle: Arc<LoginThrottle>,
+    /// Sign-ups per client address.
+    pub registrations: Arc<RegistrationLimiter>,
+    /// Password hashing, one hash per core at a time.
+    pub hasher: Hasher,
     /// Settings the HTTP layer needs.
     pub http: Arc<HttpSettings>,
     /// Whether `/ready` says yes; turned off first thing on shutdown.
@@ -41,6 +47,12 @@ pub struct HttpSettings {
     pub allowed_origins: Vec<String>,
     /// Largest request body accepted by default, in bytes.
     pub body_limit: usize,
+    /// A request body must have arrived in full within this.
+    pub body_timeout: std::time::Duration,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Live real-time connections (WebSocket and SSE together) per user.
+    pub realtime_connections_per_user: usize,
 }
 
 /// A readiness flag shared by `/ready` and the shutdown sequence.

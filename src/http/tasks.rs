@@ -39,7 +39,10 @@ impl From<TaskError> for ApiError {
         let message = err.to_string();
         match err {
             TaskError::NotFound => ApiError::NotFound("task"),
-            TaskError::AgentNotFound => ApiError::NotFound("agent"),
+            TaskError::AgentNotFound => ApiError::NotFoundAs {
+                code: "agent_not_found",
+                message,
+            },
             TaskError::AgentLacksCapability { .. } => ApiError::invalid(message),
             TaskError::NotFinished => ApiError::conflict("not_finished", message),
             TaskError::AlreadyFinished(_) => ApiError::conflict("already_finished", message),

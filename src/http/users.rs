@@ -1,7 +1,9 @@
 //! `/api/v1/users`: register, login, logout, me, profile and password.
 
 use super::error::{ApiError, ApiResult};
-use super::extract::{is_https, AuthUser, ClientIp, JsonBody, SESSION_COOKIE};
+use super::extract::{
+    is_https, AuthUser, ClientIp, JsonBody, SameOrigin, SessionUser, SESSION_COOKIE,
+};
 use super::state::AppState;
 use crate::auth::{password, tokens::SESSION_TTL};
 use crate::domain::{Email, FullName, Password};
@@ -52,13 +54,20 @@ pub(super) struct PasswordBody {
 #[tracing::instrument(skip_all)]
 async fn register(
     State(state): State<AppState>,
+    _: SameOrigin,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     JsonBody(body): JsonBody<RegisterBody>,
 ) -> ApiResult<Response> {
     let email = Email::parse(&body.email)?;
     let full_name = FullName::parse(&body.full_name)?;
-    let password = Password::parse_new(body.password)?;
-    let password_hash = password::hash(password).await?;
+    let password = password::parse_new(body.password)?;
+    // Counted before the hash, so sign-ups sent in parallel are limited too.
+    state
+        .registrations
+        .check(ip)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
+    let password_hash = state.hasher.hash(password).await?;
     let new = NewUser {
         email,
         full_name,
@@ -83,15 +92,16 @@ async fn register(
 #[tracing::instrument(skip_all)]
 async fn login(
     State(state): State<AppState>,
+    _: SameOrigin,
     ClientIp(ip): ClientIp,
     headers: HeaderMap,
     JsonBody(body): JsonBody<LoginBody>,
 ) -> ApiResult<Response> {
-    // An unparseable email cannot belong to an account: same answer as a wrong password.
-    let email_key = body.email.trim().to_lowercase();
-    state
+    // Counted before the password is checked, so parallel guesses are limited too; it
+    // stays counted as a failure unless the password turns out right.
+    let attempt = state
         .throttle
-        .check(&email_key, ip)
+        .begin(&body.email, ip)
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let candidate = Password::candidate(body.password);
     let found = match Email::parse(&body.email) {
@@ -106,13 +116,13 @@ async fn login(
         || password::decoy_hash().to_owned(),
         |f| f.password_hash.clone(),
     );
-    let matches = password::verify(candidate, stored).await?;
+    // An unparseable email cannot belong to an account: same answer as a wrong password.
+    let matches = state.hasher.verify(candidate, stored).await?;
     let Some(found) = found.filter(|_| matches) else {
-        state.throttle.record_failure(&email_key, ip);
         tracing::info!(%ip, "failed login");
         return Err(ApiError::InvalidCredentials);
     };
-    state.throttle.record_success(&email_key, ip);
+    attempt.succeeded();
     start_session(&state, &headers, found.user).await
 }
 
@@ -151,7 +161,7 @@ fn session_cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
 async fn logout(
     State(state): State<AppState>,
     headers: HeaderMap,
-    user: AuthUser,
+    SessionUser(user): SessionUser,
 ) -> ApiResult<Response> {
     if let Some(session) = user.session() {
         match state.store.revoke_session(session, Utc::now()).await {
@@ -177,7 +187,7 @@ async fn me(
 #[tracing::instrument(skip_all, fields(user_id = %principal.user_id))]
 async fn update_me(
     State(state): State<AppState>,
-    AuthUser(principal): AuthUser,
+    SessionUser(AuthUser(principal)): SessionUser,
     JsonBody(body): JsonBody<ProfileBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let name = FullName::parse(&body.full_name)?;
@@ -191,17 +201,24 @@ async fn update_me(
 #[tracing::instrument(skip_all, fields(user_id = %user.0.user_id))]
 async fn change_password(
     State(state): State<AppState>,
-    user: AuthUser,
+    ClientIp(ip): ClientIp,
+    SessionUser(user): SessionUser,
     JsonBody(body): JsonBody<PasswordBody>,
 ) -> ApiResult<StatusCode> {
     let account = state.store.user_by_id(user.0.user_id).await?;
     let found = state.store.user_credentials(&account.email).await?;
+    let new_password = password::parse_new(body.new_password)?;
+    // The current password is a guess like any login: the same throttle applies.
+    let attempt = state
+        .throttle
+        .begin(account.email.as_str(), ip)
+        .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let current = Password::candidate(body.current_password);
-    if !password::verify(current, found.password_hash).await? {
+    if !state.hasher.verify(current, found.password_hash).await? {
         return Err(ApiError::Forbidden("current password is wrong".into()));
     }
-    let new_password = Password::parse_new(body.new_password)?;
-    let hash = password::hash(new_password).await?;
+    attempt.succeeded();
+    let hash = state.hasher.hash(new_password).await?;
     state.store.set_password_hash(account.id, &hash).await?;
     // Every other session ends now; the one that changed the password stays signed in.
     let revoked = state

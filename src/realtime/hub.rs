@@ -369,6 +369,15 @@ impl Hub {
         }
     }
 
+    /// How many live connections `user` has on this node (for the per-user cap).
+    pub fn user_connection_count(&self, user: UserId) -> usize {
+        self.shared
+            .lock()
+            .by_user
+            .get(&user)
+            .map_or(0, HashSet::len)
+    }
+
     /// This node's counters.
     pub fn stats(&self) -> Stats {
         let c = &self.shared.counters;

@@ -1,5 +1,11 @@
 //! The agent registry's side of the store: records, filters and the `AgentStore` trait.
+//!
+//! Visibility (contract v2, Agents): a **private** agent is seen by its owner and the
+//! admins and runs only its owner's tasks; a **shared** agent is seen by every user and
+//! runs everyone's tasks. [`AgentRecord::runs_tasks_of`] states the rule that the claim
+//! statement enforces in SQL, so the two can be read side by side.
 
+use super::tasks::TaskRecord;
 use super::StoreError;
 use crate::domain::{AgentId, Capability, UserId};
 use async_trait::async_trait;
@@ -13,14 +19,34 @@ pub struct AgentRecord {
     pub name: String,
     pub description: String,
     pub capabilities: Vec<Capability>,
+    /// Shared agents run every user's tasks and every user sees them; private ones only
+    /// their owner's (and admins see them).
+    pub shared: bool,
     /// Whether the agent polled or renewed a lease recently (see `agents::OFFLINE_AFTER`).
     pub online: bool,
     pub last_seen_at: Option<DateTime<Utc>>,
+    /// Tasks running on it now, counted from `tasks` like the counters below.
+    pub current_tasks: i64,
     /// Derived from the tasks it finished, so the counters can never drift from them.
     pub tasks_completed: i64,
     pub tasks_failed: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+impl AgentRecord {
+    /// Whether `user` (an admin when `admin`) may see this agent: its owner, any admin,
+    /// or anyone when it is shared. Everything else answers 404, as if it did not exist.
+    pub fn visible_to(&self, user: UserId, admin: bool) -> bool {
+        admin || self.shared || self.owner_id == user
+    }
+
+    /// Whether this agent may run a task of `user`. This is the rule the claim statement
+    /// enforces (`agents.shared = 1 OR tasks.user_id = agents.owner_id`): it does not
+    /// depend on roles, so an admin's private agent runs only the admin's own tasks.
+    pub fn runs_tasks_of(&self, user: UserId) -> bool {
+        self.shared || self.owner_id == user
+    }
 }
 
 /// What it takes to register an agent.
@@ -31,6 +57,7 @@ pub struct NewAgent {
     pub name: String,
     pub description: String,
     pub capabilities: Vec<Capability>,
+    pub shared: bool,
     pub token_hash: String,
     pub token_prefix: String,
     pub created_at: DateTime<Utc>,
@@ -42,6 +69,8 @@ pub struct AgentChanges {
     pub name: Option<String>,
     pub description: Option<String>,
     pub capabilities: Option<Vec<Capability>>,
+    /// Only admins may set it; the HTTP layer checks that before it gets here.
+    pub shared: Option<bool>,
 }
 
 /// Which agents to list, newest first.
@@ -50,6 +79,9 @@ pub struct AgentFilter {
     /// Case-insensitive substring of the name or the description.
     pub q: Option<String>,
     pub capability: Option<Capability>,
+    /// Only agents this user may see: theirs and the shared ones. `None` lists every
+    /// agent (an admin's `?all=true`).
+    pub visible_to: Option<UserId>,
     /// Continue after this position (from a previous page's `next_cursor`).
     pub cursor: Option<i64>,
     pub limit: u32,
@@ -86,8 +118,29 @@ pub trait AgentStore {
         changes: &AgentChanges,
         at: DateTime<Utc>,
     ) -> Result<AgentRecord, StoreError>;
-    /// Deletes the agent (its tasks keep its id); `NotFound` if there is none.
-    async fn delete_agent(&self, id: AgentId) -> Result<(), StoreError>;
+    /// Deletes the agent and, in the same transaction, puts its running tasks back in
+    /// the queue: status `queued`, no agent, the attempt handed back (it does not count
+    /// against `max_attempts`, as it was not the task's failure). Tasks that were
+    /// submitted for this agent by id lose that pin (queued or running), since no agent
+    /// could ever claim them otherwise. Returns the tasks it changed, so the caller can
+    /// announce them; finished tasks keep the agent's id. `NotFound` if there is none.
+    async fn delete_agent(
+        &self,
+        id: AgentId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Gives the agent a new token (stored as its hash); the old one stops matching at
+    /// once, as every runtime request looks the token up. `NotFound` if there is none.
+    async fn set_agent_token(
+        &self,
+        id: AgentId,
+        token_hash: &str,
+        token_prefix: &str,
+        at: DateTime<Utc>,
+    ) -> Result<AgentRecord, StoreError>;
+    /// The admins' ids: besides its owner, the only users who see a private agent (and
+    /// so hear its `agent_update`s).
+    async fn admin_ids(&self) -> Result<Vec<UserId>, StoreError>;
     /// Records that the agent was seen at `at`. Returns the record only when this call
     /// turned it from offline to online (decided atomically, so exactly one caller
     /// announces the transition).

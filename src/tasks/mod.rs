@@ -82,7 +82,7 @@ pub enum TaskError {
     /// No such task, or not one the caller may see.
     #[error("task not found")]
     NotFound,
-    /// `agent_id` names no agent.
+    /// `agent_id` names no agent the submitter's tasks may run on.
     #[error("agent not found")]
     AgentNotFound,
     /// The named agent does not offer the task's capability, so it could never run it.
@@ -154,8 +154,10 @@ impl TaskService {
     pub async fn submit(&self, user: UserId, sub: Submission) -> Result<TaskRecord, TaskError> {
         if let Some(agent_id) = sub.agent_id {
             let agent = match self.store().agent(agent_id).await {
-                Ok(agent) => agent,
-                Err(StoreError::NotFound) => return Err(TaskError::AgentNotFound),
+                // Tenancy: only an agent that may run this user's tasks (theirs or a
+                // shared one); any other is as unknown as a missing one.
+                Ok(agent) if agent.runs_tasks_of(user) => agent,
+                Ok(_) | Err(StoreError::NotFound) => return Err(TaskError::AgentNotFound),
                 Err(e) => return Err(e.into()),
             };
             if !agent.capabilities.contains(&sub.capability) {
@@ -181,6 +183,17 @@ impl TaskService {
         self.publish(&task).await;
         self.wake();
         Ok(task)
+    }
+
+    /// Announces tasks the store put back in the queue outside the queue's own paths
+    /// (their agent was deleted) and wakes waiting claims, so they run again at once.
+    pub async fn requeued(&self, tasks: &[TaskRecord]) {
+        for task in tasks {
+            self.publish(task).await;
+        }
+        if !tasks.is_empty() {
+            self.wake();
+        }
     }
 
     /// A task the viewer may see.

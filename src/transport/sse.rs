@@ -2,7 +2,11 @@
 //! messages as the WebSocket, each as `event: <type>` with `data: <the JSON message>`,
 //! durable ones with `id: <cursor>` (so the browser's `Last-Event-ID` resumes), and a
 //! comment heartbeat every 25 s. Whenever the hub ends the connection (slow, revoked,
-//! shutdown) or the credential expires, the stream simply ends.
+//! shutdown) or the credential expires, the stream simply ends. A client that stops
+//! reading altogether never lets the stream be polled again (hyper waits on the socket),
+//! so such a client is released below this module: the accept loop's write-stall guard
+//! (`http::server::StallGuard`) fails the socket after 30 s without progress, and
+//! dropping the response drops the hub connection with it.
 
 use crate::realtime::protocol::Frame;
 use crate::realtime::Connection;

@@ -1,5 +1,6 @@
 //! The agent registry: register, list, search and filter, read, update and delete with
-//! owner-or-admin checks, and `agent_update` messages.
+//! owner-or-admin checks, and `agent_update` messages. Who sees which agent (private and
+//! shared agents) is tested in `tenancy`.
 
 use crate::helpers::*;
 use reqwest::StatusCode;
@@ -32,11 +33,13 @@ async fn register_shows_the_token_once_and_the_agent_in_the_contract_shape() {
         [
             "capabilities",
             "created_at",
+            "current_tasks",
             "description",
             "id",
             "last_seen_at",
             "name",
             "owner_id",
+            "shared",
             "status",
             "tasks_completed",
             "tasks_failed",
@@ -46,12 +49,14 @@ async fn register_shows_the_token_once_and_the_agent_in_the_contract_shape() {
     assert_eq!(agent["owner_id"], user.id.as_str());
     assert_eq!(agent["capabilities"], json!(["text", "general"]));
     assert_eq!(agent["status"], "offline");
+    assert_eq!(agent["shared"], false, "agents are private by default");
     assert_eq!(
         (
+            agent["current_tasks"].as_i64(),
             agent["tasks_completed"].as_i64(),
             agent["tasks_failed"].as_i64()
         ),
-        (Some(0), Some(0))
+        (Some(0), Some(0), Some(0))
     );
     assert!(agent["last_seen_at"].is_null());
 
@@ -106,10 +111,10 @@ async fn invalid_registrations_are_400_and_anonymous_ones_401() {
 }
 
 #[tokio::test]
-async fn everyone_can_list_search_and_filter_agents_newest_first() {
+async fn owners_list_search_and_filter_their_agents_newest_first() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let reader = app.new_user().await;
+    let reader = owner.clone();
     let (a, _) = app
         .register_agent(&owner, "Alpha translator", &["translate"])
         .await;
@@ -183,13 +188,14 @@ async fn only_the_owner_or_an_admin_can_change_an_agent() {
     let (agent, _) = app.register_agent(&owner, "mine", &["general"]).await;
     let path = format!("/api/v1/agents/{}", agent["id"].as_str().unwrap());
 
+    // Another user does not even see a private agent: 404, as if it did not exist.
     let (status, body) = app
         .put(&path, Some(&other.token), json!({ "name": "stolen" }))
         .await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     assert_eq!(
         app.delete(&path, Some(&other.token)).await.0,
-        StatusCode::FORBIDDEN
+        StatusCode::NOT_FOUND
     );
 
     let (status, updated) = app
@@ -268,11 +274,10 @@ async fn a_deleted_agents_token_stops_working() {
 }
 
 #[tokio::test]
-async fn every_connected_user_hears_agent_updates() {
+async fn the_owner_hears_every_change_of_an_agent() {
     let app = spawn_app().await;
     let owner = app.new_user().await;
-    let watcher = app.new_user().await;
-    let (mut ws, _) = app.ws(&watcher.token).await;
+    let (mut ws, _) = app.ws(&owner.token).await;
     let (agent, token) = app.register_agent(&owner, "announced", &["general"]).await;
     let id = agent["id"].as_str().unwrap().to_owned();
     let of_agent = |d: &serde_json::Value| d["agent_id"] == id.as_str();
@@ -280,7 +285,7 @@ async fn every_connected_user_hears_agent_updates() {
     let registered = ws.next_of("agent_update", of_agent).await;
     assert_eq!(
         registered,
-        json!({ "agent_id": id, "name": "announced", "action": "registered", "status": "offline" })
+        json!({ "agent_id": id, "name": "announced", "action": "registered", "status": "offline", "shared": false })
     );
     app.runtime(&token, "/claim", json!({})).await;
     let online = ws.next_of("agent_update", of_agent).await;
@@ -306,7 +311,7 @@ async fn every_connected_user_hears_agent_updates() {
 }
 
 #[tokio::test]
-async fn a_silent_agent_goes_offline_and_everyone_hears_it() {
+async fn a_silent_agent_goes_offline_and_its_owner_hears_it() {
     let app = spawn_app_with(AppOptions {
         extra_args: vec!["--agent-offline-after-s".into(), "2".into()],
         ..Default::default()

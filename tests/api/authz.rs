@@ -503,8 +503,6 @@ async fn status_of(
 async fn every_route_answers_every_caller_as_the_contract_says() {
     let app = spawn_app_with(AppOptions {
         extra_args: vec!["--signing-key".into(), SIGNING_KEY.into()],
-        // Every account of the test signs up from 127.0.0.1.
-        env: vec![("ZEROSTATE_REGISTRATION_LIMIT".into(), "0".into())],
         ..AppOptions::default()
     })
     .await;

@@ -21,8 +21,10 @@ pub struct AppOptions {
     pub builtin_agent: bool,
     /// More `serve` flags.
     pub extra_args: Vec<String>,
-    /// Environment variables for the server process (settings by their env twins).
-    pub env: Vec<(String, String)>,
+    /// Keep the production limits on sign-ups per address and connections per address.
+    /// Off by default: tests sign up many accounts and open many sockets from one
+    /// address, so the harness turns both limits off unless a test asks for them.
+    pub real_limits: bool,
 }
 
 /// A running server.
@@ -73,7 +75,6 @@ async fn start(data_dir: &Path, options: &AppOptions, addr: &str) -> (Child, u16
         .arg("--data-dir")
         .arg(data_dir)
         .args(&options.extra_args)
-        .envs(options.env.iter().map(|(k, v)| (k, v)))
         .env_remove("ZEROSTATE_DATABASE_URL")
         .env_remove("ZEROSTATE_REDIS_URL")
         .env("RUST_LOG", "info")
@@ -82,6 +83,13 @@ async fn start(data_dir: &Path, options: &AppOptions, addr: &str) -> (Child, u16
         .kill_on_drop(true);
     if !options.builtin_agent {
         cmd.arg("--no-builtin-agent");
+    }
+    if options.real_limits {
+        cmd.env_remove("ZEROSTATE_REGISTRATION_LIMIT")
+            .env_remove("ZEROSTATE_MAX_CONNECTIONS_PER_ADDRESS");
+    } else {
+        cmd.env("ZEROSTATE_REGISTRATION_LIMIT", "0")
+            .env("ZEROSTATE_MAX_CONNECTIONS_PER_ADDRESS", "0");
     }
     let mut child = cmd.spawn().expect("start zerostate");
     let stdout = child.stdout.take().expect("stdout");
@@ -122,6 +130,31 @@ impl TestApp {
     /// The server's log so far (for failure messages).
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.data_dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Sends SIGTERM without waiting: the server starts draining.
+    pub fn begin_shutdown(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .expect("process did not stop in time")
+            .expect("wait");
+        status.code()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
@@ -737,6 +770,31 @@ impl AgentProcess {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill().await;
         }
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
+    /// Sends SIGTERM without waiting: the server starts draining.
+    pub fn begin_shutdown(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .expect("process did not stop in time")
+            .expect("wait");
+        status.code()
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.

@@ -19,7 +19,7 @@ async fn register_returns_token_user_and_cookie() {
     let resp = app
         .client
         .post(app.url("/api/v1/users/register"))
-        .json(&json!({ "email": "Ada@Example.com", "password": "12345678", "full_name": "Ada" }))
+        .json(&json!({ "email": "Ada@Example.com", "password": "correct horse battery", "full_name": "Ada" }))
         .send()
         .await
         .unwrap();
@@ -66,7 +66,7 @@ async fn cookie_is_secure_behind_https() {
         .client
         .post(app.url("/api/v1/users/register"))
         .header("x-forwarded-proto", "https")
-        .json(&json!({ "email": unique_email(), "password": "12345678", "full_name": "" }))
+        .json(&json!({ "email": unique_email(), "password": "correct horse battery", "full_name": "" }))
         .send()
         .await
         .unwrap();
@@ -90,7 +90,7 @@ async fn register_validation_and_duplicates() {
     assert_eq!(status, StatusCode::CONFLICT);
     assert_eq!(body["error"], "email_taken");
     for bad in [
-        json!({ "email": "not-an-email", "password": "12345678", "full_name": "" }),
+        json!({ "email": "not-an-email", "password": "correct horse battery", "full_name": "" }),
         json!({ "email": unique_email(), "password": "short", "full_name": "" }),
     ] {
         let (status, body) = app.post("/api/v1/users/register", None, bad).await;
@@ -243,7 +243,12 @@ async fn password_change_revokes_other_sessions_and_swaps_the_password() {
 
 #[tokio::test]
 async fn repeated_failures_are_throttled_per_address() {
-    let app = spawn_app().await;
+    // The test client stands for a reverse proxy: its X-Forwarded-For names the client.
+    let app = spawn_app_with(AppOptions {
+        extra_args: vec!["--trusted-proxies".into(), "127.0.0.0/8".into()],
+        ..Default::default()
+    })
+    .await;
     let user = app.new_user().await;
     let attempt = |from: &'static str, password: &'static str| {
         app.client
@@ -402,4 +407,26 @@ async fn operator_commands_create_and_promote_accounts() {
     let ops = app.login("ops@example.com", "ops password").await;
     assert_eq!(ops.role, "user");
     assert_eq!(first.role, "admin");
+}
+
+#[tokio::test]
+async fn x_forwarded_for_from_an_untrusted_peer_is_ignored() {
+    let app = spawn_app().await;
+    let user = app.new_user().await;
+    // Each guess claims another address, but the peer is not a trusted proxy: all of
+    // them count against the peer, so the sixth is refused.
+    let mut statuses = Vec::new();
+    for n in 0..6 {
+        let resp = app
+            .client
+            .post(app.url("/api/v1/users/login"))
+            .header("x-forwarded-for", format!("203.0.113.{n}"))
+            .json(&json!({ "email": user.email, "password": "wrong password" }))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(resp.status());
+    }
+    assert_eq!(statuses[..5], [StatusCode::UNAUTHORIZED; 5]);
+    assert_eq!(statuses[5], StatusCode::TOO_MANY_REQUESTS);
 }

@@ -23,7 +23,8 @@ function spawnServe({ addr, dataDir, builtinAgent, extraArgs = [] }) {
   if (!builtinAgent) args.push('--no-builtin-agent');
   const proc = spawn(BIN, args, {
     cwd: ROOT,
-    env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+    // Tests sign up many accounts from one address: no sign-up limit unless a test sets one.
+    env: { ZEROSTATE_REGISTRATION_LIMIT: '0', ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let log = '';

@@ -1,11 +1,13 @@
 //! The agent registry on SQLite. Capabilities are a JSON array in one column, searched
-//! with `json_each`; the completed/failed counters are counted from `tasks` on read.
+//! with `json_each`; the running/completed/failed counters are counted from `tasks` on
+//! read.
 
+use super::tasks::{tasks_from_rows, TASK_COLUMNS};
 use super::SqliteStore;
 use crate::domain::{AgentId, Capability, UserId};
 use crate::store::{
     from_millis, to_millis, AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, Page,
-    StoreError,
+    StoreError, TaskRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -15,8 +17,9 @@ use sqlx::Row;
 /// Columns of an agent, with its counters. Written against the bare table name so the
 /// same list serves `SELECT … FROM agents` and `RETURNING`.
 const AGENT_COLUMNS: &str = "agents.seq, agents.id, agents.owner_id, agents.name, \
-    agents.description, agents.capabilities, agents.online, agents.last_seen_at, \
-    agents.created_at, agents.updated_at, \
+    agents.description, agents.capabilities, agents.shared, agents.online, \
+    agents.last_seen_at, agents.created_at, agents.updated_at, \
+    (SELECT COUNT(*) FROM tasks WHERE tasks.agent_id = agents.id AND tasks.status = 'running') AS current_tasks, \
     (SELECT COUNT(*) FROM tasks WHERE tasks.agent_id = agents.id AND tasks.status = 'completed') AS tasks_completed, \
     (SELECT COUNT(*) FROM tasks WHERE tasks.agent_id = agents.id AND tasks.status = 'failed') AS tasks_failed";
 
@@ -37,10 +40,12 @@ fn agent_from_row(row: &SqliteRow) -> Result<AgentRecord, StoreError> {
             .iter()
             .map(|c| Capability::parse(c))
             .collect::<Result<_, _>>()?,
+        shared: row.try_get::<i64, _>("shared")? != 0,
         online: row.try_get::<i64, _>("online")? != 0,
         last_seen_at: row
             .try_get::<Option<i64>, _>("last_seen_at")?
             .map(from_millis),
+        current_tasks: row.try_get("current_tasks")?,
         tasks_completed: row.try_get("tasks_completed")?,
         tasks_failed: row.try_get("tasks_failed")?,
         created_at: from_millis(row.try_get("created_at")?),
@@ -55,7 +60,8 @@ fn caps_json(caps: &[Capability]) -> String {
 
 impl SqliteStore {
     /// Inserts an agent; for a system agent (`system_key` set) that already exists, only
-    /// its token rotates, so an operator's edits to name or capabilities survive restarts.
+    /// its token rotates (and it stays shared, as the contract makes the built-in agent),
+    /// so an operator's edits to name or capabilities survive restarts.
     async fn insert_agent(
         &self,
         new: &NewAgent,
@@ -63,10 +69,11 @@ impl SqliteStore {
     ) -> Result<AgentRecord, StoreError> {
         let row = sqlx::query(&format!(
             "INSERT INTO agents (id, owner_id, name, description, capabilities, token_hash,
-                                 token_prefix, system_key, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                                 token_prefix, system_key, created_at, updated_at, shared)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
              ON CONFLICT (system_key) DO UPDATE
-                SET token_hash = excluded.token_hash, token_prefix = excluded.token_prefix
+                SET token_hash = excluded.token_hash, token_prefix = excluded.token_prefix,
+                    shared = excluded.shared
              RETURNING {AGENT_COLUMNS}"
         ))
         .bind(new.id.to_string())
@@ -78,6 +85,7 @@ impl SqliteStore {
         .bind(&new.token_prefix)
         .bind(system_key)
         .bind(to_millis(new.created_at))
+        .bind(new.shared)
         .fetch_one(self.pool())
         .await?;
         agent_from_row(&row)
@@ -133,6 +141,7 @@ impl AgentStore for SqliteStore {
                AND (?2 IS NULL OR EXISTS (SELECT 1 FROM json_each(agents.capabilities)
                                           WHERE json_each.value = ?2))
                AND (?3 IS NULL OR agents.seq < ?3)
+               AND (?5 IS NULL OR agents.owner_id = ?5 OR agents.shared = 1)
              ORDER BY agents.seq DESC
              LIMIT ?4"
         ))
@@ -140,6 +149,7 @@ impl AgentStore for SqliteStore {
         .bind(filter.capability.as_ref().map(Capability::as_str))
         .bind(filter.cursor)
         .bind(limit + 1)
+        .bind(filter.visible_to.map(|u| u.to_string()))
         .fetch_all(self.pool())
         .await?;
         page(rows, limit as usize)
@@ -156,6 +166,7 @@ impl AgentStore for SqliteStore {
             "UPDATE agents SET name = COALESCE(?2, name),
                                description = COALESCE(?3, description),
                                capabilities = COALESCE(?4, capabilities),
+                               shared = COALESCE(?6, shared),
                                updated_at = ?5
              WHERE id = ?1
              RETURNING {AGENT_COLUMNS}"
@@ -165,21 +176,89 @@ impl AgentStore for SqliteStore {
         .bind(changes.description.as_deref())
         .bind(changes.capabilities.as_deref().map(caps_json))
         .bind(to_millis(at))
+        .bind(changes.shared)
         .fetch_one(self.pool())
         .await?;
         agent_from_row(&row)
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %id))]
-    async fn delete_agent(&self, id: AgentId) -> Result<(), StoreError> {
+    async fn delete_agent(
+        &self,
+        id: AgentId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        // The DELETE comes first, so the transaction holds the write lock from its first
+        // statement (it never upgrades from a read lock, see the module doc). Once the
+        // row is gone the agent can claim nothing more (the claim joins on it) and its
+        // token answers 401, so nothing can race the requeue below.
+        let mut tx = self.pool().begin().await?;
         let done = sqlx::query("DELETE FROM agents WHERE id = ?1")
             .bind(id.to_string())
-            .execute(self.pool())
+            .execute(&mut *tx)
             .await?;
         if done.rows_affected() == 0 {
             return Err(StoreError::NotFound);
         }
-        Ok(())
+        // Its running tasks go back to the queue at once, the attempt handed back like a
+        // clean `release` (not the task's failure, so `attempts` goes back down).
+        let mut requeued = sqlx::query(&format!(
+            "UPDATE tasks SET status = 'queued', agent_id = NULL,
+                              requested_agent_id = NULLIF(requested_agent_id, ?1),
+                              attempts = MAX(attempts - 1, 0), progress = 0,
+                              started_at = NULL, lease_expires_at = NULL, updated_at = ?2
+             WHERE status = 'running' AND agent_id = ?1
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(to_millis(at))
+        .fetch_all(&mut *tx)
+        .await?;
+        // Queued tasks pinned to it could never run: unpin them, so any agent their owner
+        // may use takes them.
+        let unpinned = sqlx::query(&format!(
+            "UPDATE tasks SET requested_agent_id = NULL, agent_id = NULL, updated_at = ?2
+             WHERE status = 'queued' AND requested_agent_id = ?1
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(to_millis(at))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        requeued.extend(unpinned);
+        tasks_from_rows(&requeued)
+    }
+
+    #[tracing::instrument(skip_all, fields(agent_id = %id))]
+    async fn set_agent_token(
+        &self,
+        id: AgentId,
+        token_hash: &str,
+        token_prefix: &str,
+        at: DateTime<Utc>,
+    ) -> Result<AgentRecord, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE agents SET token_hash = ?2, token_prefix = ?3, updated_at = ?4
+             WHERE id = ?1
+             RETURNING {AGENT_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(token_hash)
+        .bind(token_prefix)
+        .bind(to_millis(at))
+        .fetch_one(self.pool())
+        .await?;
+        agent_from_row(&row)
+    }
+
+    async fn admin_ids(&self) -> Result<Vec<UserId>, StoreError> {
+        let rows = sqlx::query("SELECT id FROM users WHERE role = 'admin'")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|row| Ok(UserId::parse(row.try_get("id")?)?))
+            .collect()
     }
 
     async fn mark_agent_seen(
@@ -253,4 +332,159 @@ fn page(rows: Vec<SqliteRow>, limit: usize) -> Result<Page<AgentRecord>, StoreEr
         items,
         next_cursor: if more { last_seq } else { None },
     })
+}
+
+/// Registers an agent with the `general` capability for a store-level test.
+#[cfg(test)]
+pub(super) async fn test_agent(store: &SqliteStore, owner: UserId, shared: bool) -> AgentId {
+    let id = AgentId::new();
+    let new = NewAgent {
+        id,
+        owner_id: owner,
+        name: "test".into(),
+        description: String::new(),
+        capabilities: vec![Capability::general()],
+        shared,
+        token_hash: format!("hash-{id}"),
+        token_prefix: "zsa_test".into(),
+        created_at: Utc::now(),
+    };
+    store.create_agent(&new).await.expect("create agent");
+    id
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Email, FullName, Priority, TaskId, TaskQuery, TaskStatus, TimeoutSecs};
+    use crate::store::{NewTask, NewUser, TaskStore, UserStore};
+
+    async fn user(store: &SqliteStore, email: &str) -> UserId {
+        store
+            .create_user(NewUser {
+                email: Email::parse(email).unwrap(),
+                full_name: FullName::parse("A").unwrap(),
+                password_hash: "x".into(),
+                role: None,
+            })
+            .await
+            .unwrap()
+            .id
+    }
+
+    async fn task(store: &SqliteStore, user: UserId, agent: Option<AgentId>) -> TaskId {
+        let new = NewTask {
+            id: TaskId::new(),
+            user_id: user,
+            query: TaskQuery::parse("q".into()).unwrap(),
+            capability: Capability::general(),
+            priority: Priority::Normal,
+            agent_id: agent,
+            timeout: TimeoutSecs::DEFAULT,
+            created_at: Utc::now(),
+        };
+        store.insert_task(&new).await.unwrap().id
+    }
+
+    async fn claim(store: &SqliteStore, agent: AgentId) -> Option<TaskRecord> {
+        let now = Utc::now();
+        store
+            .claim_task(
+                agent,
+                &[Capability::general()],
+                now + chrono::Duration::seconds(30),
+                now,
+            )
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_private_agent_claims_only_its_owners_tasks_and_a_shared_one_any() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let (alice, mallory) = (user(&store, "a@b.io").await, user(&store, "m@b.io").await);
+        let alices_task = task(&store, alice, None).await;
+        let mallorys_agent = test_agent(&store, mallory, false).await;
+        assert!(
+            claim(&store, mallorys_agent).await.is_none(),
+            "another user's private agent never gets the task"
+        );
+        let shared = test_agent(&store, mallory, true).await;
+        let claimed = claim(&store, shared).await.expect("a shared agent runs it");
+        assert_eq!(claimed.id, alices_task);
+        let mallorys_task = task(&store, mallory, None).await;
+        assert_eq!(
+            claim(&store, mallorys_agent).await.map(|t| t.id),
+            Some(mallorys_task)
+        );
+        assert!(
+            claim(&store, AgentId::new()).await.is_none(),
+            "an agent that is not registered claims nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_an_agent_requeues_its_running_tasks_and_unpins_queued_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let owner = user(&store, "a@b.io").await;
+        let agent = test_agent(&store, owner, false).await;
+        let running = task(&store, owner, None).await;
+        assert_eq!(claim(&store, agent).await.map(|t| t.id), Some(running));
+        let pinned = task(&store, owner, Some(agent)).await;
+        let finished = task(&store, owner, None).await;
+        let other = test_agent(&store, owner, false).await;
+        assert_eq!(claim(&store, other).await.map(|t| t.id), Some(finished));
+
+        let changed = store.delete_agent(agent, Utc::now()).await.unwrap();
+        let mut ids: Vec<TaskId> = changed.iter().map(|t| t.id).collect();
+        ids.sort();
+        let mut expected = vec![running, pinned];
+        expected.sort();
+        assert_eq!(ids, expected);
+        for t in &changed {
+            assert_eq!(t.status, TaskStatus::Queued);
+            assert_eq!((t.agent_id, t.requested_agent_id), (None, None));
+            assert_eq!(t.attempts, 0, "the handed-back attempt does not count");
+            assert!(t.lease_expires_at.is_none());
+        }
+        assert_eq!(
+            store.task(finished).await.unwrap().agent_id,
+            Some(other),
+            "other agents' tasks are untouched"
+        );
+        assert!(matches!(
+            store.delete_agent(agent, Utc::now()).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+
+    #[tokio::test]
+    async fn lists_hold_own_and_shared_agents_unless_all_and_count_running_tasks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let (a, b) = (user(&store, "a@b.io").await, user(&store, "b@b.io").await);
+        let mine = test_agent(&store, a, false).await;
+        let theirs = test_agent(&store, b, false).await;
+        let shared = test_agent(&store, b, true).await;
+        let list = |visible_to| AgentFilter {
+            visible_to,
+            limit: 50,
+            ..AgentFilter::default()
+        };
+        let ids = |page: Page<AgentRecord>| page.items.iter().map(|x| x.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.list_agents(&list(Some(a))).await.unwrap()),
+            [shared, mine]
+        );
+        assert_eq!(
+            ids(store.list_agents(&list(None)).await.unwrap()),
+            [shared, theirs, mine]
+        );
+        task(&store, a, None).await;
+        claim(&store, mine).await.expect("claimed");
+        assert_eq!(store.agent(mine).await.unwrap().current_tasks, 1);
+        assert_eq!(store.agent(theirs).await.unwrap().current_tasks, 0);
+    }
 }

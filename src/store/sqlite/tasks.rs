@@ -17,7 +17,8 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::Row;
 
-const TASK_COLUMNS: &str = "seq, id, user_id, query, capability, priority, status, progress, \
+pub(super) const TASK_COLUMNS: &str =
+    "seq, id, user_id, query, capability, priority, status, progress, \
     agent_id, requested_agent_id, result, error, attempts, timeout_s, lease_expires_at, \
     created_at, started_at, completed_at, updated_at";
 
@@ -60,7 +61,7 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
     })
 }
 
-fn tasks_from_rows(rows: &[SqliteRow]) -> Result<Vec<TaskRecord>, StoreError> {
+pub(super) fn tasks_from_rows(rows: &[SqliteRow]) -> Result<Vec<TaskRecord>, StoreError> {
     rows.iter().map(task_from_row).collect()
 }
 
@@ -166,6 +167,12 @@ impl TaskStore for SqliteStore {
                          WHERE status = 'queued'
                            AND capability IN (SELECT value FROM json_each(?2))
                            AND (requested_agent_id IS NULL OR requested_agent_id = ?1)
+                           -- Tenancy: only a task the agent may run, its owner's or any
+                           -- user's when it is shared (AgentRecord::runs_tasks_of). Kept
+                           -- in the statement, so no code path can hand a task to an
+                           -- agent its owner could not see; a deleted agent claims nothing.
+                           AND EXISTS (SELECT 1 FROM agents a WHERE a.id = ?1
+                                       AND (a.shared = 1 OR a.owner_id = tasks.user_id))
                          ORDER BY priority_rank DESC, created_at ASC, seq ASC
                          LIMIT 1)
                AND status = 'queued'
@@ -344,6 +351,7 @@ impl TaskStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::agents::test_agent;
     use super::*;
     use crate::domain::{Email, FullName, TaskQuery, TimeoutSecs};
     use crate::store::{AgentStore, NewAgent, NewUser, UserStore};
@@ -395,8 +403,9 @@ mod tests {
         let mut claimers = Vec::new();
         for _ in 0..16 {
             let (store, caps) = (store.clone(), caps.clone());
+            // The claim only hands a task to a registered agent that may run it.
+            let agent = test_agent(&store, user, false).await;
             claimers.push(tokio::spawn(async move {
-                let agent = AgentId::new();
                 let mut got = Vec::new();
                 let lease = Utc::now() + chrono::Duration::seconds(30);
                 while let Some(task) = store
@@ -426,7 +435,7 @@ mod tests {
             .await
             .unwrap();
         let caps = [Capability::general()];
-        let agent = AgentId::new();
+        let agent = test_agent(&store, user, false).await;
         for attempt in 1..=3u32 {
             let now = Utc::now();
             let claimed = store
@@ -463,6 +472,7 @@ mod tests {
             name: "a".into(),
             description: String::new(),
             capabilities: vec![Capability::general()],
+            shared: false,
             token_hash: "h".into(),
             token_prefix: "p".into(),
             created_at: Utc::now(),
