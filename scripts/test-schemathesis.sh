@@ -6,7 +6,8 @@
 #
 # Starts the built binary ($ZEROSTATE_BIN, default target/debug/zerostate) on
 # 127.0.0.1 port 0 in a temporary data directory, registers the first account (an admin,
-# so the admin routes are exercised too) and runs schemathesis with its session token.
+# so the admin routes are exercised too) and an agent, and runs schemathesis with the
+# admin's session token (the agent's token for the agent runtime).
 # Exits non-zero when schemathesis finds a failure.
 #
 # Settings (environment):
@@ -50,7 +51,7 @@ trap cleanup EXIT
 
 # No per-address limits: every request of the run comes from 127.0.0.1.
 ZEROSTATE_REGISTRATION_LIMIT=0 ZEROSTATE_MAX_CONNECTIONS_PER_ADDRESS=0 RUST_LOG=warn \
-    "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/data" \
+    "$BIN" serve --addr 127.0.0.1:0 --data-dir "$WORK/data" --no-builtin-agent \
     >"$WORK/stdout" 2>"$WORK/server.log" &
 SERVER_PID=$!
 
@@ -71,12 +72,39 @@ if [ -z "$BASE" ]; then
 fi
 echo "test-schemathesis: server at $BASE"
 
-TOKEN="$(
+json_field() {
+    python3 -c 'import json, sys; print(json.load(sys.stdin)[sys.argv[1]])' "$1"
+}
+# Credentials for the run, read by scripts/schemathesis.toml: the admin's session token
+# for the API, an agent token for the agent runtime.
+ZS_USER_TOKEN="$(
     curl -sS --max-time 30 -X POST "$BASE/api/v1/users/register" \
         -H 'Content-Type: application/json' \
         -d '{"email":"schemathesis@example.com","password":"a long passphrase for fuzzing","full_name":"Schemathesis"}' |
-        python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])'
+        json_field token
 )"
+# The agent belongs to another user, so the admin's fuzzed calls are less likely to
+# delete it or rotate its token half-way through the run.
+OWNER_TOKEN="$(
+    curl -sS --max-time 30 -X POST "$BASE/api/v1/users/register" \
+        -H 'Content-Type: application/json' \
+        -d '{"email":"agent-owner@example.com","password":"another long passphrase","full_name":"Owner"}' |
+        json_field token
+)"
+ZS_AGENT_TOKEN="$(
+    curl -sS --max-time 30 -X POST "$BASE/api/v1/agents/register" \
+        -H 'Content-Type: application/json' -H "Authorization: Bearer $OWNER_TOKEN" \
+        -d '{"name":"schemathesis agent","capabilities":["general"]}' |
+        json_field agent_token
+)"
+export ZS_USER_TOKEN ZS_AGENT_TOKEN
+# Queued work for the agent, so a claim answers at once instead of long-polling for up
+# to `wait_s` seconds (the built-in agent is off, so the tasks stay queued).
+for i in $(seq 1 300); do
+    curl -sS --max-time 30 -o /dev/null -X POST "$BASE/api/v1/tasks/submit" \
+        -H 'Content-Type: application/json' -H "Authorization: Bearer $OWNER_TOKEN" \
+        -d "{\"query\":\"queued for the fuzzed agent $i\"}"
+done
 
 status=0
 # One worker: with several, Python 3.11's `ast` can fail when hypothesis describes its
@@ -91,7 +119,6 @@ timeout --signal=INT --kill-after=30 "$TIMEOUT_S" \
     "$VENV/bin/schemathesis" --config-file "$ROOT/scripts/schemathesis.toml" \
     run "$BASE/api/v1/openapi.json" \
     ${SCHEMATHESIS_EXTRA_ARGS:-} \
-    --header "Authorization: Bearer $TOKEN" \
     --exclude-path /api/v1/events \
     --exclude-path /api/v1/users/logout \
     --max-examples "$MAX_EXAMPLES" \
