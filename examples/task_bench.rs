@@ -1,40 +1,51 @@
-//! Task queue benchmark: how many tasks per second go through submit → claim →
-//! complete, with every `task_update` persisted and routed, on one node.
+//! Task queue benchmark: how many tasks per second go through submit → claim → three
+//! progress reports → complete, with every `task_update` persisted, routed and received
+//! by the owner's WebSocket, on one node.
 //!
 //! It starts the server binary itself (fresh data directory, loopback, built-in agent
-//! off), registers one agent, and runs `--workers` agent loops (long-poll claim, one
-//! progress report, complete) against it while `--tasks` tasks are submitted. It reports
-//! the submit rate, the end-to-end rate, and the submit → completed latency percentiles.
+//! off), registers one agent, opens one WebSocket as the submitting user, and runs
+//! `--workers` agent loops (long-poll claim, progress 25/50/75, complete) against it while
+//! `--submitters` clients submit `--tasks` tasks. The clock stops when the WebSocket has
+//! received every task's `completed` update (and all six updates per task are counted).
+//! It reports the submit rate, the end-to-end rate, and the submit → completed latency
+//! percentiles.
 //!
 //! ```sh
 //! cargo build --release --examples
-//! ./target/release/examples/task_bench --bin target/release/zerostate --tasks 2000 --workers 8
+//! ./target/release/examples/task_bench --bin target/release/zerostate --tasks 5000 --workers 8
 //! ```
 
 mod support;
 
+use futures_util::StreamExt;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{percentile, BenchServer};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
 
 struct Options {
     bin: String,
     tasks: usize,
     workers: usize,
+    submitters: usize,
 }
 
 fn parse_args() -> Options {
     let (bin, flags) = support::flags();
     let mut opts = Options {
         bin,
-        tasks: 1000,
-        workers: 4,
+        tasks: 2000,
+        workers: 8,
+        submitters: 4,
     };
     for (flag, value) in flags {
         match flag.as_str() {
             "--tasks" => opts.tasks = value.parse().expect("--tasks N"),
             "--workers" => opts.workers = value.parse().expect("--workers N"),
+            "--submitters" => opts.submitters = value.parse().expect("--submitters N"),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -53,7 +64,8 @@ async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> 
     (status, resp.json().await.unwrap_or(Value::Null))
 }
 
-/// One agent loop: claim, report progress once, complete; until `done` tasks are done.
+/// One agent loop: claim, report progress three times, complete; until every task is
+/// done.
 async fn worker(
     http: reqwest::Client,
     base: String,
@@ -75,13 +87,16 @@ async fn worker(
             continue;
         }
         let id = body["task"]["id"].as_str().expect("task id").to_owned();
-        post(
-            &http,
-            format!("{base}/api/v1/runtime/tasks/{id}/progress"),
-            &token,
-            json!({"progress": 50}),
-        )
-        .await;
+        for progress in [25, 50, 75] {
+            let (status, _) = post(
+                &http,
+                format!("{base}/api/v1/runtime/tasks/{id}/progress"),
+                &token,
+                json!({ "progress": progress }),
+            )
+            .await;
+            assert_eq!(status, 200, "progress refused");
+        }
         let (status, _) = post(
             &http,
             format!("{base}/api/v1/runtime/tasks/{id}/complete"),
@@ -115,6 +130,36 @@ async fn main() {
         .expect("agent token")
         .to_owned();
 
+    // The owner's WebSocket: counts every task_update and notes the last completion.
+    let mut request = format!("{}/api/v1/ws/connect", base.replacen("http", "ws", 1))
+        .into_client_request()
+        .expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {user}").parse().expect("header"),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("connect");
+    let updates = Arc::new(AtomicUsize::new(0));
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    {
+        let updates = updates.clone();
+        tokio::spawn(async move {
+            let (_sink, mut stream) = ws.split();
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                let value: Value = serde_json::from_str(&text).unwrap_or_default();
+                if value["type"] == "task_update" {
+                    updates.fetch_add(1, Ordering::Relaxed);
+                    if value["data"]["status"] == "completed" {
+                        let _ = done_tx.send(());
+                    }
+                }
+            }
+        });
+    }
+
     let left = Arc::new(tokio::sync::Semaphore::new(opts.tasks));
     let workers: Vec<_> = (0..opts.workers)
         .map(|_| {
@@ -127,21 +172,45 @@ async fn main() {
         })
         .collect();
     let started = Instant::now();
-    for n in 0..opts.tasks {
-        let (status, _) = post(
-            &http,
-            format!("{base}/api/v1/tasks/submit"),
-            &user,
-            json!({"query": format!("task {n}")}),
-        )
-        .await;
-        assert_eq!(status, 202, "submit refused");
+    let next = Arc::new(AtomicUsize::new(0));
+    let submitters: Vec<_> = (0..opts.submitters.max(1))
+        .map(|_| {
+            let (http, base, user, next) = (http.clone(), base.clone(), user.clone(), next.clone());
+            let total = opts.tasks;
+            tokio::spawn(async move {
+                loop {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if n >= total {
+                        return;
+                    }
+                    let (status, _) = post(
+                        &http,
+                        format!("{base}/api/v1/tasks/submit"),
+                        &user,
+                        json!({"query": format!("task {n}")}),
+                    )
+                    .await;
+                    assert_eq!(status, 202, "submit refused");
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.await.expect("submitter");
     }
     let submitted = started.elapsed().as_secs_f64();
-    for w in workers {
-        let _ = tokio::time::timeout(Duration::from_secs(300), w).await;
+    let mut completed = 0;
+    while completed < opts.tasks {
+        match tokio::time::timeout(Duration::from_secs(60), done_rx.recv()).await {
+            Ok(Some(())) => completed += 1,
+            _ => panic!("only {completed} completions delivered"),
+        }
     }
     let finished = started.elapsed().as_secs_f64();
+    for w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
+    }
+    let delivered = updates.load(Ordering::Relaxed);
 
     // Latency from the stored timestamps: created_at → completed_at of every task.
     let mut latencies = Vec::with_capacity(opts.tasks);
@@ -174,15 +243,20 @@ async fn main() {
         }
     }
     latencies.sort_by(f64::total_cmp);
-    println!("tasks: {}, workers: {}", opts.tasks, opts.workers);
+    println!(
+        "tasks: {}, agent loops: {}, submitters: {}",
+        opts.tasks, opts.workers, opts.submitters
+    );
     println!(
         "submitted in {submitted:.2} s ({:.0} tasks/s)",
         opts.tasks as f64 / submitted
     );
     println!(
-        "all completed in {finished:.2} s ({:.0} tasks/s end to end); {} completed",
+        "all completed and delivered in {finished:.2} s ({:.0} tasks/s end to end); \
+         {} completed in the store, {delivered} task_updates received ({} expected)",
         opts.tasks as f64 / finished,
-        latencies.len()
+        latencies.len(),
+        opts.tasks * 6
     );
     println!(
         "submit -> completed: p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",

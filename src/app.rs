@@ -8,10 +8,11 @@ use crate::auth::tokens::TokenSigner;
 use crate::config::{Settings, StorageSettings};
 use crate::http::server::Server;
 use crate::http::{self, AppState, HttpSettings, Readiness};
-use crate::realtime::{Disconnect, HistoryPolicy, Hub};
+use crate::realtime::broker::local::LocalBroker;
+use crate::realtime::{Disconnect, HistoryPolicy, Hub, MessageLog};
 use crate::shutdown::Shutdown;
 use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
+use crate::store::{MessageStore, Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -31,13 +32,25 @@ const LISTEN_BACKLOG: u32 = 1024;
 /// Opens the store named by the storage settings, creating the data directory `0700`
 /// and keeping every file in it `0600`.
 pub async fn open_store(storage: &StorageSettings) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_backends(storage).await?.0)
+}
+
+/// Opens the store and, on the same database, the real-time message history (adapted
+/// to the hub's port).
+async fn open_backends(
+    storage: &StorageSettings,
+) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn MessageLog>)> {
+    fn both<S: Store + MessageStore>(store: S) -> (Arc<dyn Store>, Arc<dyn MessageLog>) {
+        let store = Arc::new(store);
+        (store.clone(), Arc::new(StoreMessageLog(store)))
+    }
     prepare_data_dir(&storage.data_dir)?;
-    let store: Arc<dyn Store> = match storage.database_url.as_deref() {
+    let backends = match storage.database_url.as_deref() {
         None => {
             let path = storage.data_dir.join("zerostate.db");
-            Arc::new(SqliteStore::open(&path).await?)
+            both(SqliteStore::open(&path).await?)
         }
-        Some(url) if url.starts_with("sqlite:") => Arc::new(SqliteStore::open_url(url).await?),
+        Some(url) if url.starts_with("sqlite:") => both(SqliteStore::open_url(url).await?),
         Some(url) => {
             let scheme = url.split(':').next().unwrap_or_default();
             anyhow::bail!("unsupported database URL scheme {scheme:?}: this build supports sqlite:")
@@ -45,7 +58,7 @@ pub async fn open_store(storage: &StorageSettings) -> anyhow::Result<Arc<dyn Sto
     };
     // Files made by an older version (or before the umask was set) are tightened too.
     restrict_files(&storage.data_dir);
-    Ok(store)
+    Ok(backends)
 }
 
 /// A server that has bound its port and is ready to run.
@@ -64,7 +77,7 @@ impl Application {
         if settings.redis_url.is_some() {
             anyhow::bail!("--redis-url (several nodes) is not supported by this build yet");
         }
-        let store = open_store(&settings.storage).await?;
+        let (store, history_log) = open_backends(&settings.storage).await?;
         let signer = TokenSigner::load_or_create(
             settings.signing_key.as_ref().map(|k| k.0.as_str()),
             &settings.storage.data_dir,
@@ -74,8 +87,8 @@ impl Application {
             max_per_stream: settings.history_max_per_user,
             max_age: settings.history_max_age,
         };
-        // `Arc<dyn Store>` is itself a message log (see `realtime::history`).
-        let hub = Hub::start(Arc::new(store.clone()), history).await?;
+        let broker = LocalBroker::start(history_log).await?;
+        let hub = Hub::start(Arc::new(broker), history).await?;
         let shutdown = Shutdown::new();
         let agents = crate::agents::AgentService::new(
             store.clone(),
@@ -84,6 +97,7 @@ impl Application {
         );
         let queue = crate::tasks::QueueSettings {
             lease: settings.task_lease,
+            retry_backoff_base: settings.retry_backoff_base,
         };
         let tasks = crate::tasks::TaskService::new(
             store.clone(),
@@ -97,6 +111,7 @@ impl Application {
             signer: Arc::new(signer),
             throttle: Arc::new(LoginThrottle::default()),
             registrations: Arc::new(RegistrationLimiter::new(settings.limits.registration_limit)),
+            realtime_admission: Arc::default(),
             hasher: Hasher::new(),
             http: Arc::new(HttpSettings {
                 allowed_origins: settings.allowed_origins.clone(),
@@ -156,6 +171,9 @@ impl Application {
         // Not ready first, so load balancers stop sending clients here before the live
         // connections are told (1012) to reconnect elsewhere.
         state.readiness.set_ready(false);
+        // While the listener still serves: the built-in agent's running tasks go back to
+        // the queue in-process, without using attempts.
+        state.tasks.hand_back_server_agents().await;
         state.hub.close_all(Disconnect::Shutdown);
         server.drain();
         let (requests, realtime) = tokio::join!(
@@ -325,5 +343,97 @@ pub fn raise_open_files_limit() {
                 }
             }
         }
+    }
+}
+
+/// The store's message history seen through the hub's `MessageLog` port: the one place
+/// the two meet, so the hub never names a store type and the store never names a hub
+/// type. Store errors become the port's (`anyhow`) errors with their context kept.
+struct StoreMessageLog<S>(Arc<S>);
+
+#[async_trait::async_trait]
+impl<S: MessageStore> MessageLog for StoreMessageLog<S> {
+    async fn epoch(&self) -> anyhow::Result<String> {
+        Ok(self.0.message_epoch().await?)
+    }
+
+    async fn last_seq(&self) -> anyhow::Result<i64> {
+        Ok(self.0.last_message_seq().await?)
+    }
+
+    async fn append(
+        &self,
+        user: Option<crate::domain::UserId>,
+        kind: &str,
+        data_json: &str,
+        created_at_ms: i64,
+    ) -> anyhow::Result<i64> {
+        Ok(self
+            .0
+            .append_message(user, kind, data_json, created_at_ms)
+            .await?)
+    }
+
+    async fn position(
+        &self,
+        user: crate::domain::UserId,
+        upto: i64,
+    ) -> anyhow::Result<crate::realtime::history::StreamPosition> {
+        let p = self.0.message_position(user, upto).await?;
+        Ok(crate::realtime::history::StreamPosition {
+            latest: p.latest,
+            pruned_through: p.pruned_through,
+        })
+    }
+
+    async fn replay(
+        &self,
+        user: crate::domain::UserId,
+        after: i64,
+        upto: i64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<crate::realtime::history::StoredMessage>> {
+        let rows = self.0.messages_between(user, after, upto, limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|m| crate::realtime::history::StoredMessage {
+                seq: m.seq,
+                kind: m.kind,
+                data_json: m.data_json,
+                created_at_ms: m.created_at_ms,
+            })
+            .collect())
+    }
+
+    async fn prune(&self, policy: HistoryPolicy, now_ms: i64) -> anyhow::Result<u64> {
+        let max_age = i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms.saturating_sub(max_age);
+        Ok(self.0.prune_messages(policy.max_per_stream, cutoff).await?)
+    }
+
+    async fn count(&self) -> anyhow::Result<u64> {
+        Ok(self.0.message_count().await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::realtime::Broker;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_local_broker_on_sqlite_keeps_the_broker_contract() {
+        let dir = tempfile::tempdir().unwrap();
+        let next = std::sync::atomic::AtomicU32::new(0);
+        crate::realtime::broker::contract::run_all(|| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.path().join(format!("broker-{n}.db"));
+            async move {
+                let store = Arc::new(SqliteStore::open(&path).await.unwrap());
+                let log: Arc<dyn MessageLog> = Arc::new(StoreMessageLog(store));
+                Arc::new(LocalBroker::start(log).await.unwrap()) as Arc<dyn Broker>
+            }
+        })
+        .await;
     }
 }

@@ -78,6 +78,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ZEROSTATE_AGENT_OFFLINE_AFTER_S", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub agent_offline_after_s: u64,
+    /// Retries: the first retry of a failed attempt waits a random time up to this many
+    /// milliseconds, each later one up to twice as long as the one before (at most
+    /// 60 s): exponential backoff with full jitter.
+    #[arg(long, env = "ZEROSTATE_RETRY_BACKOFF_BASE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub retry_backoff_base_ms: u64,
     /// Real-time history: the newest messages always kept per user, for resume.
     #[arg(long, env = "ZEROSTATE_HISTORY_MAX_PER_USER", default_value_t = 1000)]
     pub history_max_per_user: u32,

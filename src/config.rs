@@ -27,6 +27,8 @@ pub struct Settings {
     pub signing_key: Option<SigningKey>,
     /// How long a claimed task stays with its agent without a progress report.
     pub task_lease: Duration,
+    /// Base of the retry backoff (full jitter, doubling per attempt, at most 60 s).
+    pub retry_backoff_base: Duration,
     /// Silence after which an agent counts as offline.
     pub agent_offline_after: Duration,
     /// Real-time history kept per user stream: newest messages always kept.
@@ -227,6 +229,7 @@ impl TryFrom<ServeArgs> for Settings {
             builtin_agent,
             signing_key: args.signing_key.map(SigningKey),
             task_lease: Duration::from_secs(args.task_lease_s),
+            retry_backoff_base: Duration::from_millis(args.retry_backoff_base_ms),
             agent_offline_after: Duration::from_secs(args.agent_offline_after_s),
             history_max_per_user: args.history_max_per_user,
             history_max_age: Duration::from_secs(args.history_max_age_s),

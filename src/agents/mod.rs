@@ -265,6 +265,12 @@ impl AgentService {
         Ok(())
     }
 
+    /// Announces a change of presence made by another service (a clean stop, noted
+    /// when the agent hands a task back, turns it offline).
+    pub async fn announce_updated(&self, agent: &AgentRecord) {
+        self.announce(agent, AgentAction::Updated).await;
+    }
+
     /// Sends `agent_update` to the users who can see the agent: everyone for a shared
     /// agent, else its owner and the admins. Never to anyone else: the name is text its
     /// owner chose.

@@ -8,8 +8,8 @@
 //! exponential backoff; a 409/404 on progress means the task is no longer ours
 //! (canceled, timed out, re-queued) and the work is stopped; a 401 means the token was
 //! revoked or the agent deleted, which no retry can fix, so the runner stops. On
-//! shutdown the runner stops claiming, stops running work and hands it back with a
-//! retryable failure so another agent can take it at once.
+//! shutdown (SIGTERM) the runner stops claiming, stops running work and hands it back
+//! with `release`, which uses no attempt, so another agent can take it at once.
 
 use crate::shutdown::Shutdown;
 use anyhow::Context;
@@ -244,13 +244,13 @@ async fn run_task(api: &Api, executor: &dyn Executor, task: ClaimedTask, shutdow
     }
     let body = match outcome {
         ExecOutcome::Completed(result) => ("complete", json!({ "result": result })),
+        // Whatever else the work says once we stopped it is our doing, not the task's.
+        _ if stopping => ("release", json!({})),
         ExecOutcome::Failed { error, retryable } => {
             ("fail", json!({ "error": error, "retryable": retryable }))
         }
-        ExecOutcome::Stopped => (
-            "fail",
-            json!({ "error": "the agent stopped before finishing", "retryable": true }),
-        ),
+        // A clean stop: the task goes back without costing an attempt.
+        ExecOutcome::Stopped => ("release", json!({})),
     };
     // While shutting down there is no time to wait out a restart: one try.
     let deadline = if shutdown.is_triggered() {

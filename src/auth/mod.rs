@@ -10,15 +10,9 @@ pub mod tokens;
 
 pub use resolve::resolve_secret;
 
-use crate::domain::{ApiKeyId, Role, SessionId, UserId};
-
-/// How a request or a connection proved who it is. Revoking the credential (logout,
-/// password change, key revocation) ends everything that used it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Credential {
-    Session(SessionId),
-    ApiKey(ApiKeyId),
-}
+// Defined in the domain (the real-time hub needs it too); re-exported for `auth` users.
+pub use crate::domain::Credential;
+use crate::domain::{Role, UserId};
 
 /// A signed-in principal: who, with what role, through which credential.
 #[derive(Debug, Clone)]

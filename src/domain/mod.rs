@@ -2,6 +2,7 @@
 //! store row) is parsed into one of these first, so the rest of the code never has to
 //! re-check an email, a status or a message type. This module imports nothing internal.
 
+mod credential;
 mod ids;
 mod message;
 #[cfg(test)]
@@ -9,9 +10,13 @@ mod props;
 mod task;
 mod user;
 
+pub use credential::Credential;
 pub use ids::{AgentId, ApiKeyId, SessionId, TaskId, UserId};
 pub use message::{Cursor, MessageType};
-pub use task::{Capability, Priority, TaskQuery, TaskStatus, TimeoutSecs};
+pub use task::{
+    AttemptOutcome, Capability, IdempotencyKey, MaxAttempts, Priority, TaskQuery, TaskStatus,
+    TimeoutSecs,
+};
 pub use user::{Email, FullName, Password, Role};
 
 /// A value that failed validation, with a message meant for a person.

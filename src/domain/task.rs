@@ -1,4 +1,5 @@
-//! Task fields: status, priority, capability, query text and timeout.
+//! Task fields: status, priority, capability, query text, timeout, attempts, idempotency
+//! key and how an attempt ended.
 
 use super::ParseError;
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,92 @@ impl TimeoutSecs {
     }
 }
 
+/// How many attempts a task may make: 1 to 10, 3 by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct MaxAttempts(u32);
+
+impl MaxAttempts {
+    pub const DEFAULT: MaxAttempts = MaxAttempts(3);
+
+    pub fn parse(raw: i64) -> Result<Self, ParseError> {
+        if (1..=10).contains(&raw) {
+            Ok(Self(raw as u32))
+        } else {
+            Err(ParseError::new("max_attempts must be between 1 and 10"))
+        }
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+/// A submitter's idempotency key: 1 to 200 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    pub fn parse(raw: String) -> Result<Self, ParseError> {
+        let chars = raw.chars().count();
+        if chars == 0 || chars > 200 || raw.chars().any(char::is_control) {
+            return Err(ParseError::new(
+                "idempotency_key must be 1-200 characters without control characters",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How one attempt at a task ended (or that it is still running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Running,
+    Completed,
+    Failed,
+    LeaseExpired,
+    HandedBack,
+    Canceled,
+    TimedOut,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 7] = [
+        AttemptOutcome::Running,
+        AttemptOutcome::Completed,
+        AttemptOutcome::Failed,
+        AttemptOutcome::LeaseExpired,
+        AttemptOutcome::HandedBack,
+        AttemptOutcome::Canceled,
+        AttemptOutcome::TimedOut,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Running => "running",
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::LeaseExpired => "lease_expired",
+            AttemptOutcome::HandedBack => "handed_back",
+            AttemptOutcome::Canceled => "canceled",
+            AttemptOutcome::TimedOut => "timed_out",
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
+        Self::ALL
+            .into_iter()
+            .find(|o| o.as_str() == raw)
+            .ok_or_else(|| ParseError::new(format!("unknown attempt outcome {raw:?}")))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +318,18 @@ mod tests {
         assert!(TimeoutSecs::parse(0).is_err());
         assert!(TimeoutSecs::parse(3601).is_err());
         assert_eq!(TimeoutSecs::parse(3600).unwrap().get(), 3600);
+    }
+
+    #[test]
+    fn execution_fields() {
+        assert!(MaxAttempts::parse(0).is_err() && MaxAttempts::parse(11).is_err());
+        assert_eq!(MaxAttempts::parse(10).unwrap().get(), 10);
+        assert!(IdempotencyKey::parse(String::new()).is_err());
+        assert!(IdempotencyKey::parse("k".repeat(201)).is_err());
+        assert!(IdempotencyKey::parse("a\nb".into()).is_err());
+        assert!(IdempotencyKey::parse("é".repeat(200)).is_ok());
+        for o in AttemptOutcome::ALL {
+            assert_eq!(AttemptOutcome::parse(o.as_str()).unwrap(), o);
+        }
     }
 }

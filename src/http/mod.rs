@@ -13,7 +13,7 @@ mod openapi;
 mod pages;
 #[cfg(test)]
 mod props;
-mod realtime;
+pub mod realtime;
 mod runtime;
 pub mod server;
 pub mod state;

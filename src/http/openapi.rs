@@ -33,10 +33,12 @@ use super::tasks::{self, TaskView};
 use super::users;
 use crate::agents::AgentStatus;
 use crate::domain::{
-    AgentId, ApiKeyId, Capability, Email, FullName, Priority, Role, TaskId, TaskStatus, UserId,
+    AgentId, ApiKeyId, AttemptOutcome, Capability, Email, FullName, Priority, Role, TaskId,
+    TaskStatus, UserId,
 };
 use crate::store::User;
 use crate::tasks::analytics::Summary;
+use crate::tasks::WaitingFor;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -89,8 +91,8 @@ async fn serve() -> impl IntoResponse {
         agents_list, agents_search, agents_register, agents_read, agents_update,
         agents_delete, agents_token,
         tasks_list, tasks_submit, tasks_read, tasks_delete, tasks_status, tasks_result,
-        tasks_cancel,
-        runtime_claim, runtime_progress, runtime_complete, runtime_fail,
+        tasks_cancel, tasks_attempts, tasks_retry,
+        runtime_claim, runtime_progress, runtime_complete, runtime_fail, runtime_release,
         analytics_summary,
         ws_connect, events, ws_stats, ws_broadcast, ws_send_to_user, ws_send,
     ),
@@ -195,6 +197,22 @@ domain_schema!(
     string_schema(None, "Whether the agent is reachable").enum_values(Some(["online", "offline"]))
 );
 domain_schema!(
+    AttemptOutcome,
+    "AttemptOutcome",
+    string_schema(None, "How an attempt ended, or that it is still running")
+        .enum_values(Some(AttemptOutcome::ALL.map(AttemptOutcome::as_str)))
+);
+domain_schema!(
+    WaitingFor,
+    "WaitingFor",
+    string_schema(None, "Why a queued task is not running").enum_values(Some([
+        "agent",
+        "no_agent_online",
+        "run_at",
+        "retry_backoff"
+    ]))
+);
+domain_schema!(
     TaskStatus,
     "TaskStatus",
     string_schema(None, "queued → running → completed | failed; canceled")
@@ -281,12 +299,20 @@ struct TaskList {
     next_cursor: Option<String>,
 }
 
-/// A submitted task.
+/// A submitted (or retried) task.
 #[derive(ToSchema)]
 struct Submitted {
     task_id: TaskId,
     status: TaskStatus,
     task: TaskView,
+    /// `true` when an earlier submit with the same `idempotency_key` is answered again.
+    duplicate: Option<bool>,
+}
+
+/// `GET /api/v1/tasks/{id}/attempts`, oldest first.
+#[derive(ToSchema)]
+struct AttemptList {
+    attempts: Vec<tasks::AttemptView>,
 }
 
 /// `GET /api/v1/tasks/{id}/status`.
@@ -297,6 +323,10 @@ struct TaskStatusView {
     progress: u8,
     agent_id: Option<AgentId>,
     updated_at: DateTime<Utc>,
+    /// Place in the order the eligible agents take tasks (1 = next); null unless queued.
+    queue_position: Option<i64>,
+    /// Why a queued task is not running; null unless queued.
+    waiting_for: Option<WaitingFor>,
 }
 
 /// `GET /api/v1/tasks/{id}/result` once the task finished.
@@ -317,22 +347,24 @@ struct Canceled {
     status: TaskStatus,
 }
 
-/// A task handed to an agent.
-#[derive(ToSchema)]
-struct ClaimedTask {
-    id: TaskId,
-    query: String,
-    capability: Capability,
-    /// Which attempt this is (1 for the first).
-    attempt: u32,
-    /// Report progress before this, or the task goes back to the queue.
-    lease_expires_at: Option<DateTime<Utc>>,
-}
-
-/// `{"task": …}`.
+/// `{"task": …}` (without `max_tasks`).
 #[derive(ToSchema)]
 struct Claimed {
-    task: ClaimedTask,
+    task: runtime::ClaimedView,
+}
+
+/// `{"tasks": […]}` (with `max_tasks`).
+#[derive(ToSchema)]
+struct ClaimedBatch {
+    tasks: Vec<runtime::ClaimedView>,
+}
+
+/// What a claim hands over: one task, or a batch when `max_tasks` was given.
+#[derive(ToSchema)]
+#[serde(untagged)]
+enum ClaimAnswer {
+    One(Claimed),
+    Batch(ClaimedBatch),
 }
 
 /// Progress recorded; the lease is renewed.
@@ -349,7 +381,7 @@ struct ProgressAck {
 struct Finished {
     task_id: TaskId,
     status: TaskStatus,
-    /// Attempts made so far (on `fail`).
+    /// Attempts made so far (on `fail` and `release`).
     attempts: Option<u32>,
 }
 
@@ -504,6 +536,9 @@ fn agents_token() {}
 #[utoipa::path(get, path = "/api/v1/tasks", tag = "tasks",
     params(
         ("status" = Option<String>, Query, description = "Only tasks in this status"),
+        ("q" = Option<String>, Query, description = "Text to find in the query"),
+        ("capability" = Option<String>, Query, description = "Only tasks asking for this capability (case-insensitive)"),
+        ("agent_id" = Option<String>, Query, description = "Only tasks of this agent"),
         ("all" = Option<String>, Query, pattern = "^(true|false|1|0)?$", description = "`true`: every user's tasks (admins only)"),
         ("limit" = Option<String>, Query, description = "Page size, default 50; above 200 counts as 200"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page (opaque)"),
@@ -515,6 +550,7 @@ fn tasks_list() {}
     request_body(content = inline(tasks::SubmitBody), content_type = "application/json"),
     responses(
         (status = 202, description = "Queued", body = Submitted),
+        (status = 200, description = "A duplicate of an earlier submit (same `idempotency_key` within 24 h): that task, `duplicate: true`", body = Submitted),
         (status = 404, description = "`agent_id` names no agent the caller can see", body = ErrorBody),
     ))]
 fn tasks_submit() {}
@@ -553,11 +589,24 @@ fn tasks_result() {}
     ))]
 fn tasks_cancel() {}
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/attempts", tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "Task id")),
+    responses((status = 200, description = "Every attempt, oldest first", body = AttemptList)))]
+fn tasks_attempts() {}
+
+#[utoipa::path(post, path = "/api/v1/tasks/{id}/retry", tag = "tasks",
+    params(("id" = uuid::Uuid, Path, description = "Task id")),
+    responses(
+        (status = 202, description = "A new task with the same query, capability, priority and agent", body = Submitted),
+        (status = 409, description = "The task has not finished", body = ErrorBody),
+    ))]
+fn tasks_retry() {}
+
 #[utoipa::path(post, path = "/api/v1/runtime/claim", tag = "runtime",
     security(("agent_token" = [])),
     request_body(content = inline(Option<runtime::ClaimBody>), content_type = "application/json", description = "Optional; an empty body asks for an immediate answer"),
     responses(
-        (status = 200, description = "A task for this agent", body = Claimed),
+        (status = 200, description = "Tasks for this agent: `task`, or `tasks` when `max_tasks` was given", body = ClaimAnswer),
         (status = 204, description = "Nothing matched within `wait_s`"),
     ))]
 fn runtime_claim() {}
@@ -591,6 +640,15 @@ fn runtime_complete() {}
         (status = 409, description = "`canceled` or not this agent's running task", body = ErrorBody),
     ))]
 fn runtime_fail() {}
+
+#[utoipa::path(post, path = "/api/v1/runtime/tasks/{id}/release", tag = "runtime",
+    security(("agent_token" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Task id")),
+    responses(
+        (status = 200, description = "Handed back to the queue without using an attempt", body = Finished),
+        (status = 409, description = "Not this agent's running task", body = ErrorBody),
+    ))]
+fn runtime_release() {}
 
 #[utoipa::path(get, path = "/api/v1/analytics/summary", tag = "analytics",
     params(("window" = Option<String>, Query, pattern = "^(1h|24h|7d)$", description = "1h, 24h (default) or 7d")),
@@ -752,6 +810,13 @@ fn query_pattern(path: &str, name: &str) -> Option<String> {
         "limit" | "cursor" => r"\+?0*[1-9][0-9]{0,17}",
         "status" => "queued|running|completed|failed|canceled",
         "capability" => "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
+        // The forms `Uuid::parse_str` reads: hyphenated, simple, braced and URN.
+        "agent_id" => concat!(
+            "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+            "|[0-9a-fA-F]{32}",
+            "|\\{[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\\}",
+            "|urn:uuid:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+        ),
         _ => return None,
     };
     Some(format!("^{TRIMMED}({body})?{TRIMMED}$"))

@@ -22,6 +22,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 /// Largest publish body: the contract's 64 KiB.
 pub const PUBLISH_BODY_LIMIT: usize = 64 * 1024;
@@ -118,25 +120,68 @@ async fn register(
     transport: TransportKind,
     since: Option<String>,
 ) -> Result<Connection, ApiError> {
-    // Checked before the upgrade so the client gets a 429 it can read. Two connections
-    // racing for the last place can both get it: the cap is a bound on a stranger's
-    // reach, not an exact count.
-    let cap = state.http.realtime_connections_per_user;
-    if state.hub.user_connection_count(principal.user_id) >= cap {
-        return Err(ApiError::RateLimited {
-            retry_after: std::time::Duration::from_secs(30),
-        });
-    }
     let request = ConnectRequest {
         user: principal.user_id,
         credential: Some(principal.credential),
         transport,
         since,
     };
-    state.hub.connect(request).await.map_err(|err| match err {
-        ConnectError::ShuttingDown => ApiError::Unavailable("draining for shutdown".into()),
-        ConnectError::Revoked => ApiError::Unauthorized,
-    })
+    // Checked before the upgrade so the client gets a 429 it can read.
+    state
+        .realtime_admission
+        .connect(
+            &state.hub,
+            request,
+            state.http.realtime_connections_per_user,
+        )
+        .await
+}
+
+/// The per-user cap on real-time connections, exact under parallel connects: one user's
+/// connects take turns (the check and the hub's registration happen in one turn), while
+/// different users' connects never wait for each other.
+#[derive(Default)]
+pub struct Admission {
+    // A std mutex: held only to find or drop a user's turn lock, never across an await.
+    turns: Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// How long a connect waits for its user's turn before it is told to come back.
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Admission {
+    /// Registers the connection with the hub unless its user is at `cap` (429).
+    async fn connect(
+        &self,
+        hub: &crate::realtime::Hub,
+        request: ConnectRequest,
+        cap: usize,
+    ) -> Result<Connection, ApiError> {
+        let user = request.user;
+        let turn = {
+            let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+            turns.entry(user).or_default().clone()
+        };
+        let result = match tokio::time::timeout(TURN_WAIT, turn.lock()).await {
+            Err(_) => Err(ApiError::Busy {
+                retry_after: std::time::Duration::from_secs(5),
+            }),
+            Ok(_turn) if hub.user_connection_count(user) >= cap => Err(ApiError::RateLimited {
+                retry_after: std::time::Duration::from_secs(30),
+            }),
+            Ok(_turn) => hub.connect(request).await.map_err(|err| match err {
+                ConnectError::ShuttingDown => ApiError::Unavailable("draining for shutdown".into()),
+                ConnectError::Revoked => ApiError::Unauthorized,
+            }),
+        };
+        // The last one out removes the user's lock: clones are only made under the map
+        // lock, so two references (the map's and ours) mean nobody else holds or waits.
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        if Arc::strong_count(&turn) == 2 {
+            turns.remove(&user);
+        }
+        result
+    }
 }
 
 /// `GET /api/v1/ws/stats` (public).

@@ -1,12 +1,14 @@
 //! `/api/v1/runtime`: what an agent process calls with its `zsa_…` token: claim (a long
-//! poll), progress (renews the lease), complete and fail.
+//! poll, one task or a batch), progress (renews the lease), complete, fail and release
+//! (hand back on a clean stop).
 
 use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{parse_json, presented_secret, JsonBody, Presented};
 use super::state::AppState;
 use crate::auth::secret::{self, AGENT_TOKEN_PREFIX};
-use crate::domain::TaskId;
-use crate::store::{AgentRecord, Outcome, StoreError};
+use crate::domain::{Capability, TaskId};
+use crate::store::{AgentRecord, Outcome, StoreError, TaskRecord};
+use crate::tasks::MAX_CLAIM_BATCH;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
@@ -14,7 +16,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/runtime/tasks/{id}/progress", post(progress))
         .route("/api/v1/runtime/tasks/{id}/complete", post(complete))
         .route("/api/v1/runtime/tasks/{id}/fail", post(fail))
+        .route("/api/v1/runtime/tasks/{id}/release", post(release))
 }
 
 /// An agent authenticated by its `zsa_…` token (Bearer only: agents are not browsers).
@@ -50,6 +54,8 @@ impl FromRequestParts<AppState> for AgentAuth {
 #[derive(Deserialize, Default, utoipa::ToSchema)]
 pub(super) struct ClaimBody {
     wait_s: Option<f64>,
+    /// Present: a batch claim answered `{"tasks":[…]}`.
+    max_tasks: Option<i64>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -67,8 +73,8 @@ pub(super) struct CompleteBody {
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct FailBody {
     error: String,
-    #[serde(default)]
-    retryable: bool,
+    /// Only an explicit `false` fails the task at once; absent means retry.
+    retryable: Option<bool>,
 }
 
 #[tracing::instrument(skip_all, fields(agent_id = %agent.id))]
@@ -88,18 +94,42 @@ async fn claim(
         Some(w) if (0.0..=30.0).contains(&w) => Duration::from_secs_f64(w),
         Some(_) => return Err(ApiError::invalid("wait_s must be between 0 and 30")),
     };
-    match state.tasks.claim(&agent, wait).await? {
-        None => Ok(StatusCode::NO_CONTENT.into_response()),
-        Some(task) => Ok(Json(json!({
-            "task": {
-                "id": task.id,
-                "query": task.query,
-                "capability": task.capability,
-                "attempt": task.attempts,
-                "lease_expires_at": task.lease_expires_at,
-            }
-        }))
-        .into_response()),
+    let max = match body.max_tasks {
+        None => 1,
+        Some(n) if (1..=i64::from(MAX_CLAIM_BATCH)).contains(&n) => n as u32,
+        Some(_) => return Err(ApiError::invalid("max_tasks must be between 1 and 32")),
+    };
+    let tasks = state.tasks.claim(&agent, wait, max).await?;
+    if tasks.is_empty() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let claimed: Vec<ClaimedView> = tasks.into_iter().map(ClaimedView::from).collect();
+    let body = match body.max_tasks {
+        Some(_) => json!({ "tasks": claimed }),
+        None => json!({ "task": claimed.into_iter().next() }),
+    };
+    Ok(Json(body).into_response())
+}
+
+/// A claimed task as its agent sees it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ClaimedView {
+    id: TaskId,
+    query: String,
+    capability: Capability,
+    attempt: u32,
+    lease_expires_at: Option<DateTime<Utc>>,
+}
+
+impl From<TaskRecord> for ClaimedView {
+    fn from(task: TaskRecord) -> Self {
+        Self {
+            id: task.id,
+            query: task.query,
+            capability: task.capability,
+            attempt: task.attempts,
+            lease_expires_at: task.lease_expires_at,
+        }
     }
 }
 
@@ -171,10 +201,25 @@ async fn fail(
             id,
             Outcome::Failed {
                 error,
-                retryable: body.retryable,
+                retryable: body.retryable != Some(false),
             },
         )
         .await?;
+    Ok(Json(
+        json!({ "task_id": task.id, "status": task.status, "attempts": task.attempts }),
+    ))
+}
+
+/// Hands the task back without using an attempt (the agent is stopping cleanly); the
+/// agent counts as offline until its next call. The body, if any, is ignored.
+#[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
+async fn release(
+    State(state): State<AppState>,
+    AgentAuth(agent): AgentAuth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = path_id(&id, TaskId::parse, "task")?;
+    let task = state.tasks.release(&agent, id).await?;
     Ok(Json(
         json!({ "task_id": task.id, "status": task.status, "attempts": task.attempts }),
     ))

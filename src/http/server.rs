@@ -148,7 +148,10 @@ async fn accept_loop(
             _ => None,
         };
         let _ = stream.set_nodelay(true);
-        let guard = open.enter();
+        // The drain waits for the connections it found; one opened during the drain (a
+        // probe reading `/ready`'s 503) is served while the listener is open, but a
+        // stranger who connects and sends nothing cannot hold the shutdown with it.
+        let guard = (!drain.is_cancelled()).then(|| open.enter());
         let conn = serve_connection(
             stream,
             peer,

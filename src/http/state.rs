@@ -21,6 +21,8 @@ pub struct AppState {
     pub throttle: Arc<LoginThrottle>,
     /// Sign-ups per client address.
     pub registrations: Arc<RegistrationLimiter>,
+    /// Places being taken under the per-user real-time connection cap.
+    pub realtime_admission: Arc<super::realtime::Admission>,
     /// Password hashing, one hash per core at a time.
     pub hasher: Hasher,
     /// Settings the HTTP layer needs.

@@ -1,14 +1,17 @@
-//! `/api/v1/tasks`: submit, list, read, status, result and cancel. Users see only their
-//! own tasks (another user's task is 404, as if it did not exist); admins may read any
-//! and list all with `?all=true`.
+//! `/api/v1/tasks`: submit, list, read, status, result, attempts, cancel and retry.
+//! Users see only their own tasks (another user's task is 404, as if it did not exist);
+//! admins may read any and list all with `?all=true`.
 
 use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{AuthUser, JsonBody};
 use super::state::AppState;
 use crate::auth::Principal;
-use crate::domain::{AgentId, Capability, Priority, TaskId, TaskQuery, TaskStatus, TimeoutSecs};
-use crate::store::{TaskFilter, TaskRecord};
-use crate::tasks::{Submission, TaskError, Viewer};
+use crate::domain::{
+    AgentId, AttemptOutcome, Capability, IdempotencyKey, MaxAttempts, Priority, TaskId, TaskQuery,
+    TaskStatus, TimeoutSecs,
+};
+use crate::store::{AttemptRecord, TaskFilter, TaskRecord};
+use crate::tasks::{RunAt, Standing, Submission, Submitted, TaskError, Viewer};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
@@ -31,7 +34,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/tasks/{id}", get(read).delete(cancel))
         .route("/api/v1/tasks/{id}/status", get(status))
         .route("/api/v1/tasks/{id}/result", get(result))
+        .route("/api/v1/tasks/{id}/attempts", get(attempts))
         .route("/api/v1/tasks/{id}/cancel", post(cancel))
+        .route("/api/v1/tasks/{id}/retry", post(retry))
 }
 
 impl From<TaskError> for ApiError {
@@ -94,14 +99,20 @@ pub struct TaskView {
     result: Option<serde_json::Value>,
     error: Option<String>,
     attempts: u32,
+    max_attempts: u32,
+    idempotency_key: Option<String>,
+    run_at: Option<DateTime<Utc>>,
+    /// Its place in the queue (1 = next); null unless queued.
+    queue_position: Option<i64>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     completed_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
 }
 
-impl From<TaskRecord> for TaskView {
-    fn from(t: TaskRecord) -> Self {
+impl TaskView {
+    /// The task with where it stands in the queue (see `TaskService::standing`).
+    pub fn new(t: TaskRecord, standing: Standing) -> Self {
         Self {
             id: t.id,
             user_id: t.user_id,
@@ -114,10 +125,44 @@ impl From<TaskRecord> for TaskView {
             result: t.result,
             error: t.error,
             attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            idempotency_key: t.idempotency_key,
+            run_at: t.run_at,
+            queue_position: standing.queue_position,
             created_at: t.created_at,
             started_at: t.started_at,
             completed_at: t.completed_at,
             updated_at: t.updated_at,
+        }
+    }
+
+    /// Reads where the task stands and builds its view (one count query if queued).
+    pub async fn load(state: &AppState, task: TaskRecord) -> ApiResult<Self> {
+        let standing = state.tasks.standing(&task).await?;
+        Ok(Self::new(task, standing))
+    }
+}
+
+/// One attempt as `GET …/attempts` shows it.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct AttemptView {
+    attempt: u32,
+    agent_id: Option<AgentId>,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+    outcome: AttemptOutcome,
+    error: Option<String>,
+}
+
+impl From<AttemptRecord> for AttemptView {
+    fn from(a: AttemptRecord) -> Self {
+        Self {
+            attempt: a.attempt,
+            agent_id: a.agent_id,
+            started_at: a.started_at,
+            ended_at: a.ended_at,
+            outcome: a.outcome,
+            error: a.error,
         }
     }
 }
@@ -136,11 +181,17 @@ pub(super) struct SubmitBody {
     agent_id: Option<String>,
     priority: Option<String>,
     timeout_s: Option<i64>,
+    max_attempts: Option<i64>,
+    idempotency_key: Option<String>,
+    run_at: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ListQuery {
     status: Option<String>,
+    q: Option<String>,
+    capability: Option<String>,
+    agent_id: Option<String>,
     all: Option<String>,
     #[serde(flatten)]
     page: PageQuery,
@@ -167,10 +218,33 @@ async fn submit(
             None => TimeoutSecs::DEFAULT,
             Some(raw) => TimeoutSecs::parse(raw)?,
         },
+        max_attempts: match body.max_attempts {
+            None => MaxAttempts::DEFAULT,
+            Some(raw) => MaxAttempts::parse(raw)?,
+        },
+        idempotency_key: body
+            .idempotency_key
+            .map(IdempotencyKey::parse)
+            .transpose()?,
+        run_at: body
+            .run_at
+            .as_deref()
+            .map(|raw| RunAt::parse(raw, Utc::now()))
+            .transpose()?,
     };
-    let task = state.tasks.submit(principal.user_id, submission).await?;
-    let body = json!({ "task_id": task.id, "status": task.status, "task": TaskView::from(task) });
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    let (status, task, duplicate) = match state.tasks.submit(principal.user_id, submission).await? {
+        Submitted::New(task) => (StatusCode::ACCEPTED, task, false),
+        Submitted::Duplicate(task) => (StatusCode::OK, task, true),
+    };
+    let mut body = json!({
+        "task_id": task.id,
+        "status": task.status,
+        "task": TaskView::load(&state, task).await?,
+    });
+    if duplicate {
+        body["duplicate"] = json!(true);
+    }
+    Ok((status, Json(body)))
 }
 
 async fn list(
@@ -194,14 +268,27 @@ async fn list(
         None | Some("") => None,
         Some(raw) => Some(TaskStatus::parse(raw)?),
     };
+    let text = |raw: Option<String>| raw.filter(|v| !v.trim().is_empty());
     let filter = TaskFilter {
         user: (!all).then_some(principal.user_id),
         status,
+        q: text(query.q),
+        capability: text(query.capability)
+            .as_deref()
+            .map(Capability::parse)
+            .transpose()?,
+        agent_id: text(query.agent_id)
+            .as_deref()
+            .map(AgentId::parse)
+            .transpose()?,
         cursor,
         limit,
     };
     let page = state.tasks.list(&filter).await?;
-    let tasks: Vec<TaskView> = page.items.into_iter().map(TaskView::from).collect();
+    let mut tasks = Vec::with_capacity(page.items.len());
+    for task in page.items {
+        tasks.push(TaskView::load(&state, task).await?);
+    }
     Ok(Json(json!({
         "tasks": tasks,
         "next_cursor": page.next_cursor.map(|c| c.to_string()),
@@ -225,18 +312,56 @@ impl FromRequestParts<AppState> for VisibleTask {
     }
 }
 
-async fn read(VisibleTask(task): VisibleTask) -> Json<TaskView> {
-    Json(task.into())
+async fn read(
+    State(state): State<AppState>,
+    VisibleTask(task): VisibleTask,
+) -> ApiResult<Json<TaskView>> {
+    Ok(Json(TaskView::load(&state, task).await?))
 }
 
-async fn status(VisibleTask(task): VisibleTask) -> Json<serde_json::Value> {
-    Json(json!({
+async fn status(
+    State(state): State<AppState>,
+    VisibleTask(task): VisibleTask,
+) -> ApiResult<Json<serde_json::Value>> {
+    let standing = state.tasks.standing(&task).await?;
+    Ok(Json(json!({
         "task_id": task.id,
         "status": task.status,
         "progress": task.progress,
         "agent_id": task.agent_id,
         "updated_at": task.updated_at,
-    }))
+        "queue_position": standing.queue_position,
+        "waiting_for": standing.waiting_for,
+    })))
+}
+
+async fn attempts(
+    State(state): State<AppState>,
+    VisibleTask(task): VisibleTask,
+) -> ApiResult<Json<serde_json::Value>> {
+    let attempts: Vec<AttemptView> = state
+        .tasks
+        .attempts(&task)
+        .await?
+        .into_iter()
+        .map(AttemptView::from)
+        .collect();
+    Ok(Json(json!({ "attempts": attempts })))
+}
+
+/// Runs a finished task again as a new task (202); 409 `not_finished` before.
+#[tracing::instrument(skip_all, fields(task_id = %task.id))]
+async fn retry(
+    State(state): State<AppState>,
+    VisibleTask(task): VisibleTask,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let task = state.tasks.retry(&task).await?;
+    let body = json!({
+        "task_id": task.id,
+        "status": task.status,
+        "task": TaskView::load(&state, task).await?,
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }
 
 async fn result(VisibleTask(task): VisibleTask) -> ApiResult<Json<serde_json::Value>> {

@@ -5,14 +5,17 @@
 //! stalled client pin a lot of memory (256 tiny frames are nothing; 256 frames of
 //! 64 KiB are 16 MiB). Overflow never waits and never drops silently: the connection is
 //! marked slow and closed with 4008, and the client resumes from its cursor.
+//!
+//! Beside the queue sits a resync request: the hub's way to tell a connection that the
+//! broker broke its ordering promise and the connection must re-read history (or send
+//! `reset`) before it sends anything newer.
 
 use super::disconnect::{Disconnect, DisconnectSignal};
 use super::protocol::Frame;
-use crate::auth::Credential;
-use crate::domain::UserId;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use tokio::sync::mpsc;
+use crate::domain::{Credential, UserId};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, Notify};
 
 /// Most frames waiting for one connection.
 pub const MAX_QUEUED_FRAMES: usize = 256;
@@ -54,6 +57,8 @@ pub(crate) struct Slot {
     pub queued_bytes: Arc<AtomicUsize>,
     /// Tells its task to close.
     pub signal: DisconnectSignal,
+    /// Tells its task to resync from history (out-of-order delivery).
+    pub resync: Arc<Resync>,
 }
 
 /// The outcome of offering a frame to a connection.
@@ -121,5 +126,57 @@ impl ClientQueue {
         let frame = self.rx.recv().await?;
         self.queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
         Some(frame)
+    }
+}
+
+/// What a connection must re-read from history, merged over every request made since
+/// it last looked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ResyncRange {
+    /// The oldest publication the connection may have missed.
+    pub missed_from: i64,
+    /// Everything up to here is in history and must be sent before anything newer.
+    pub upto: i64,
+}
+
+/// A pending resync request: set by the hub (under the registry lock, never waiting),
+/// taken by the connection task. The flag keeps the normal path to one atomic load.
+#[derive(Default)]
+pub(crate) struct Resync {
+    pending: AtomicBool,
+    range: Mutex<Option<ResyncRange>>,
+    /// Wakes a connection task idle in `recv`.
+    wake: Notify,
+}
+
+impl Resync {
+    /// Asks the connection to resync (merged with any request not yet taken).
+    pub fn request(&self, missed_from: i64, upto: i64) {
+        let mut range = self.range.lock().unwrap_or_else(|p| p.into_inner());
+        *range = Some(match *range {
+            Some(r) => ResyncRange {
+                missed_from: r.missed_from.min(missed_from),
+                upto: r.upto.max(upto),
+            },
+            None => ResyncRange { missed_from, upto },
+        });
+        self.pending.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// The pending request, if any, clearing it.
+    pub fn take(&self) -> Option<ResyncRange> {
+        if !self.pending.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut range = self.range.lock().unwrap_or_else(|p| p.into_inner());
+        self.pending.store(false, Ordering::Release);
+        range.take()
+    }
+
+    /// Resolves when a request is made (or one was made since the last wait).
+    /// Cancel-safe.
+    pub async fn requested(&self) {
+        self.wake.notified().await
     }
 }

@@ -1,16 +1,17 @@
 //! The message log behind resume: every durable message is appended here before it is
 //! delivered, and a reconnecting client is replayed from it.
 //!
-//! The hub only knows this trait; the store implements it (the hub never names a store
-//! type). There is one log-wide sequence: a message's position is the same for every
-//! recipient, so its frame is serialized once. A user's stream is their own messages
-//! plus the broadcasts; retention is applied per stream (`'*'` is the broadcast stream)
+//! The local broker keeps its history through this trait (the hub's port); `app.rs`
+//! adapts the store's `MessageStore` to it, so the hub never names a store type.
+//!
+//! There is one log-wide sequence: a message's position is the same for every recipient,
+//! so its frame is serialized once. A user's stream is their own messages plus the
+//! broadcasts; retention is applied per stream (`'*'` is the broadcast stream)
 //! and each stream remembers how far it was pruned, so a resume can tell "nothing
 //! missed" from "history gone".
 
 use crate::domain::UserId;
 use async_trait::async_trait;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// How much history is kept. A message is deleted only when it is BOTH beyond the
@@ -106,43 +107,4 @@ pub trait MessageLog: Send + Sync + 'static {
 
     /// How many messages the log holds now.
     async fn count(&self) -> anyhow::Result<u64>;
-}
-
-/// Lets a shared handle (`Arc<dyn Store>`) stand where a log is expected, without
-/// relying on trait-object upcasting.
-#[async_trait]
-impl<T: MessageLog + ?Sized> MessageLog for Arc<T> {
-    async fn epoch(&self) -> anyhow::Result<String> {
-        (**self).epoch().await
-    }
-    async fn last_seq(&self) -> anyhow::Result<i64> {
-        (**self).last_seq().await
-    }
-    async fn append(
-        &self,
-        user: Option<UserId>,
-        kind: &str,
-        data_json: &str,
-        created_at_ms: i64,
-    ) -> anyhow::Result<i64> {
-        (**self).append(user, kind, data_json, created_at_ms).await
-    }
-    async fn position(&self, user: UserId, upto: i64) -> anyhow::Result<StreamPosition> {
-        (**self).position(user, upto).await
-    }
-    async fn replay(
-        &self,
-        user: UserId,
-        after: i64,
-        upto: i64,
-        limit: u32,
-    ) -> anyhow::Result<Vec<StoredMessage>> {
-        (**self).replay(user, after, upto, limit).await
-    }
-    async fn prune(&self, policy: HistoryPolicy, now_ms: i64) -> anyhow::Result<u64> {
-        (**self).prune(policy, now_ms).await
-    }
-    async fn count(&self) -> anyhow::Result<u64> {
-        (**self).count().await
-    }
 }

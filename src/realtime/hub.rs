@@ -1,36 +1,41 @@
-//! The hub: live connections by user, the single publisher that orders every message,
+//! The hub: live connections by user, delivery of the broker's publications to them,
 //! and the resume handshake.
 //!
-//! Ordering and no-gap resume rest on one rule: the publisher task appends a message to
-//! the log (getting its sequence number), then fans it out under the registry lock, and
-//! a connection registers under that same lock, reading the last fanned-out sequence
-//! number there. So every message is either at or below that number (the connection
-//! replays it from the log) or above it (the connection gets it live), never both and
-//! never neither. The registry lock is a std mutex held only for map updates and
-//! `try_send`s, never across an `.await` (mini-redis's `db.rs` explains why that is the
-//! right lock for such short sections).
+//! Ordering and no-gap resume rest on one rule: the broker hands this node every
+//! publication in sequence order, each already in history (its contract, in
+//! `broker/mod.rs`), and the hub fans each out under the registry lock, recording its
+//! sequence number as the last delivered; a connection registers under that same lock,
+//! reading the last delivered sequence number there. So every message is either at or
+//! below that number (the connection replays it from history) or above it (the
+//! connection gets it live), never both and never neither. The registry lock is a std
+//! mutex held only for map updates and `try_send`s, never across an `.await`
+//! (mini-redis's `db.rs` explains why that is the right lock for such short sections).
+//!
+//! The hub checks the broker's half instead of trusting it: each publication names its
+//! predecessor, and one that arrives late (older than the last delivered) or after a
+//! gap is logged, counted (`zerostate_realtime_out_of_order_total`) and repaired by
+//! asking the affected connections to resync from history, or to `reset` when they
+//! already sent something newer. Nothing is dropped silently.
 
-use super::client::{ClientQueue, ConnId, Offer, Slot, TransportKind};
+use super::broker::{Broker, NewPublication, Publication, Subscription};
+use super::client::{ClientQueue, ConnId, Resync, Slot, TransportKind};
+use super::connection::{Connection, Replay};
 use super::disconnect::{Disconnect, DisconnectSignal};
-use super::history::{HistoryPolicy, MessageLog, StreamPosition};
+use super::history::{HistoryPolicy, StreamPosition};
 use super::protocol::{self, Frame, ResetReason};
+use super::registry::Registry;
+use super::stats::{HubStats, Stats};
 use super::{Published, Target};
-use crate::auth::Credential;
-use crate::domain::{Cursor, MessageType, UserId};
+use crate::domain::{Credential, Cursor, MessageType, UserId};
 use crate::shutdown::Shutdown;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 
-/// Publish requests waiting for the publisher; callers wait (backpressure) beyond this.
-const PUBLISH_QUEUE: usize = 1024;
-/// Messages read from the log per replay query.
-const REPLAY_PAGE: u32 = 200;
 /// How long a revoked credential is remembered, to refuse a connection that
 /// authenticated just before the revocation but registers just after it.
 const REVOKED_MEMORY: Duration = Duration::from_secs(120);
@@ -39,114 +44,26 @@ const REVOKED_MEMORY: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct Hub {
     shared: Arc<Shared>,
-    publish_tx: mpsc::Sender<PublishRequest>,
 }
 
-struct Shared {
-    log: Arc<dyn MessageLog>,
-    /// The log's epoch, the first half of every cursor.
-    epoch: String,
-    policy: HistoryPolicy,
-    registry: Mutex<Registry>,
-    next_id: AtomicU64,
-    counters: Counters,
+/// State shared by the hub, its delivery task and every connection.
+pub(crate) struct Shared {
+    /// Publish-plus-history and delivery.
+    pub broker: Arc<dyn Broker>,
+    /// The history's epoch, the first half of every cursor.
+    pub epoch: String,
+    /// Retention, applied by `run_maintenance`.
+    pub policy: HistoryPolicy,
+    /// Live connections and the last delivered position.
+    pub registry: Mutex<Registry>,
+    /// Connection ids.
+    pub next_id: AtomicU64,
+    /// Counters and metrics.
+    pub stats: HubStats,
     /// Woken when the last connection ends (for draining at shutdown).
-    idle: Notify,
-}
-
-#[derive(Default)]
-struct Registry {
-    conns: HashMap<ConnId, Slot>,
-    by_user: HashMap<UserId, HashSet<ConnId>>,
-    by_credential: HashMap<Credential, HashSet<ConnId>>,
-    /// The newest sequence number fanned out; see the module docs.
-    last_published_seq: i64,
-    /// Set at shutdown: no new connections.
-    closed: bool,
-    recently_revoked: HashMap<Credential, Instant>,
-}
-
-impl Registry {
-    fn insert(&mut self, slot: Slot) {
-        self.by_user.entry(slot.user).or_default().insert(slot.id);
-        if let Some(c) = slot.credential {
-            self.by_credential.entry(c).or_default().insert(slot.id);
-        }
-        self.conns.insert(slot.id, slot);
-    }
-
-    fn remove(&mut self, id: ConnId) -> Option<Slot> {
-        let slot = self.conns.remove(&id)?;
-        if let Some(set) = self.by_user.get_mut(&slot.user) {
-            set.remove(&id);
-            if set.is_empty() {
-                self.by_user.remove(&slot.user);
-            }
-        }
-        if let Some(c) = slot.credential {
-            if let Some(set) = self.by_credential.get_mut(&c) {
-                set.remove(&id);
-                if set.is_empty() {
-                    self.by_credential.remove(&c);
-                }
-            }
-        }
-        Some(slot)
-    }
-}
-
-#[derive(Default)]
-struct Counters {
-    total: AtomicU64,
-    current_ws: AtomicU64,
-    current_sse: AtomicU64,
-    messages_sent: AtomicU64,
-    published: AtomicU64,
-    slow: AtomicU64,
-    resumes: AtomicU64,
-    resets: AtomicU64,
-    history_size: AtomicU64,
-}
-
-impl Counters {
-    fn current(&self, kind: TransportKind) -> &AtomicU64 {
-        match kind {
-            TransportKind::WebSocket => &self.current_ws,
-            TransportKind::Sse => &self.current_sse,
-        }
-    }
-}
-
-/// Counters for `GET /api/v1/ws/stats` (this node).
-#[derive(Debug, Clone, Serialize)]
-pub struct Stats {
-    /// Connections accepted since start.
-    pub total_connections: u64,
-    /// Connections open now.
-    pub current_connections: u64,
-    /// Messages written to sockets (control messages included).
-    pub messages_sent: u64,
-    /// Open connections by transport.
-    pub connections_by_transport: TransportCounts,
-    /// Durable messages published since start.
-    pub messages_published: u64,
-    /// Connections closed with 4008 since start.
-    pub slow_disconnects: u64,
-    /// Resumes that replayed the gap.
-    pub resumes: u64,
-    /// Resumes answered with `reset`.
-    pub resets: u64,
-    /// Messages kept for resume (as of the last prune).
-    pub history_size: u64,
-}
-
-/// Open connections per transport.
-#[derive(Debug, Clone, Serialize)]
-pub struct TransportCounts {
-    /// WebSocket connections.
-    pub websocket: u64,
-    /// Server-Sent Events streams.
-    pub sse: u64,
+    pub idle: Notify,
+    /// Callers of `publish` waiting for their publication's delivery on this node.
+    pub waiters: Waiters,
 }
 
 /// What a transport asks for when a client connects.
@@ -171,69 +88,90 @@ pub enum ConnectError {
     Revoked,
 }
 
-struct PublishRequest {
-    target: Target,
-    kind: MessageType,
-    data: serde_json::Value,
-    reply: oneshot::Sender<anyhow::Result<Published>>,
-}
-
 impl Hub {
-    /// Opens the hub on a message log and starts its publisher task. Must be called
-    /// inside a tokio runtime.
-    pub async fn start(log: Arc<dyn MessageLog>, policy: HistoryPolicy) -> anyhow::Result<Self> {
-        let epoch = log.epoch().await.context("reading the message log epoch")?;
-        let last_seq = log
-            .last_seq()
+    /// Opens the hub on a broker: reads the epoch, subscribes, and starts the delivery
+    /// task that fans the subscription out. Must be called inside a tokio runtime.
+    pub async fn start(broker: Arc<dyn Broker>, policy: HistoryPolicy) -> anyhow::Result<Self> {
+        let epoch = broker.epoch().await.context("reading the history epoch")?;
+        let subscription = broker
+            .subscribe()
             .await
-            .context("reading the message log position")?;
-        let history_size = log.count().await.unwrap_or_default();
+            .context("subscribing to the broker")?;
+        let history_size = broker.history_size().await.unwrap_or_default();
         let shared = Arc::new(Shared {
-            log,
+            broker,
             epoch,
             policy,
             registry: Mutex::new(Registry {
-                last_published_seq: last_seq,
+                last_delivered: subscription.start,
                 ..Default::default()
             }),
             next_id: AtomicU64::new(1),
-            counters: Counters::default(),
+            stats: HubStats::default(),
             idle: Notify::new(),
+            waiters: Waiters::new(),
         });
-        shared
-            .counters
-            .history_size
-            .store(history_size, Ordering::Relaxed);
-        metrics::gauge!("zerostate_realtime_history_messages").set(history_size as f64);
-        let (publish_tx, publish_rx) = mpsc::channel(PUBLISH_QUEUE);
-        tokio::spawn(run_publisher(shared.clone(), publish_rx));
-        Ok(Self { shared, publish_tx })
+        shared.stats.history_size(history_size);
+        // Weak: the task must not keep the hub alive once every handle is gone.
+        tokio::spawn(run_delivery(Arc::downgrade(&shared), subscription));
+        Ok(Self { shared })
     }
 
     /// Persists the message in history (giving it a cursor) and routes it to the live
-    /// connections of its target, in publish order.
+    /// connections of its target, in publish order; returns once this node has fanned
+    /// it out.
     ///
-    /// The work is done by the publisher task, so a caller that gives up waiting (a
-    /// dropped request) cannot leave a message appended but not delivered.
+    /// The broker does the work, so a caller that gives up waiting (a dropped future)
+    /// cannot leave a message appended but not delivered.
     pub async fn publish(
         &self,
         target: Target,
         kind: MessageType,
         data: serde_json::Value,
     ) -> anyhow::Result<Published> {
-        let (reply, answer) = oneshot::channel();
-        self.publish_tx
-            .send(PublishRequest {
+        let data_json = serde_json::to_string(&data)?;
+        let waiter = self
+            .shared
+            .waiters
+            .register()
+            .context("the real-time delivery task has stopped")?;
+        self.shared
+            .broker
+            .publish(NewPublication {
                 target,
-                kind,
-                data,
-                reply,
+                kind: kind.as_str().to_owned(),
+                data_json,
+                created_at_ms: Utc::now().timestamp_millis(),
+                origin: Some(waiter.token),
             })
+            .await?;
+        let delivered = waiter
+            .wait()
             .await
-            .map_err(|_| anyhow::anyhow!("the real-time publisher has stopped"))?;
-        answer
-            .await
-            .map_err(|_| anyhow::anyhow!("the real-time publisher has stopped"))?
+            .context("the real-time delivery task has stopped")?;
+        Ok(Published { delivered })
+    }
+
+    /// Queues a transient message to the live connections of one user on this node:
+    /// no history, no cursor, nothing to resume (a client that is not connected, or
+    /// reconnects, never sees it). For high-rate, disposable output (a task's output
+    /// stream) whose durable outcome is published separately. Never waits; a
+    /// connection whose queue is full is closed with 4008 like for any message.
+    ///
+    /// Single node: it reaches the connections of this node only; a cluster broker
+    /// would carry it to the other nodes the same way, without history.
+    pub fn send_transient(
+        &self,
+        user: UserId,
+        kind: MessageType,
+        data: serde_json::Value,
+    ) -> Published {
+        let frame = protocol::transient(kind.as_str(), &data);
+        let fan_out = self.shared.lock().fan_out(Target::User(user), &frame);
+        self.shared.stats.slow_disconnects(fan_out.overflowed);
+        Published {
+            delivered: fan_out.delivered,
+        }
     }
 
     /// Registers a connection and prepares what it sends first: `welcome`, then (with
@@ -243,6 +181,7 @@ impl Hub {
         let shared = &self.shared;
         let (tx, queue) = ClientQueue::new();
         let signal = DisconnectSignal::default();
+        let resync = Arc::<Resync>::default();
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         let upto = {
             let mut reg = shared.lock();
@@ -261,16 +200,11 @@ impl Hub {
                 tx,
                 queued_bytes: queue.queued_bytes.clone(),
                 signal: signal.clone(),
+                resync: resync.clone(),
             });
-            reg.last_published_seq
+            reg.last_delivered
         };
-        shared.counters.total.fetch_add(1, Ordering::Relaxed);
-        shared
-            .counters
-            .current(req.transport)
-            .fetch_add(1, Ordering::Relaxed);
-        metrics::gauge!("zerostate_realtime_connections", "transport" => req.transport.as_str())
-            .increment(1.0);
+        shared.stats.connection_opened(req.transport);
         // From here on, dropping the connection unregisters it.
         let mut conn = Connection {
             id,
@@ -279,14 +213,19 @@ impl Hub {
             shared: shared.clone(),
             queue,
             signal,
+            resync,
             pending: VecDeque::new(),
             replay: None,
             last_seq: upto,
         };
 
-        let position = shared.log.position(req.user, upto).await;
+        let position = shared
+            .broker
+            .position(req.user, upto)
+            .await
+            .map_err(anyhow::Error::from);
         if let Err(err) = &position {
-            tracing::warn!(error = format!("{err:#}"), "reading the message log failed");
+            tracing::warn!(error = format!("{err:#}"), "reading the history failed");
         }
         let welcome_seq = match &position {
             // A stream pruned past its newest message still has a position: the watermark.
@@ -304,12 +243,11 @@ impl Hub {
                         from,
                         upto,
                         replayed: 0,
+                        announce: true,
                     });
                 }
                 Err(reason) => {
-                    shared.counters.resets.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("zerostate_realtime_resets_total", "reason" => reason.as_str())
-                        .increment(1);
+                    shared.stats.reset(reason);
                     conn.pending.push_back(protocol::reset(reason));
                 }
             }
@@ -360,11 +298,11 @@ impl Hub {
             let notified = self.shared.idle.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.shared.current_connections() == 0 {
+            if self.shared.stats.current_connections() == 0 {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.shared.current_connections() == 0;
+                return self.shared.stats.current_connections() == 0;
             }
         }
     }
@@ -375,25 +313,12 @@ impl Hub {
             .lock()
             .by_user
             .get(&user)
-            .map_or(0, HashSet::len)
+            .map_or(0, std::collections::HashSet::len)
     }
 
     /// This node's counters.
     pub fn stats(&self) -> Stats {
-        let c = &self.shared.counters;
-        let ws = c.current_ws.load(Ordering::Relaxed);
-        let sse = c.current_sse.load(Ordering::Relaxed);
-        Stats {
-            total_connections: c.total.load(Ordering::Relaxed),
-            current_connections: ws + sse,
-            messages_sent: c.messages_sent.load(Ordering::Relaxed),
-            connections_by_transport: TransportCounts { websocket: ws, sse },
-            messages_published: c.published.load(Ordering::Relaxed),
-            slow_disconnects: c.slow.load(Ordering::Relaxed),
-            resumes: c.resumes.load(Ordering::Relaxed),
-            resets: c.resets.load(Ordering::Relaxed),
-            history_size: c.history_size.load(Ordering::Relaxed),
-        }
+        self.shared.stats.snapshot()
     }
 
     /// Runs the history retention job until shutdown.
@@ -410,19 +335,15 @@ impl Hub {
 
     /// Applies the retention policy once and refreshes the history size.
     pub async fn prune_once(&self) {
-        let log = &self.shared.log;
+        let broker = &self.shared.broker;
         let now = Utc::now().timestamp_millis();
-        match log.prune(self.shared.policy, now).await {
+        match broker.prune(self.shared.policy, now).await {
             Ok(0) => {}
             Ok(deleted) => tracing::debug!(deleted, "pruned real-time history"),
-            Err(err) => tracing::warn!(error = format!("{err:#}"), "pruning history failed"),
+            Err(err) => tracing::warn!(error = %err, "pruning history failed"),
         }
-        if let Ok(size) = log.count().await {
-            self.shared
-                .counters
-                .history_size
-                .store(size, Ordering::Relaxed);
-            metrics::gauge!("zerostate_realtime_history_messages").set(size as f64);
+        if let Ok(size) = broker.history_size().await {
+            self.shared.stats.history_size(size);
         }
     }
 }
@@ -430,19 +351,15 @@ impl Hub {
 impl Shared {
     /// Locks the registry. A panic while holding it (there is no code that can panic
     /// there) would poison it; the maps stay consistent, so carry on.
-    fn lock(&self) -> MutexGuard<'_, Registry> {
+    pub fn lock(&self) -> MutexGuard<'_, Registry> {
         self.registry
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn cursor(&self, seq: i64) -> Cursor {
+    /// The cursor of a sequence number in this history.
+    pub fn cursor(&self, seq: i64) -> Cursor {
         Cursor::new(self.epoch.clone(), seq)
-    }
-
-    fn current_connections(&self) -> u64 {
-        self.counters.current_ws.load(Ordering::Relaxed)
-            + self.counters.current_sse.load(Ordering::Relaxed)
     }
 
     /// Decides whether a resume from `raw` can be replayed up to `upto`.
@@ -468,229 +385,149 @@ impl Shared {
         Ok(since)
     }
 
-    /// Appends one message and fans it out; run only by the publisher task.
-    async fn publish_one(
-        &self,
-        target: Target,
-        kind: &MessageType,
-        data: &serde_json::Value,
-    ) -> anyhow::Result<Published> {
-        let data_json = serde_json::to_string(data)?;
-        let now_ms = Utc::now().timestamp_millis();
-        let user = match target {
-            Target::User(user) => Some(user),
-            Target::Everyone => None,
-        };
-        let seq = self
-            .log
-            .append(user, kind.as_str(), &data_json, now_ms)
-            .await?;
-        // The timestamp is the stored one, so a replay carries the very same bytes.
-        let at = DateTime::from_timestamp_millis(now_ms).unwrap_or_default();
-        let frame = protocol::durable(kind.as_str(), &data_json, &self.cursor(seq), at);
-        let (delivered, overflowed) = {
-            let mut reg = self.lock();
-            reg.last_published_seq = reg.last_published_seq.max(seq);
-            let mut delivered = 0;
-            let mut overflowed = Vec::new();
-            let mut offer = |slot: &Slot| match slot.offer(&frame) {
-                Offer::Queued => delivered += 1,
-                Offer::Overflowed => overflowed.push(slot.id),
-                Offer::Gone => {}
-            };
-            match target {
-                Target::User(user) => {
-                    for id in reg.by_user.get(&user).into_iter().flatten() {
-                        if let Some(slot) = reg.conns.get(id) {
-                            offer(slot);
-                        }
-                    }
-                }
-                Target::Everyone => reg.conns.values().for_each(offer),
-            }
-            // A slow connection leaves the registry at once: nothing more is queued
-            // for it while its task sends the 4008 close.
-            for id in &overflowed {
-                reg.remove(*id);
-            }
-            (delivered, overflowed.len())
-        };
-        self.counters.published.fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("zerostate_realtime_published_total").increment(1);
-        if overflowed > 0 {
-            self.counters
-                .slow
-                .fetch_add(overflowed as u64, Ordering::Relaxed);
-            metrics::counter!("zerostate_realtime_slow_disconnects_total")
-                .increment(overflowed as u64);
-            tracing::info!(
-                connections = overflowed,
-                "slow connections disconnected (4008)"
-            );
-        }
-        Ok(Published { delivered })
-    }
-}
-
-/// The publisher task: one request at a time, so fan-out follows sequence order.
-async fn run_publisher(shared: Arc<Shared>, mut requests: mpsc::Receiver<PublishRequest>) {
-    while let Some(req) = requests.recv().await {
-        let result = shared.publish_one(req.target, &req.kind, &req.data).await;
-        if let Err(err) = &result {
-            tracing::error!(error = format!("{err:#}"), kind = %req.kind, "publishing failed");
-        }
-        let _ = req.reply.send(result);
-    }
-}
-
-/// Where a resuming connection is in its replay.
-struct Replay {
-    from: Cursor,
-    /// The last sequence number replayed (or `from`).
-    after: i64,
-    /// The newest message addressed to the user among those replayed (for `resumed.to`).
-    to: i64,
-    /// The registration point: newer messages arrive live.
-    upto: i64,
-    replayed: u64,
-}
-
-/// A registered connection, owned by its transport task. Dropping it unregisters it.
-pub struct Connection {
-    id: ConnId,
-    user: UserId,
-    transport: TransportKind,
-    shared: Arc<Shared>,
-    queue: ClientQueue,
-    signal: DisconnectSignal,
-    /// Frames to send before anything else (welcome, replay page, resumed/reset).
-    pending: VecDeque<Frame>,
-    replay: Option<Replay>,
-    /// The newest durable message handed out, so a frame is never sent twice.
-    last_seq: i64,
-}
-
-impl Connection {
-    /// This connection's id (for logs).
-    pub fn id(&self) -> u64 {
-        self.id
-    }
-
-    /// The user it belongs to.
-    pub fn user(&self) -> UserId {
-        self.user
-    }
-
-    /// The next frame to send: welcome, the replay (read from the log page by page),
-    /// `resumed`/`reset`, then live frames. `None` when the hub dropped the connection
-    /// (it is then disconnected; see [`Connection::disconnected`]).
+    /// Fans one publication out to this node's connections, under the registry lock,
+    /// and advances the delivery position (see the module docs). Returns how many
+    /// connections it was queued to.
     ///
-    /// Cancel-safe: state changes only after each `.await` completes, so it can sit in
-    /// a `select!` beside the socket.
-    pub async fn next_frame(&mut self) -> Option<Frame> {
-        loop {
-            if let Some(frame) = self.pending.pop_front() {
-                return Some(frame);
+    /// A publication that breaks the broker's order is never dropped silently: a late
+    /// one (at or below the last delivered) is not queued, and the connections it is
+    /// addressed to resync from history (or `reset`, if they already sent newer
+    /// messages); after a gap (its predecessor is not the last delivered), every
+    /// connection resyncs up to it, since the missing publications' targets are
+    /// unknown. A duplicate delivery counts as late: at worst an unneeded resync.
+    pub fn deliver(&self, seq: i64, prev_seq: i64, target: Target, frame: &Frame) -> usize {
+        let fan_out = {
+            let mut reg = self.lock();
+            let last = reg.last_delivered;
+            if seq <= last {
+                reg.for_each_target(target, |slot| slot.resync.request(seq, last));
+                drop(reg);
+                self.stats.out_of_order("late");
+                tracing::error!(
+                    seq,
+                    prev_seq,
+                    last_delivered = last,
+                    "the broker delivered a publication late: resyncing its recipients"
+                );
+                return 0;
             }
-            if let Some(replay) = &self.replay {
-                let (after, upto) = (replay.after, replay.upto);
-                let page = self
-                    .shared
-                    .log
-                    .replay(self.user, after, upto, REPLAY_PAGE)
-                    .await;
-                self.apply_page(page);
-                continue;
+            if prev_seq != last {
+                let missed_from = prev_seq.min(last) + 1;
+                reg.conns
+                    .values()
+                    .for_each(|slot| slot.resync.request(missed_from, seq));
+                self.stats.out_of_order("gap");
+                tracing::error!(
+                    seq,
+                    prev_seq,
+                    last_delivered = last,
+                    "the broker skipped publications: resyncing every connection"
+                );
             }
-            let frame = self.queue.recv().await?;
-            match frame.seq() {
-                Some(seq) if seq <= self.last_seq => continue,
-                Some(seq) => self.last_seq = seq,
-                None => {}
-            }
-            return Some(frame);
-        }
+            reg.last_delivered = seq;
+            reg.fan_out(target, frame)
+        };
+        self.stats.published();
+        self.stats.slow_disconnects(fan_out.overflowed);
+        fan_out.delivered
     }
 
-    fn apply_page(&mut self, page: anyhow::Result<Vec<super::history::StoredMessage>>) {
-        let Some(replay) = self.replay.as_mut() else {
+    /// Builds the frame of a publication (serialized once for every recipient) and
+    /// delivers it; answers the publisher if it is waiting on this node.
+    fn handle(&self, p: &Publication) {
+        // The timestamp is the stored one, so a replay carries the very same bytes.
+        let at = DateTime::from_timestamp_millis(p.created_at_ms).unwrap_or_default();
+        let frame = protocol::durable(&p.kind, &p.data_json, &self.cursor(p.seq), at);
+        let delivered = self.deliver(p.seq, p.prev_seq, p.target, &frame);
+        if let Some(token) = p.origin {
+            self.waiters.answer(token, delivered);
+        }
+    }
+}
+
+/// The delivery task: consumes the broker's subscription, one publication at a time,
+/// so fan-out follows the subscription's order. Ends when the broker stops or the hub
+/// is gone.
+async fn run_delivery(shared: Weak<Shared>, mut subscription: Subscription) {
+    while let Some(publication) = subscription.recv().await {
+        let Some(shared) = shared.upgrade() else {
             return;
         };
-        let page = match page {
-            Ok(page) => page,
-            Err(err) => {
-                tracing::warn!(error = format!("{err:#}"), "replaying history failed");
-                self.replay = None;
-                self.shared.counters.resets.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("zerostate_realtime_resets_total", "reason" => "history_unavailable")
-                    .increment(1);
-                self.pending
-                    .push_back(protocol::reset(ResetReason::HistoryUnavailable));
-                return;
-            }
-        };
-        let done = page.len() < REPLAY_PAGE as usize;
-        for m in page {
-            let at = DateTime::from_timestamp_millis(m.created_at_ms).unwrap_or_default();
-            let cursor = Cursor::new(self.shared.epoch.clone(), m.seq);
-            self.pending
-                .push_back(protocol::durable(&m.kind, &m.data_json, &cursor, at));
-            replay.after = m.seq;
-            replay.to = m.seq;
-            replay.replayed += 1;
-            self.last_seq = self.last_seq.max(m.seq);
-        }
-        if done {
-            let to = self.shared.cursor(replay.to.max(replay.from.seq));
-            self.pending
-                .push_back(protocol::resumed(&replay.from, &to, replay.replayed));
-            self.replay = None;
-            self.shared.counters.resumes.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("zerostate_realtime_resumes_total").increment(1);
-        }
+        shared.handle(&publication);
     }
-
-    /// Resolves with the reason once the hub (or a revocation, or shutdown) decided
-    /// this connection must end. Cancel-safe.
-    ///
-    /// The future does not borrow the connection, so it can race `next_frame`.
-    pub fn disconnected(&self) -> impl std::future::Future<Output = Disconnect> + Send + 'static {
-        let signal = self.signal.clone();
-        async move { signal.fired().await }
-    }
-
-    /// Why the connection must end, once decided.
-    pub fn reason(&self) -> Option<Disconnect> {
-        self.signal.reason()
-    }
-
-    /// Ends the connection for a reason found by the transport (too big, idle, expiry).
-    pub fn disconnect(&self, reason: Disconnect) {
-        self.signal.fire(reason);
-    }
-
-    /// Counts a message written to the socket.
-    pub fn record_sent(&self) {
-        self.shared
-            .counters
-            .messages_sent
-            .fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("zerostate_realtime_messages_sent_total", "transport" => self.transport.as_str())
-            .increment(1);
+    if let Some(shared) = shared.upgrade() {
+        tracing::error!("the broker subscription ended: no more live delivery on this node");
+        // Nobody will answer: waiting publishers get an error instead of waiting forever.
+        shared.waiters.stop();
     }
 }
 
-impl Drop for Connection {
+/// Callers of [`Hub::publish`] waiting to learn what this node did with their
+/// publication, by the token they gave the broker.
+pub(crate) struct Waiters {
+    next: AtomicU64,
+    /// `None` once the delivery task has ended.
+    pending: Mutex<Option<HashMap<u64, oneshot::Sender<usize>>>>,
+}
+
+/// One registered waiter; dropping it (a cancelled publish) forgets it.
+pub(crate) struct Waiter<'a> {
+    waiters: &'a Waiters,
+    /// The token handed to the broker.
+    pub token: u64,
+    answer: Option<oneshot::Receiver<usize>>,
+}
+
+impl Waiters {
+    fn new() -> Self {
+        // A random start, so tokens of different nodes do not collide.
+        Self {
+            next: AtomicU64::new(rand::random()),
+            pending: Mutex::new(Some(HashMap::new())),
+        }
+    }
+
+    fn pending(&self) -> MutexGuard<'_, Option<HashMap<u64, oneshot::Sender<usize>>>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new waiter; `None` once delivery has stopped.
+    fn register(&self) -> Option<Waiter<'_>> {
+        let token = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.pending().as_mut()?.insert(token, tx);
+        Some(Waiter {
+            waiters: self,
+            token,
+            answer: Some(rx),
+        })
+    }
+
+    fn answer(&self, token: u64, delivered: usize) {
+        let tx = self.pending().as_mut().and_then(|p| p.remove(&token));
+        if let Some(tx) = tx {
+            let _ = tx.send(delivered);
+        }
+    }
+
+    /// Delivery has ended: fails every waiting publisher and every later one.
+    fn stop(&self) {
+        self.pending().take();
+    }
+}
+
+impl Waiter<'_> {
+    /// How many connections of this node the publication was queued to.
+    async fn wait(mut self) -> anyhow::Result<usize> {
+        let answer = self.answer.take().context("waited twice")?;
+        Ok(answer.await?)
+    }
+}
+
+impl Drop for Waiter<'_> {
     fn drop(&mut self) {
-        self.shared.lock().remove(self.id);
-        self.shared
-            .counters
-            .current(self.transport)
-            .fetch_sub(1, Ordering::Relaxed);
-        metrics::gauge!("zerostate_realtime_connections", "transport" => self.transport.as_str())
-            .decrement(1.0);
-        if self.shared.current_connections() == 0 {
-            self.shared.idle.notify_waiters();
+        if let Some(p) = self.waiters.pending().as_mut() {
+            p.remove(&self.token);
         }
     }
 }
@@ -699,15 +536,22 @@ impl Drop for Connection {
 mod tests {
     use super::*;
     use crate::domain::SessionId;
+    use crate::realtime::broker::local::LocalBroker;
+    use crate::realtime::history::MessageLog;
     use crate::realtime::memory::MemoryLog;
     use serde_json::{json, Value};
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn hub() -> Hub {
-        Hub::start(Arc::new(MemoryLog::new("abcd")), HistoryPolicy::default())
+    async fn hub_with(policy: HistoryPolicy) -> Hub {
+        let broker = LocalBroker::start(Arc::new(MemoryLog::new("abcd")))
             .await
-            .unwrap()
+            .unwrap();
+        Hub::start(Arc::new(broker), policy).await.unwrap()
+    }
+
+    async fn hub() -> Hub {
+        hub_with(HistoryPolicy::default()).await
     }
 
     fn request(user: UserId, since: Option<String>) -> ConnectRequest {
@@ -847,12 +691,11 @@ mod tests {
 
     #[tokio::test]
     async fn cursors_from_elsewhere_or_beyond_retention_get_reset() {
-        let log = Arc::new(MemoryLog::new("abcd"));
-        let policy = HistoryPolicy {
+        let hub = hub_with(HistoryPolicy {
             max_per_stream: 2,
             max_age: Duration::ZERO,
-        };
-        let hub = Hub::start(log.clone(), policy).await.unwrap();
+        })
+        .await;
         let user = UserId::new();
         for n in 0..5 {
             note(&hub, user, n).await;
@@ -900,5 +743,122 @@ mod tests {
         assert_eq!(next(&mut conn).await["data"]["n"], 3);
         assert_eq!(next(&mut conn).await["data"]["n"], 4);
         assert_eq!(next(&mut conn).await["data"]["replayed"], 2);
+    }
+
+    #[tokio::test]
+    async fn transient_messages_reach_only_the_users_live_connections_without_a_cursor() {
+        let hub = hub().await;
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let mut tabs = [
+            hub.connect(request(alice, None)).await.unwrap(),
+            hub.connect(request(alice, None)).await.unwrap(),
+        ];
+        let mut other = hub.connect(request(bob, None)).await.unwrap();
+        let sent = hub.send_transient(
+            alice,
+            MessageType::known("task_output"),
+            json!({"chunk": "hi"}),
+        );
+        assert_eq!(sent.delivered, 2);
+        for tab in &mut tabs {
+            assert_eq!(next(tab).await["type"], "welcome");
+            let m = next(tab).await;
+            assert_eq!(
+                (m["type"].as_str(), m["data"]["chunk"].as_str()),
+                (Some("task_output"), Some("hi"))
+            );
+            assert!(
+                m.get("cursor").is_none(),
+                "transient messages are not resumable: {m}"
+            );
+        }
+        // Bob's first message after welcome is his own, not Alice's output; and it
+        // was not kept: history holds only Bob's note.
+        note(&hub, bob, 7).await;
+        assert_eq!(next(&mut other).await["type"], "welcome");
+        assert_eq!(next(&mut other).await["data"]["n"], 7);
+        assert_eq!(hub.shared.broker.history_size().await.unwrap(), 1);
+    }
+
+    /// A publication as a broker would hand it over, for driving `deliver` by hand.
+    fn publication(seq: i64, prev_seq: i64, user: UserId, n: usize) -> Publication {
+        Publication {
+            seq,
+            prev_seq,
+            target: Target::User(user),
+            kind: "note".into(),
+            data_json: json!({ "n": n }).to_string(),
+            created_at_ms: 1_700_000_000_000,
+            origin: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gap_in_the_brokers_chain_is_repaired_from_history_and_a_late_message_resets() {
+        // A log the test writes behind the broker's back, as a broken broker would.
+        let log = Arc::new(MemoryLog::new("abcd"));
+        let broker = LocalBroker::start(log.clone()).await.unwrap();
+        let hub = Hub::start(Arc::new(broker), HistoryPolicy::default())
+            .await
+            .unwrap();
+        let user = UserId::new();
+        let mut conn = hub.connect(request(user, None)).await.unwrap();
+        assert_eq!(next(&mut conn).await["type"], "welcome");
+        let append = |n: usize| {
+            let log = log.clone();
+            async move {
+                log.append(
+                    Some(user),
+                    "note",
+                    &json!({ "n": n }).to_string(),
+                    1_700_000_000_000,
+                )
+                .await
+                .unwrap()
+            }
+        };
+
+        // Seq 1 is in history but never delivered; seq 2 arrives naming 1 as its
+        // predecessor: the connection gets both, in order, from history.
+        assert_eq!(append(0).await, 1);
+        assert_eq!(append(1).await, 2);
+        hub.shared.handle(&publication(2, 1, user, 1));
+        assert_eq!(next(&mut conn).await["data"]["n"], 0);
+        let m = next(&mut conn).await;
+        assert_eq!(
+            (m["data"]["n"].as_u64(), m["cursor"].as_str()),
+            (Some(1), Some("abcd-2"))
+        );
+        assert_eq!(hub.shared.stats.out_of_order_count(), 1);
+
+        // Seq 4 is delivered before seq 3: 4 goes out live, and 3 can no longer be
+        // sent in order, so the client is told to reset instead of silently missing it.
+        assert_eq!(append(2).await, 3);
+        assert_eq!(append(3).await, 4);
+        hub.shared.handle(&publication(4, 2, user, 3));
+        assert_eq!(next(&mut conn).await["data"]["n"], 3);
+        hub.shared.handle(&publication(3, 2, user, 2));
+        let reset = next(&mut conn).await;
+        assert_eq!(
+            (reset["type"].as_str(), reset["data"]["reason"].as_str()),
+            (Some("reset"), Some("out_of_order"))
+        );
+        assert_eq!(hub.shared.stats.out_of_order_count(), 2);
+        assert_eq!(hub.stats().resets, 1);
+
+        // Live delivery carries on after both repairs, and a resume from the start
+        // replays the whole history in order.
+        assert_eq!(append(4).await, 5);
+        hub.shared.handle(&publication(5, 4, user, 4));
+        assert_eq!(next(&mut conn).await["data"]["n"], 4);
+        let mut resumed = hub
+            .connect(request(user, Some("abcd-0".into())))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut resumed).await["type"], "welcome");
+        for n in 0..5 {
+            assert_eq!(next(&mut resumed).await["data"]["n"], n);
+        }
+        assert_eq!(next(&mut resumed).await["data"]["replayed"], 5);
     }
 }

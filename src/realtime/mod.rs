@@ -2,10 +2,14 @@
 //! connections) or to everyone, history and resume, backpressure, stats.
 //!
 //! It knows nothing of HTTP, sockets or the database: transports (`crate::transport`)
-//! drive a [`Connection`] and write its frames, and the message log arrives as a
-//! [`history::MessageLog`] trait object. Other modules only call [`Hub::publish`].
+//! drive a [`Connection`] and write its frames, and publications come from a
+//! [`Broker`] (publish-plus-history), which for one process keeps its history in a
+//! [`history::MessageLog`] trait object. Other modules only call [`Hub::publish`] (and
+//! [`Hub::send_transient`] for output that is not kept).
 
+pub mod broker;
 pub mod client;
+mod connection;
 pub mod disconnect;
 pub mod history;
 mod hub;
@@ -14,11 +18,16 @@ mod memory;
 pub mod protocol;
 #[cfg(test)]
 mod protocol_props;
+mod registry;
+mod stats;
 
+pub use broker::Broker;
 pub use client::TransportKind;
+pub use connection::Connection;
 pub use disconnect::Disconnect;
 pub use history::{HistoryPolicy, MessageLog};
-pub use hub::{ConnectError, ConnectRequest, Connection, Hub, Stats};
+pub use hub::{ConnectError, ConnectRequest, Hub};
+pub use stats::{Stats, TransportCounts};
 
 use crate::domain::UserId;
 

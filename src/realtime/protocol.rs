@@ -100,6 +100,18 @@ pub fn durable(kind: &str, data_json: &str, cursor: &Cursor, at: DateTime<Utc>) 
     }))
 }
 
+/// Builds a transient message: delivered to live connections only, never kept, so it
+/// carries no cursor (a client cannot resume to it).
+pub fn transient(kind: &str, data: &Value) -> Frame {
+    let json = json!({ "type": kind, "data": data, "timestamp": timestamp(Utc::now()) });
+    Frame(Arc::new(FrameInner {
+        kind: kind.to_owned(),
+        seq: None,
+        cursor: None,
+        json: Bytes::from(json.to_string()),
+    }))
+}
+
 /// Builds a control message (no cursor).
 pub fn control(kind: &'static str, data: Value) -> Frame {
     let json = json!({ "type": kind, "data": data, "timestamp": timestamp(Utc::now()) });
@@ -148,6 +160,9 @@ pub enum ResetReason {
     CursorAhead,
     /// The history could not be read.
     HistoryUnavailable,
+    /// The broker delivered a message after newer ones had been sent (a broken
+    /// ordering promise, detected by the hub): the client already moved past it.
+    OutOfOrder,
 }
 
 impl ResetReason {
@@ -159,6 +174,7 @@ impl ResetReason {
             ResetReason::HistoryExpired => "history_expired",
             ResetReason::CursorAhead => "cursor_ahead",
             ResetReason::HistoryUnavailable => "history_unavailable",
+            ResetReason::OutOfOrder => "out_of_order",
         }
     }
 }

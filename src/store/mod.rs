@@ -7,31 +7,30 @@
 
 mod agents;
 mod error;
+mod messages;
 mod models;
 pub mod sqlite;
 mod tasks;
 
 pub use agents::{AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, Page};
 pub use error::StoreError;
+pub use messages::{MessagePosition, MessageRow, MessageStore};
 pub use models::*;
-pub use tasks::{NewTask, Outcome, TaskFilter, TaskRecord, TaskStat, TaskStore};
+pub use tasks::{
+    AttemptRecord, Backoff, Inserted, NewTask, Outcome, QueueGauges, QueueStanding, TaskFilter,
+    TaskRecord, TaskStat, TaskStore,
+};
 
 use crate::domain::{ApiKeyId, Email, FullName, Role, SessionId, UserId};
-// The real-time message log is defined by the hub (its port) and implemented here.
-pub use crate::realtime::history::MessageLog;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-/// Everything the server persists. Blanket-implemented for any type that implements
-/// every area trait.
-pub trait Store:
-    UserStore + AgentStore + TaskStore + HealthCheck + MessageLog + Send + Sync + 'static
-{
-}
-impl<T: UserStore + AgentStore + TaskStore + HealthCheck + MessageLog + Send + Sync + 'static> Store
-    for T
-{
-}
+/// Everything the server persists for the request handlers and services. Blanket-
+/// implemented for any type that implements every area trait. The real-time message
+/// history (`MessageStore`) is deliberately not part of it: only the hub's broker reads
+/// and writes it, through the adapter in `app.rs`.
+pub trait Store: UserStore + AgentStore + TaskStore + HealthCheck + Send + Sync + 'static {}
+impl<T: UserStore + AgentStore + TaskStore + HealthCheck + Send + Sync + 'static> Store for T {}
 
 /// Lets `/health` and `/ready` ask whether the database answers.
 #[async_trait]

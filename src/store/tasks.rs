@@ -3,12 +3,15 @@
 //! Every state change is one conditional statement (`… WHERE status = 'running' AND
 //! agent_id = ?`), so two parties racing on one task (an agent completing it while its
 //! owner cancels it, two agents claiming) can never both win. A `None` answer means the
-//! condition did not hold; the caller reads the task to tell the agent why.
+//! condition did not hold; the caller reads the task to tell the agent why. The attempt
+//! history and the fair-scheduling bookkeeping are written by the same statement (the
+//! backend keeps them with the row), so they can never disagree with the task.
 
 use super::agents::Page;
 use super::StoreError;
 use crate::domain::{
-    AgentId, Capability, Priority, TaskId, TaskQuery, TaskStatus, TimeoutSecs, UserId,
+    AgentId, AttemptOutcome, Capability, IdempotencyKey, MaxAttempts, Priority, TaskId, TaskQuery,
+    TaskStatus, TimeoutSecs, UserId,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -28,9 +31,16 @@ pub struct TaskRecord {
     /// The agent the submitter asked for; only it may claim the task.
     pub requested_agent_id: Option<AgentId>,
     pub result: Option<serde_json::Value>,
+    /// Set while the task failed, or while it waits to retry a failed attempt.
     pub error: Option<String>,
-    /// Claims so far; the current attempt number while running.
+    /// Attempts used so far; the current attempt number while running.
     pub attempts: u32,
+    pub max_attempts: u32,
+    pub idempotency_key: Option<String>,
+    /// The start time the submitter asked for.
+    pub run_at: Option<DateTime<Utc>>,
+    /// While queued: when it may be handed out (its `run_at` or the end of a backoff).
+    pub available_at: DateTime<Utc>,
     pub timeout_s: u32,
     pub lease_expires_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
@@ -50,15 +60,70 @@ pub struct NewTask {
     pub priority: Priority,
     pub agent_id: Option<AgentId>,
     pub timeout: TimeoutSecs,
+    pub max_attempts: MaxAttempts,
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
 }
 
+/// What `insert_task` did.
+#[derive(Debug, Clone)]
+pub enum Inserted {
+    /// A new task was queued.
+    New(TaskRecord),
+    /// The user's idempotency key already names this task (created within the window):
+    /// nothing was inserted.
+    Duplicate(TaskRecord),
+}
+
+/// One attempt at a task, as `GET …/attempts` shows it.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub agent_id: Option<AgentId>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+}
+
+/// Where a queued, claimable task stands.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueStanding {
+    /// 1 = the next task its agents would take (an estimate of the fair order: tasks of
+    /// higher priority, then a round-robin over the users at its priority).
+    pub position: i64,
+    /// Online agents that may run it (capability, visibility, reservation).
+    pub eligible_online_agents: i64,
+}
+
+/// How retries back off: the delay before attempt n+1 is uniform in
+/// `[0, min(max, base · 2^(n-1))]` (exponential backoff with full jitter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    pub base_ms: i64,
+    pub max_ms: i64,
+}
+
+/// Live queue figures for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct QueueGauges {
+    /// Queued tasks per capability.
+    pub queued: Vec<(Capability, i64)>,
+    pub running: i64,
+    pub agents_online: i64,
+}
 /// Which tasks to list, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct TaskFilter {
     /// Only this user's tasks; `None` for all (admins).
     pub user: Option<UserId>,
     pub status: Option<TaskStatus>,
+    /// Case-insensitive substring of the query.
+    pub q: Option<String>,
+    pub capability: Option<Capability>,
+    /// The agent that runs or ran it (or, while queued, the one it was submitted for).
+    pub agent_id: Option<AgentId>,
     pub cursor: Option<i64>,
     pub limit: u32,
 }
@@ -79,19 +144,26 @@ pub enum Outcome {
     Completed {
         result: serde_json::Value,
     },
-    /// `retryable` re-queues the task while attempts remain.
+    /// `retryable` re-queues the task (after a backoff) while attempts remain.
     Failed {
         error: String,
         retryable: bool,
     },
 }
 
-/// The queue. PostgreSQL will implement `claim_task` with
+/// The queue. PostgreSQL will implement the claim with
 /// `SELECT … FOR UPDATE SKIP LOCKED` inside the `UPDATE`; SQLite has one writer, so the
 /// single `UPDATE … WHERE id = (SELECT …)` statement is already exclusive.
 #[async_trait]
 pub trait TaskStore {
-    async fn insert_task(&self, new: &NewTask) -> Result<TaskRecord, StoreError>;
+    /// Queues a task. With an idempotency key that the user already used for a task
+    /// created less than `key_window` ago, inserts nothing and answers `Duplicate`;
+    /// parallel inserts with one key create one task (the key is unique per user).
+    async fn insert_task(
+        &self,
+        new: &NewTask,
+        key_window: chrono::Duration,
+    ) -> Result<Inserted, StoreError>;
     async fn task(&self, id: TaskId) -> Result<TaskRecord, StoreError>;
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Page<TaskRecord>, StoreError>;
     /// Cancels a queued or running task (of `owner`, when given). `None` when there is
@@ -102,17 +174,20 @@ pub trait TaskStore {
         owner: Option<UserId>,
         at: DateTime<Utc>,
     ) -> Result<Option<TaskRecord>, StoreError>;
-    /// Atomically takes the first queued task the agent may run (one of `capabilities`,
-    /// not reserved for another agent), in queue order: priority rank descending, then
-    /// oldest first. Marks it running with a lease until `lease_until` and counts the
+    /// Atomically takes up to `max` queued tasks the agent may run: one of its
+    /// capabilities, not reserved for another agent, its owner's unless it is shared,
+    /// and due (`run_at` and backoff passed). Each is chosen in fair order: highest
+    /// priority; among those, the user with the fewest running tasks, then the user
+    /// whose task was handed out longest ago (never = longest), then that user's oldest
+    /// task. Marks each running with a lease until `lease_until` and counts the
     /// attempt. Two concurrent callers never get the same task.
-    async fn claim_task(
+    async fn claim_tasks(
         &self,
         agent: AgentId,
-        capabilities: &[Capability],
+        max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<Option<TaskRecord>, StoreError>;
+    ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Sets the progress of the agent's running task and extends its lease. Returns the
     /// task and whether the progress value changed; `None` if it is not this agent's
     /// running task.
@@ -124,26 +199,52 @@ pub trait TaskStore {
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError>;
-    /// Ends the agent's running attempt. A retryable failure with fewer than
-    /// `max_attempts` attempts goes back to the queue. `None` if it is not this agent's
+    /// Ends the agent's running attempt. A retryable failure with attempts left goes
+    /// back to the queue after a `backoff` delay. `None` if it is not this agent's
     /// running task.
     async fn finish_attempt(
         &self,
         id: TaskId,
         agent: AgentId,
         outcome: &Outcome,
-        max_attempts: u32,
+        backoff: Backoff,
         at: DateTime<Utc>,
     ) -> Result<Option<TaskRecord>, StoreError>;
-    /// Running tasks whose lease ended before `at` go back to the queue, or fail once
-    /// they have had `max_attempts` attempts. Returns the changed tasks.
+    /// Hands the agent's running task back to the queue without using an attempt
+    /// (a clean stop), due at once, and turns the agent offline in the same
+    /// transaction. Returns the task and whether the agent was online until now;
+    /// `None` (and no change) if it is not this agent's running task.
+    async fn release_task(
+        &self,
+        id: TaskId,
+        agent: AgentId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<(TaskRecord, bool)>, StoreError>;
+    /// Hands back every running task of the agents the server runs itself (at
+    /// shutdown), without using attempts. Returns them.
+    async fn release_server_agent_tasks(
+        &self,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
+    /// Running tasks whose lease ended before `at` go back to the queue after a
+    /// backoff, or fail once they have used all their attempts. Returns them.
     async fn requeue_expired(
         &self,
-        max_attempts: u32,
+        backoff: Backoff,
         at: DateTime<Utc>,
     ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Running tasks that have run longer than their `timeout_s` fail. Returns them.
     async fn fail_timed_out(&self, at: DateTime<Utc>) -> Result<Vec<TaskRecord>, StoreError>;
+    /// The task's attempts, oldest first.
+    async fn task_attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError>;
+    /// Where a queued task that is due at `at` stands; `None` if it is not queued.
+    async fn queue_standing(
+        &self,
+        task: &TaskRecord,
+        at: DateTime<Utc>,
+    ) -> Result<Option<QueueStanding>, StoreError>;
+    /// Queue depth per capability, running tasks and online agents.
+    async fn queue_gauges(&self) -> Result<QueueGauges, StoreError>;
     /// Tasks created, or finished, at or after `since` (of `user`, when given).
     async fn task_stats(
         &self,

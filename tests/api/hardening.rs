@@ -566,9 +566,26 @@ async fn a_user_gets_at_most_100_real_time_connections() {
     let app = spawn_app().await;
     let user = app.new_user().await;
     let mut held = Vec::new();
-    for _ in 0..100 {
+    for _ in 0..80 {
         held.push(app.ws(&user.token).await.0);
     }
+    // Forty at once race for the last twenty places: exactly twenty get one.
+    let racing = futures_util::future::join_all((0..40).map(|_| {
+        app.ws_try(
+            crate::helpers::WsAuth::Bearer(&user.token),
+            crate::helpers::WsOpen::default(),
+        )
+    }))
+    .await;
+    let mut refused_in_race = 0;
+    for attempt in racing {
+        match attempt {
+            Ok(client) => held.push(client),
+            Err(429) => refused_in_race += 1,
+            Err(other) => panic!("connect answered {other}"),
+        }
+    }
+    assert_eq!(held.len(), 100, "{refused_in_race} refused");
     let refused = app
         .ws_try(
             crate::helpers::WsAuth::Bearer(&user.token),

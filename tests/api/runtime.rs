@@ -620,7 +620,8 @@ async fn a_retryable_failure_requeues_until_the_third_attempt() {
     let (_, token) = app.register_agent(&user, "retrier", &["general"]).await;
     let id = app.submit_query(&user, "try hard").await;
     for attempt in 1..=3 {
-        let (status, claim) = app.runtime(&token, "/claim", json!({})).await;
+        // A retry waits out a backoff (up to 1 s, then 2 s): a waiting claim gets it.
+        let (status, claim) = app.runtime(&token, "/claim", json!({ "wait_s": 10 })).await;
         assert_eq!(status, StatusCode::OK, "attempt {attempt}");
         assert_eq!(claim["task"]["attempt"], attempt);
         let (status, body) = app
@@ -688,7 +689,7 @@ async fn the_builtin_agent_completes_a_new_users_first_task() {
 async fn a_stopped_agent_hands_its_running_task_back_at_once() {
     let app = spawn_app().await; // 30 s lease: a quick re-queue cannot be lease expiry
     let user = app.new_user().await;
-    let (_, token) = app.register_agent(&user, "polite", &["general"]).await;
+    let (agent, token) = app.register_agent(&user, "polite", &["general"]).await;
     let pid_file = app.data_dir().join("polite.pid");
     let cmd = format!(
         "echo $$ > {}; echo PROGRESS 30; sleep 60",
@@ -713,5 +714,26 @@ async fn a_stopped_agent_hands_its_running_task_back_at_once() {
     assert!(!process_alive(pid), "the command outlived its agent");
     let task = app.wait_status(&user, &id, "queued").await;
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert_eq!(task["error"], "the agent stopped before finishing");
+    assert!(
+        task["error"].is_null(),
+        "a clean stop is no failure: {task}"
+    );
+    assert_eq!(task["attempts"], 0, "a hand-back uses no attempt: {task}");
+    let (_, attempts) = app
+        .get(&format!("/api/v1/tasks/{id}/attempts"), Some(&user.token))
+        .await;
+    assert_eq!(
+        attempts["attempts"][0]["outcome"], "handed_back",
+        "{attempts}"
+    );
+    let (_, agent) = app
+        .get(
+            &format!("/api/v1/agents/{}", agent["id"].as_str().unwrap()),
+            Some(&user.token),
+        )
+        .await;
+    assert_eq!(
+        agent["status"], "offline",
+        "a stopped agent is offline at once"
+    );
 }

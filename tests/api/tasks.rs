@@ -26,7 +26,17 @@ async fn submit_answers_202_with_the_queued_task_and_defaults() {
     assert_eq!(task["priority"], "normal");
     assert_eq!(task["progress"], 0);
     assert_eq!(task["attempts"], 0);
-    for null in ["agent_id", "result", "error", "started_at", "completed_at"] {
+    assert_eq!(task["max_attempts"], 3);
+    assert_eq!(task["queue_position"], 1);
+    for null in [
+        "agent_id",
+        "result",
+        "error",
+        "started_at",
+        "completed_at",
+        "idempotency_key",
+        "run_at",
+    ] {
         assert!(task[null].is_null(), "{null} should be null: {task}");
     }
     assert!(task["created_at"].is_string() && task["updated_at"].is_string());
@@ -40,6 +50,8 @@ async fn submit_answers_202_with_the_queued_task_and_defaults() {
     assert_eq!(st["status"], "queued");
     assert_eq!(st["progress"], 0);
     assert!(st["agent_id"].is_null() && st["updated_at"].is_string());
+    assert_eq!(st["queue_position"], 1);
+    assert_eq!(st["waiting_for"], "no_agent_online");
     let (status, body) = app
         .get(&format!("/api/v1/tasks/{id}/result"), Some(&user.token))
         .await;

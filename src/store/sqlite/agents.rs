@@ -381,22 +381,28 @@ mod tests {
             priority: Priority::Normal,
             agent_id: agent,
             timeout: TimeoutSecs::DEFAULT,
+            max_attempts: crate::domain::MaxAttempts::DEFAULT,
+            idempotency_key: None,
+            run_at: None,
             created_at: Utc::now(),
         };
-        store.insert_task(&new).await.unwrap().id
+        match store
+            .insert_task(&new, chrono::Duration::hours(24))
+            .await
+            .unwrap()
+        {
+            crate::store::Inserted::New(t) | crate::store::Inserted::Duplicate(t) => t.id,
+        }
     }
 
     async fn claim(store: &SqliteStore, agent: AgentId) -> Option<TaskRecord> {
         let now = Utc::now();
         store
-            .claim_task(
-                agent,
-                &[Capability::general()],
-                now + chrono::Duration::seconds(30),
-                now,
-            )
+            .claim_tasks(agent, 1, now + chrono::Duration::seconds(30), now)
             .await
             .unwrap()
+            .into_iter()
+            .next()
     }
 
     #[tokio::test]

@@ -1,4 +1,5 @@
-//! The real-time message log on SQLite (the hub's `MessageLog`).
+//! The real-time message log on SQLite (`MessageStore`; `app.rs` adapts it to the hub's
+//! `MessageLog` port).
 //!
 //! Retention is two single statements, in this order: raise each stream's watermark,
 //! then delete what lies at or below it. Between the two (or after a crash between
@@ -6,7 +7,7 @@
 
 use super::SqliteStore;
 use crate::domain::UserId;
-use crate::realtime::history::{HistoryPolicy, MessageLog, StoredMessage, StreamPosition};
+use crate::store::{MessagePosition, MessageRow, MessageStore, StoreError};
 use async_trait::async_trait;
 use rand::RngCore;
 use sqlx::Row;
@@ -17,9 +18,9 @@ const EPOCH_KEY: &str = "message_epoch";
 const BROADCAST_STREAM: &str = "*";
 
 #[async_trait]
-impl MessageLog for SqliteStore {
+impl MessageStore for SqliteStore {
     #[tracing::instrument(skip_all)]
-    async fn epoch(&self) -> anyhow::Result<String> {
+    async fn message_epoch(&self) -> Result<String, StoreError> {
         let mut bytes = [0u8; 8];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
         // Generated once: a concurrent first start keeps whichever insert came first.
@@ -35,7 +36,7 @@ impl MessageLog for SqliteStore {
         Ok(epoch)
     }
 
-    async fn last_seq(&self) -> anyhow::Result<i64> {
+    async fn last_message_seq(&self) -> Result<i64, StoreError> {
         // `sqlite_sequence` remembers the highest number ever handed out, even when
         // those rows were pruned.
         let seq: i64 = sqlx::query_scalar(
@@ -47,13 +48,13 @@ impl MessageLog for SqliteStore {
     }
 
     #[tracing::instrument(skip_all, fields(kind))]
-    async fn append(
+    async fn append_message(
         &self,
         user: Option<UserId>,
         kind: &str,
         data_json: &str,
         created_at_ms: i64,
-    ) -> anyhow::Result<i64> {
+    ) -> Result<i64, StoreError> {
         let seq: i64 = sqlx::query_scalar(
             "INSERT INTO messages (user_id, type, data, created_at) VALUES (?1, ?2, ?3, ?4)
              RETURNING seq",
@@ -67,7 +68,11 @@ impl MessageLog for SqliteStore {
         Ok(seq)
     }
 
-    async fn position(&self, user: UserId, upto: i64) -> anyhow::Result<StreamPosition> {
+    async fn message_position(
+        &self,
+        user: UserId,
+        upto: i64,
+    ) -> Result<MessagePosition, StoreError> {
         let row = sqlx::query(
             "SELECT
                MAX(COALESCE((SELECT MAX(seq) FROM messages WHERE user_id = ?1 AND seq <= ?2), 0),
@@ -81,20 +86,20 @@ impl MessageLog for SqliteStore {
         .bind(BROADCAST_STREAM)
         .fetch_one(self.pool())
         .await?;
-        Ok(StreamPosition {
+        Ok(MessagePosition {
             latest: row.try_get("latest")?,
             pruned_through: row.try_get("pruned_through")?,
         })
     }
 
     #[tracing::instrument(skip_all, fields(after, upto))]
-    async fn replay(
+    async fn messages_between(
         &self,
         user: UserId,
         after: i64,
         upto: i64,
         limit: u32,
-    ) -> anyhow::Result<Vec<StoredMessage>> {
+    ) -> Result<Vec<MessageRow>, StoreError> {
         // Two index range scans (the user's stream and the broadcasts), merged by seq.
         let rows = sqlx::query(
             "SELECT seq, type, data, created_at FROM (
@@ -113,7 +118,7 @@ impl MessageLog for SqliteStore {
         .await?;
         rows.iter()
             .map(|row| {
-                Ok(StoredMessage {
+                Ok(MessageRow {
                     seq: row.try_get("seq")?,
                     kind: row.try_get("type")?,
                     data_json: row.try_get("data")?,
@@ -124,8 +129,7 @@ impl MessageLog for SqliteStore {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn prune(&self, policy: HistoryPolicy, now_ms: i64) -> anyhow::Result<u64> {
-        let cutoff = now_ms - i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX);
+    async fn prune_messages(&self, keep_per_stream: u32, cutoff: i64) -> Result<u64, StoreError> {
         // Per stream, the newest message that is both beyond the newest `max_per_stream`
         // and older than the cutoff: everything at or below it may go.
         sqlx::query(
@@ -139,7 +143,7 @@ impl MessageLog for SqliteStore {
              ON CONFLICT(stream) DO UPDATE
                SET pruned_through = MAX(pruned_through, excluded.pruned_through)",
         )
-        .bind(i64::from(policy.max_per_stream))
+        .bind(i64::from(keep_per_stream))
         .bind(cutoff)
         .bind(BROADCAST_STREAM)
         .execute(self.pool())
@@ -156,7 +160,7 @@ impl MessageLog for SqliteStore {
         Ok(deleted)
     }
 
-    async fn count(&self) -> anyhow::Result<u64> {
+    async fn message_count(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
             .fetch_one(self.pool())
             .await?;

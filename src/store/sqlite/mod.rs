@@ -47,6 +47,9 @@ impl SqliteStore {
             .foreign_keys(true);
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
+            // An embedded database cannot hang up: pinging each connection before every
+            // use would double the worker-thread round trips of every query.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(15))
             .connect_with(options)
             .await?;

@@ -2,15 +2,17 @@
 //!
 //! Every transition is a single conditional `UPDATE … RETURNING`. SQLite runs one
 //! writer at a time and an `UPDATE` takes the write lock before it evaluates its
-//! subquery, so `claim_task` cannot hand one task to two agents. (PostgreSQL will do the
+//! subquery, so a claim cannot hand one task to two agents. (PostgreSQL will do the
 //! same with `WHERE id = (SELECT id … FOR UPDATE SKIP LOCKED)`, which also lets
-//! concurrent claimers skip each other's rows instead of waiting.)
+//! concurrent claimers skip each other's rows instead of waiting.) The attempt history
+//! and each user's last hand-out time are written by triggers of the same statement
+//! (migration 0005), so they commit with the transition they describe.
 
 use super::SqliteStore;
-use crate::domain::{AgentId, Capability, Priority, TaskId, TaskStatus, UserId};
+use crate::domain::{AgentId, AttemptOutcome, Capability, Priority, TaskId, TaskStatus, UserId};
 use crate::store::{
-    from_millis, to_millis, NewTask, Outcome, Page, StoreError, TaskFilter, TaskRecord, TaskStat,
-    TaskStore,
+    from_millis, to_millis, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page, QueueGauges,
+    QueueStanding, StoreError, TaskFilter, TaskRecord, TaskStat, TaskStore,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -19,8 +21,106 @@ use sqlx::Row;
 
 pub(super) const TASK_COLUMNS: &str =
     "seq, id, user_id, query, capability, priority, status, progress, \
-    agent_id, requested_agent_id, result, error, attempts, timeout_s, lease_expires_at, \
-    created_at, started_at, completed_at, updated_at";
+    agent_id, requested_agent_id, result, error, attempts, max_attempts, idempotency_key, \
+    run_at, available_at, timeout_s, lease_expires_at, created_at, started_at, completed_at, \
+    updated_at";
+
+/// The retry delay after the attempt that just ended (`attempts` of the row as it was):
+/// uniform in `[0, min(max, base · 2^(attempts-1))]`, drawn per row, so tasks that fail
+/// together do not come back together. `?B` is the base and `?M` the cap, in ms.
+const JITTERED_BACKOFF: &str = "abs(random() % (MIN(?M, ?B << MIN(MAX(attempts - 1, 0), 30)) + 1))";
+
+/// The backoff expression with its two parameters bound to the given positions.
+fn backoff_sql(base_param: usize, max_param: usize) -> String {
+    JITTERED_BACKOFF
+        .replace("?B", &format!("?{base_param}"))
+        .replace("?M", &format!("?{max_param}"))
+}
+
+/// The tasks agent `a` may take now (`?3`): its capabilities, not reserved for another
+/// agent, its owner's unless it is shared, and due.
+const ELIGIBLE: &str = "t.status = 'queued'
+       AND t.capability IN (SELECT value FROM json_each(a.capabilities))
+       AND (t.requested_agent_id IS NULL OR t.requested_agent_id = a.id)
+       AND (a.shared = 1 OR t.user_id = a.owner_id)
+       AND t.available_at <= ?3";
+
+/// One claim: the fair choice among the due tasks the agent may take, marked running.
+/// `?1` agent, `?2` lease end, `?3` now. Each step reads the covering `tasks_queue`
+/// index: the top priority, the users with tasks at it, then one seek for the chosen
+/// user's oldest task.
+fn claim_sql() -> String {
+    format!(
+        "
+WITH a AS (
+    -- Agents the server runs itself are shared (migration 0004), however they were made.
+    SELECT id, owner_id, (shared = 1 OR system_key IS NOT NULL) AS shared, capabilities
+      FROM agents WHERE id = ?1
+),
+top AS (SELECT MAX(t.priority_rank) AS rank FROM tasks t, a WHERE {ELIGIBLE}),
+users AS (
+    SELECT t.user_id, MIN(t.created_at) AS oldest
+      FROM tasks t, a, top
+     WHERE {ELIGIBLE} AND t.priority_rank = top.rank
+     GROUP BY t.user_id
+),
+chosen AS (
+    SELECT u.user_id
+      FROM users u LEFT JOIN task_dispatch d ON d.user_id = u.user_id
+     ORDER BY (SELECT COUNT(*) FROM tasks r WHERE r.user_id = u.user_id AND r.status = 'running'),
+              COALESCE(d.last_claimed_at, 0), u.oldest, u.user_id
+     LIMIT 1
+)
+UPDATE tasks SET status = 'running', agent_id = ?1, attempts = attempts + 1, progress = 0,
+                 error = NULL, attempt_outcome = NULL, started_at = ?3, completed_at = NULL,
+                 lease_expires_at = ?2, updated_at = ?3
+ WHERE seq = (SELECT t.seq FROM tasks t, a, top, chosen
+               WHERE {ELIGIBLE} AND t.priority_rank = top.rank AND t.user_id = chosen.user_id
+               ORDER BY t.created_at, t.seq
+               LIMIT 1)
+   AND status = 'queued'
+RETURNING {TASK_COLUMNS}"
+    )
+}
+
+/// A queued task's own standing: its owner's turn keys, the online agents that may run
+/// it, and whether a shared one exists (then every user's tasks compete with it).
+/// `?1` task.
+const STANDING_SELF_SQL: &str = "
+SELECT t.user_id, t.capability, t.priority_rank, t.created_at, t.seq, t.requested_agent_id,
+       (SELECT COUNT(*) FROM tasks x WHERE x.user_id = t.user_id AND x.status = 'running')
+           AS running,
+       COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = t.user_id), 0)
+           AS last,
+       (SELECT COUNT(*) FROM agents a
+         WHERE EXISTS (SELECT 1 FROM json_each(a.capabilities) c WHERE c.value = t.capability)
+           AND (a.shared = 1 OR a.system_key IS NOT NULL OR a.owner_id = t.user_id)
+           AND (t.requested_agent_id IS NULL OR a.id = t.requested_agent_id)
+           AND a.online = 1) AS online,
+       EXISTS (SELECT 1 FROM agents a
+         WHERE EXISTS (SELECT 1 FROM json_each(a.capabilities) c WHERE c.value = t.capability)
+           AND (a.shared = 1 OR a.system_key IS NOT NULL)
+           AND (t.requested_agent_id IS NULL OR a.id = t.requested_agent_id)) AS shared
+  FROM tasks t WHERE t.id = ?1 AND t.status = 'queued'";
+
+/// The due tasks that compete with it at its priority or above, per priority and user
+/// (one pass over the covering queue index). `?1` capability, `?2` priority rank,
+/// `?3` now, `?4` reservation, `?5` owner, `?6` shared agent exists, `?7`/`?8` the
+/// task's created_at and seq.
+const STANDING_RIVALS_SQL: &str = "
+SELECT t.priority_rank AS rank, t.user_id, COUNT(*) AS queued,
+       SUM((t.created_at, t.seq) < (?7, ?8)) AS before,
+       MIN(t.created_at) AS oldest,
+       (SELECT COUNT(*) FROM tasks x WHERE x.user_id = t.user_id AND x.status = 'running')
+           AS running,
+       COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = t.user_id), 0)
+           AS last
+  FROM tasks t
+ WHERE t.status = 'queued' AND t.capability = ?1 AND t.priority_rank >= ?2
+   AND t.available_at <= ?3
+   AND (t.requested_agent_id IS NULL OR t.requested_agent_id IS ?4)
+   AND (t.user_id = ?5 OR ?6)
+ GROUP BY t.priority_rank, t.user_id";
 
 fn opt_agent(raw: Option<String>) -> Result<Option<AgentId>, StoreError> {
     Ok(raw.as_deref().map(AgentId::parse).transpose()?)
@@ -52,6 +152,10 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
         result,
         error: row.try_get("error")?,
         attempts: row.try_get::<i64, _>("attempts")?.max(0) as u32,
+        max_attempts: row.try_get::<i64, _>("max_attempts")?.max(1) as u32,
+        idempotency_key: row.try_get("idempotency_key")?,
+        run_at: opt_time(row, "run_at")?,
+        available_at: from_millis(row.try_get("available_at")?),
         timeout_s: row.try_get::<i64, _>("timeout_s")?.max(0) as u32,
         lease_expires_at: opt_time(row, "lease_expires_at")?,
         created_at: from_millis(row.try_get("created_at")?),
@@ -68,26 +172,52 @@ pub(super) fn tasks_from_rows(rows: &[SqliteRow]) -> Result<Vec<TaskRecord>, Sto
 #[async_trait]
 impl TaskStore for SqliteStore {
     #[tracing::instrument(skip_all, fields(task_id = %new.id))]
-    async fn insert_task(&self, new: &NewTask) -> Result<TaskRecord, StoreError> {
-        let row = sqlx::query(&format!(
-            "INSERT INTO tasks (id, user_id, query, capability, priority, priority_rank, status,
-                                progress, requested_agent_id, agent_id, attempts, timeout_s,
-                                created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?7, 0, ?8, ?9, ?9)
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(new.id.to_string())
+    async fn insert_task(
+        &self,
+        new: &NewTask,
+        key_window: chrono::Duration,
+    ) -> Result<Inserted, StoreError> {
+        let created_at = to_millis(new.created_at);
+        let Some(key) = &new.idempotency_key else {
+            // Without a key the insert is one statement, no transaction needed.
+            let mut conn = self.pool().acquire().await?;
+            return Ok(Inserted::New(insert_row(&mut conn, new).await?));
+        };
+        // The first statement writes, so the transaction holds the write lock from its
+        // start: no read-then-upgrade, no BUSY between the key and the task.
+        let mut tx = self.pool().begin().await?;
+        // Takes the key, or takes over one that has outlived the window; a live key of
+        // another task leaves the row alone and returns nothing.
+        let taken = sqlx::query(
+            "INSERT INTO idempotency_keys (user_id, key, task_id, created_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (user_id, key) DO UPDATE
+                SET task_id = excluded.task_id, created_at = excluded.created_at
+              WHERE idempotency_keys.created_at <= excluded.created_at - ?5
+             RETURNING task_id",
+        )
         .bind(new.user_id.to_string())
-        .bind(new.query.as_str())
-        .bind(new.capability.as_str())
-        .bind(new.priority.as_str())
-        .bind(new.priority.rank())
-        .bind(new.agent_id.map(|a| a.to_string()))
-        .bind(i64::from(new.timeout.get()))
-        .bind(to_millis(new.created_at))
-        .fetch_one(self.pool())
+        .bind(key.as_str())
+        .bind(new.id.to_string())
+        .bind(created_at)
+        .bind(key_window.num_milliseconds())
+        .fetch_optional(&mut *tx)
         .await?;
-        task_from_row(&row)
+        if taken.is_none() {
+            let row = sqlx::query(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE id =
+                   (SELECT task_id FROM idempotency_keys WHERE user_id = ?1 AND key = ?2)"
+            ))
+            .bind(new.user_id.to_string())
+            .bind(key.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(Inserted::Duplicate(task_from_row(&row)?));
+        }
+        let task = insert_row(&mut tx, new).await?;
+        tx.commit().await?;
+        Ok(Inserted::New(task))
     }
 
     async fn task(&self, id: TaskId) -> Result<TaskRecord, StoreError> {
@@ -105,12 +235,18 @@ impl TaskStore for SqliteStore {
             "SELECT {TASK_COLUMNS} FROM tasks
              WHERE (?1 IS NULL OR user_id = ?1)
                AND (?2 IS NULL OR status = ?2)
-               AND (?3 IS NULL OR seq < ?3)
+               AND (?3 IS NULL OR instr(lower(query), ?3) > 0)
+               AND (?4 IS NULL OR capability = ?4)
+               AND (?5 IS NULL OR agent_id = ?5)
+               AND (?6 IS NULL OR seq < ?6)
              ORDER BY seq DESC
-             LIMIT ?4"
+             LIMIT ?7"
         ))
         .bind(filter.user.map(|u| u.to_string()))
         .bind(filter.status.map(TaskStatus::as_str))
+        .bind(filter.q.as_ref().map(|q| q.to_lowercase()))
+        .bind(filter.capability.as_ref().map(Capability::as_str))
+        .bind(filter.agent_id.map(|a| a.to_string()))
         .bind(filter.cursor)
         .bind(limit + 1)
         .fetch_all(self.pool())
@@ -134,8 +270,8 @@ impl TaskStore for SqliteStore {
         at: DateTime<Utc>,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let row = sqlx::query(&format!(
-            "UPDATE tasks SET status = 'canceled', lease_expires_at = NULL,
-                              completed_at = ?3, updated_at = ?3
+            "UPDATE tasks SET status = 'canceled', lease_expires_at = NULL, error = NULL,
+                              attempt_outcome = 'canceled', completed_at = ?3, updated_at = ?3
              WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)
                AND status IN ('queued', 'running')
              RETURNING {TASK_COLUMNS}"
@@ -148,43 +284,32 @@ impl TaskStore for SqliteStore {
         row.as_ref().map(task_from_row).transpose()
     }
 
-    #[tracing::instrument(skip_all, fields(agent_id = %agent))]
-    async fn claim_task(
+    #[tracing::instrument(skip_all, fields(agent_id = %agent, max))]
+    async fn claim_tasks(
         &self,
         agent: AgentId,
-        capabilities: &[Capability],
+        max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<Option<TaskRecord>, StoreError> {
-        let caps: Vec<&str> = capabilities.iter().map(Capability::as_str).collect();
-        // The outer `status = 'queued'` is redundant under SQLite's single writer; it
-        // keeps the statement correct under any isolation a future backend offers.
-        let row = sqlx::query(&format!(
-            "UPDATE tasks SET status = 'running', agent_id = ?1, attempts = attempts + 1,
-                              progress = 0, started_at = ?4, completed_at = NULL,
-                              lease_expires_at = ?3, updated_at = ?4
-             WHERE id = (SELECT id FROM tasks
-                         WHERE status = 'queued'
-                           AND capability IN (SELECT value FROM json_each(?2))
-                           AND (requested_agent_id IS NULL OR requested_agent_id = ?1)
-                           -- Tenancy: only a task the agent may run, its owner's or any
-                           -- user's when it is shared (AgentRecord::runs_tasks_of). Kept
-                           -- in the statement, so no code path can hand a task to an
-                           -- agent its owner could not see; a deleted agent claims nothing.
-                           AND EXISTS (SELECT 1 FROM agents a WHERE a.id = ?1
-                                       AND (a.shared = 1 OR a.owner_id = tasks.user_id))
-                         ORDER BY priority_rank DESC, created_at ASC, seq ASC
-                         LIMIT 1)
-               AND status = 'queued'
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(agent.to_string())
-        .bind(serde_json::Value::from(caps).to_string())
-        .bind(to_millis(lease_until))
-        .bind(to_millis(at))
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(task_from_row).transpose()
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let sql = claim_sql();
+        let mut conn = self.pool().acquire().await?;
+        if max <= 1 {
+            let claimed = claim_one(&mut conn, &sql, agent, lease_until, at).await?;
+            return Ok(claimed.into_iter().collect());
+        }
+        // A batch is one transaction: one commit for all of them, and each pick sees
+        // the previous ones running (so the fair order spreads the batch over users).
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let mut claimed = Vec::new();
+        for _ in 0..max {
+            match claim_one(&mut tx, &sql, agent, lease_until, at).await? {
+                Some(task) => claimed.push(task),
+                None => break,
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
     }
 
     async fn report_progress(
@@ -235,15 +360,15 @@ impl TaskStore for SqliteStore {
         id: TaskId,
         agent: AgentId,
         outcome: &Outcome,
-        max_attempts: u32,
+        backoff: Backoff,
         at: DateTime<Utc>,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let row = match outcome {
             Outcome::Completed { result } => {
                 sqlx::query(&format!(
                     "UPDATE tasks SET status = 'completed', progress = 100, result = ?3,
-                                      error = NULL, lease_expires_at = NULL,
-                                      completed_at = ?4, updated_at = ?4
+                                      error = NULL, attempt_outcome = 'completed',
+                                      lease_expires_at = NULL, completed_at = ?4, updated_at = ?4
                      WHERE id = ?1 AND agent_id = ?2 AND status = 'running'
                      RETURNING {TASK_COLUMNS}"
                 ))
@@ -255,25 +380,30 @@ impl TaskStore for SqliteStore {
                 .await?
             }
             Outcome::Failed { error, retryable } => {
-                // Every SET expression sees the row as it was, so `attempts < ?5`
-                // decides consistently for all columns.
+                // Every SET expression sees the row as it was, so `retry` decides
+                // consistently for all columns.
+                let retry = "?3 AND attempts < max_attempts";
                 sqlx::query(&format!(
                     "UPDATE tasks SET
-                        status = CASE WHEN ?3 AND attempts < ?5 THEN 'queued' ELSE 'failed' END,
-                        agent_id = CASE WHEN ?3 AND attempts < ?5 THEN requested_agent_id ELSE agent_id END,
-                        progress = CASE WHEN ?3 AND attempts < ?5 THEN 0 ELSE progress END,
-                        started_at = CASE WHEN ?3 AND attempts < ?5 THEN NULL ELSE started_at END,
-                        completed_at = CASE WHEN ?3 AND attempts < ?5 THEN NULL ELSE ?6 END,
-                        error = ?4, lease_expires_at = NULL, updated_at = ?6
+                        status = CASE WHEN {retry} THEN 'queued' ELSE 'failed' END,
+                        agent_id = CASE WHEN {retry} THEN requested_agent_id ELSE agent_id END,
+                        progress = CASE WHEN {retry} THEN 0 ELSE progress END,
+                        started_at = CASE WHEN {retry} THEN NULL ELSE started_at END,
+                        completed_at = CASE WHEN {retry} THEN NULL ELSE ?5 END,
+                        available_at = CASE WHEN {retry} THEN ?5 + {backoff} ELSE available_at END,
+                        attempt_outcome = 'failed',
+                        error = ?4, lease_expires_at = NULL, updated_at = ?5
                      WHERE id = ?1 AND agent_id = ?2 AND status = 'running'
-                     RETURNING {TASK_COLUMNS}"
+                     RETURNING {TASK_COLUMNS}",
+                    backoff = backoff_sql(6, 7),
                 ))
                 .bind(id.to_string())
                 .bind(agent.to_string())
                 .bind(*retryable)
                 .bind(error)
-                .bind(i64::from(max_attempts))
                 .bind(to_millis(at))
+                .bind(backoff.base_ms)
+                .bind(backoff.max_ms)
                 .fetch_optional(self.pool())
                 .await?
             }
@@ -281,27 +411,87 @@ impl TaskStore for SqliteStore {
         row.as_ref().map(task_from_row).transpose()
     }
 
-    async fn requeue_expired(
+    #[tracing::instrument(skip_all, fields(task_id = %id, agent_id = %agent))]
+    async fn release_task(
         &self,
-        max_attempts: u32,
+        id: TaskId,
+        agent: AgentId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
+        let at = to_millis(at);
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE tasks SET {set}
+             WHERE id = ?1 AND agent_id = ?2 AND status = 'running'
+             RETURNING {TASK_COLUMNS}",
+            set = release_set(3),
+        ))
+        .bind(id.to_string())
+        .bind(agent.to_string())
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        // The agent stopped cleanly: offline at once; its next call brings it back.
+        let went_offline = sqlx::query(
+            "UPDATE agents SET online = 0, updated_at = ?2 WHERE id = ?1 AND online = 1",
+        )
+        .bind(agent.to_string())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        tx.commit().await?;
+        Ok(Some((task_from_row(&row)?, went_offline)))
+    }
+
+    async fn release_server_agent_tasks(
+        &self,
         at: DateTime<Utc>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let rows = sqlx::query(&format!(
+            "UPDATE tasks SET {set}
+             WHERE status = 'running'
+               AND agent_id IN (SELECT id FROM agents WHERE system_key IS NOT NULL)
+             RETURNING {TASK_COLUMNS}",
+            set = release_set(1),
+        ))
+        .bind(to_millis(at))
+        .fetch_all(self.pool())
+        .await?;
+        tasks_from_rows(&rows)
+    }
+
+    async fn requeue_expired(
+        &self,
+        backoff: Backoff,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let spent = "attempts >= max_attempts";
+        let rows = sqlx::query(&format!(
             "UPDATE tasks SET
-                status = CASE WHEN attempts >= ?1 THEN 'failed' ELSE 'queued' END,
-                error = CASE WHEN attempts >= ?1
+                status = CASE WHEN {spent} THEN 'failed' ELSE 'queued' END,
+                error = CASE WHEN {spent}
                              THEN 'agent lost the task ' || attempts || ' times'
                              ELSE 'the agent stopped renewing its lease; retrying' END,
-                agent_id = CASE WHEN attempts >= ?1 THEN agent_id ELSE requested_agent_id END,
-                progress = CASE WHEN attempts >= ?1 THEN progress ELSE 0 END,
-                started_at = CASE WHEN attempts >= ?1 THEN started_at ELSE NULL END,
-                completed_at = CASE WHEN attempts >= ?1 THEN ?2 ELSE NULL END,
-                lease_expires_at = NULL, updated_at = ?2
-             WHERE status = 'running' AND lease_expires_at < ?2
-             RETURNING {TASK_COLUMNS}"
+                agent_id = CASE WHEN {spent} THEN agent_id ELSE requested_agent_id END,
+                progress = CASE WHEN {spent} THEN progress ELSE 0 END,
+                started_at = CASE WHEN {spent} THEN started_at ELSE NULL END,
+                completed_at = CASE WHEN {spent} THEN ?1 ELSE NULL END,
+                available_at = CASE WHEN {spent} THEN available_at ELSE ?1 + {backoff} END,
+                attempt_outcome = 'lease_expired',
+                lease_expires_at = NULL, updated_at = ?1
+             WHERE status = 'running' AND lease_expires_at < ?1
+             RETURNING {TASK_COLUMNS}",
+            backoff = backoff_sql(2, 3),
         ))
-        .bind(i64::from(max_attempts))
         .bind(to_millis(at))
+        .bind(backoff.base_ms)
+        .bind(backoff.max_ms)
         .fetch_all(self.pool())
         .await?;
         tasks_from_rows(&rows)
@@ -311,6 +501,7 @@ impl TaskStore for SqliteStore {
         let rows = sqlx::query(&format!(
             "UPDATE tasks SET status = 'failed',
                               error = 'timed out after ' || timeout_s || ' s',
+                              attempt_outcome = 'timed_out',
                               lease_expires_at = NULL, completed_at = ?1, updated_at = ?1
              WHERE status = 'running' AND started_at + timeout_s * 1000 <= ?1
              RETURNING {TASK_COLUMNS}"
@@ -319,6 +510,104 @@ impl TaskStore for SqliteStore {
         .fetch_all(self.pool())
         .await?;
         tasks_from_rows(&rows)
+    }
+
+    async fn task_attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT attempt, agent_id, started_at, ended_at, outcome, error
+               FROM task_attempts WHERE task_id = ?1 ORDER BY id",
+        )
+        .bind(id.to_string())
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AttemptRecord {
+                    attempt: row.try_get::<i64, _>("attempt")?.max(0) as u32,
+                    agent_id: opt_agent(row.try_get("agent_id")?)?,
+                    started_at: from_millis(row.try_get("started_at")?),
+                    ended_at: opt_time(row, "ended_at")?,
+                    outcome: AttemptOutcome::parse(row.try_get("outcome")?)?,
+                    error: row.try_get("error")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn queue_standing(
+        &self,
+        task: &TaskRecord,
+        at: DateTime<Utc>,
+    ) -> Result<Option<QueueStanding>, StoreError> {
+        let Some(me) = sqlx::query(STANDING_SELF_SQL)
+            .bind(task.id.to_string())
+            .fetch_optional(self.pool())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let user: String = me.try_get("user_id")?;
+        let rank: i64 = me.try_get("priority_rank")?;
+        let created_at: i64 = me.try_get("created_at")?;
+        let rows = sqlx::query(STANDING_RIVALS_SQL)
+            .bind(me.try_get::<String, _>("capability")?)
+            .bind(rank)
+            .bind(to_millis(at))
+            .bind(me.try_get::<Option<String>, _>("requested_agent_id")?)
+            .bind(&user)
+            .bind(me.try_get::<bool, _>("shared")?)
+            .bind(created_at)
+            .bind(me.try_get::<i64, _>("seq")?)
+            .fetch_all(self.pool())
+            .await?;
+        let mut rivals = Vec::with_capacity(rows.len());
+        for row in &rows {
+            rivals.push(Rival {
+                rank: row.try_get("rank")?,
+                mine: row.try_get::<String, _>("user_id")? == user,
+                queued: row.try_get("queued")?,
+                before: row.try_get("before")?,
+                turn: (
+                    row.try_get("running")?,
+                    row.try_get("last")?,
+                    row.try_get("oldest")?,
+                ),
+            });
+        }
+        let own_turn = (me.try_get("running")?, me.try_get("last")?, created_at);
+        Ok(Some(QueueStanding {
+            position: fair_position(rank, own_turn, &rivals),
+            eligible_online_agents: me.try_get("online")?,
+        }))
+    }
+
+    async fn queue_gauges(&self) -> Result<QueueGauges, StoreError> {
+        let rows = sqlx::query(
+            "SELECT capability, COUNT(*) AS n FROM tasks WHERE status = 'queued'
+             GROUP BY capability",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let queued = rows
+            .iter()
+            .map(|row| {
+                Ok((
+                    Capability::parse(row.try_get("capability")?)?,
+                    row.try_get::<i64, _>("n")?,
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM tasks WHERE status = 'running') AS running,
+                    (SELECT COUNT(*) FROM agents WHERE online = 1) AS online",
+        )
+        .fetch_one(self.pool())
+        .await?;
+        Ok(QueueGauges {
+            queued,
+            running: row.try_get("running")?,
+            agents_online: row.try_get("online")?,
+        })
     }
 
     #[tracing::instrument(skip_all)]
@@ -349,28 +638,158 @@ impl TaskStore for SqliteStore {
     }
 }
 
+/// A hand-back: queued again, due at once (parameter `now` is the time), the attempt
+/// given back.
+fn release_set(now: usize) -> String {
+    format!(
+        "status = 'queued', agent_id = requested_agent_id,
+         attempts = MAX(attempts - 1, 0), progress = 0, started_at = NULL, error = NULL,
+         attempt_outcome = 'handed_back', available_at = ?{now}, lease_expires_at = NULL,
+         updated_at = ?{now}"
+    )
+}
+
+/// One user's due tasks at one priority, as `queue_standing` weighs them.
+struct Rival {
+    rank: i64,
+    /// The task's own user.
+    mine: bool,
+    queued: i64,
+    /// Of those, how many come before the task (its own user's only matter).
+    before: i64,
+    /// The claim's turn order: running tasks, last hand-out (0 = never), oldest task.
+    turn: (i64, i64, i64),
+}
+
+/// The task's place in the fair order (1 = next): every task of a higher priority, then
+/// a round robin over the users at its priority, where it is its owner's k-th task: each
+/// other user gets k-1 turns before it, and a k-th too when their turn comes first in a
+/// round (the claim's order of fewest running, longest since a hand-out, oldest task).
+/// An estimate in one respect: the turn order is today's, while the real one shifts as
+/// tasks are handed out.
+fn fair_position(rank: i64, own_turn: (i64, i64, i64), rivals: &[Rival]) -> i64 {
+    let higher: i64 = rivals
+        .iter()
+        .filter(|r| r.rank > rank)
+        .map(|r| r.queued)
+        .sum();
+    let own = rivals.iter().find(|r| r.rank == rank && r.mine);
+    let k = own.map_or(0, |r| r.before) + 1;
+    let own_turn = own.map_or(own_turn, |r| (r.turn.0, r.turn.1, r.turn.2.min(own_turn.2)));
+    let others: i64 = rivals
+        .iter()
+        .filter(|r| r.rank == rank && !r.mine)
+        .map(|r| r.queued.min(k - 1 + i64::from(r.turn < own_turn)))
+        .sum();
+    higher + k + others
+}
+
+/// Inserts the task row.
+async fn insert_row(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewTask,
+) -> Result<TaskRecord, StoreError> {
+    let row = sqlx::query(&format!(
+        "INSERT INTO tasks (id, user_id, query, capability, priority, priority_rank, status,
+                            progress, requested_agent_id, agent_id, attempts, max_attempts,
+                            idempotency_key, run_at, available_at, timeout_s, created_at,
+                            updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', 0, ?7, ?7, 0, ?8, ?9, ?10,
+                 MAX(?11, COALESCE(?10, 0)), ?12, ?11, ?11)
+         RETURNING {TASK_COLUMNS}"
+    ))
+    .bind(new.id.to_string())
+    .bind(new.user_id.to_string())
+    .bind(new.query.as_str())
+    .bind(new.capability.as_str())
+    .bind(new.priority.as_str())
+    .bind(new.priority.rank())
+    .bind(new.agent_id.map(|a| a.to_string()))
+    .bind(i64::from(new.max_attempts.get()))
+    .bind(new.idempotency_key.as_ref().map(|k| k.as_str()))
+    .bind(new.run_at.map(to_millis))
+    .bind(to_millis(new.created_at))
+    .bind(i64::from(new.timeout.get()))
+    .fetch_one(conn)
+    .await?;
+    task_from_row(&row)
+}
+
+/// Runs one claim statement on `conn`.
+async fn claim_one(
+    conn: &mut sqlx::SqliteConnection,
+    sql: &str,
+    agent: AgentId,
+    lease_until: DateTime<Utc>,
+    at: DateTime<Utc>,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let row = sqlx::query(sql)
+        .bind(agent.to_string())
+        .bind(to_millis(lease_until))
+        .bind(to_millis(at))
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(task_from_row).transpose()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::super::agents::test_agent;
     use super::*;
-    use crate::domain::{Email, FullName, TaskQuery, TimeoutSecs};
+    use crate::domain::{Email, FullName, IdempotencyKey, MaxAttempts, TaskQuery, TimeoutSecs};
     use crate::store::{AgentStore, NewAgent, NewUser, UserStore};
+    use chrono::Duration;
     use std::collections::HashSet;
     use std::sync::Arc;
+
+    const BACKOFF: Backoff = Backoff {
+        base_ms: 1_000,
+        max_ms: 60_000,
+    };
 
     async fn store() -> (Arc<SqliteStore>, tempfile::TempDir, UserId) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
-        let user = store
+        let user = add_user(&store).await;
+        (store, dir, user)
+    }
+
+    async fn add_user(store: &SqliteStore) -> UserId {
+        store
             .create_user(NewUser {
-                email: Email::parse("a@b.io").unwrap(),
+                email: Email::parse(&format!("{}@b.io", uuid::Uuid::new_v4().simple())).unwrap(),
                 full_name: FullName::parse("A").unwrap(),
                 password_hash: "x".into(),
                 role: None,
             })
             .await
+            .unwrap()
+            .id
+    }
+
+    /// A `general` agent of `owner`; `shared` makes it run everyone's tasks.
+    async fn add_agent(store: &SqliteStore, owner: UserId, shared: bool) -> AgentId {
+        let id = AgentId::new();
+        store
+            .create_agent(&NewAgent {
+                id,
+                owner_id: owner,
+                name: "a".into(),
+                description: String::new(),
+                capabilities: vec![Capability::general()],
+                shared,
+                token_hash: id.to_string(),
+                token_prefix: "p".into(),
+                created_at: Utc::now(),
+            })
+            .await
             .unwrap();
-        (store, dir, user.id)
+        sqlx::query("UPDATE agents SET shared = ?2 WHERE id = ?1")
+            .bind(id.to_string())
+            .bind(shared)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        id
     }
 
     fn new_task(user: UserId, priority: Priority, query: &str) -> NewTask {
@@ -382,8 +801,23 @@ mod tests {
             priority,
             agent_id: None,
             timeout: TimeoutSecs::DEFAULT,
+            max_attempts: MaxAttempts::DEFAULT,
+            idempotency_key: None,
+            run_at: None,
             created_at: Utc::now(),
         }
+    }
+
+    async fn insert(store: &SqliteStore, new: &NewTask) -> TaskRecord {
+        match store.insert_task(new, Duration::hours(24)).await.unwrap() {
+            Inserted::New(task) => task,
+            Inserted::Duplicate(task) => panic!("unexpected duplicate {}", task.id),
+        }
+    }
+
+    async fn claim(store: &SqliteStore, agent: AgentId, at: DateTime<Utc>) -> Option<TaskRecord> {
+        let lease = at + Duration::seconds(30);
+        store.claim_tasks(agent, 1, lease, at).await.unwrap().pop()
     }
 
     #[tokio::test]
@@ -391,30 +825,29 @@ mod tests {
         let (store, _dir, user) = store().await;
         let mut ids = HashSet::new();
         for i in 0..100 {
-            ids.insert(
-                store
-                    .insert_task(&new_task(user, Priority::Normal, &format!("t{i}")))
-                    .await
-                    .unwrap()
-                    .id,
-            );
+            let task = insert(&store, &new_task(user, Priority::Normal, &format!("t{i}"))).await;
+            ids.insert(task.id);
         }
-        let caps = vec![Capability::general()];
         let mut claimers = Vec::new();
-        for _ in 0..16 {
-            let (store, caps) = (store.clone(), caps.clone());
-            // The claim only hands a task to a registered agent that may run it.
-            let agent = test_agent(&store, user, false).await;
+        for n in 0..16 {
+            let store = store.clone();
+            let agent = add_agent(&store, user, false).await;
             claimers.push(tokio::spawn(async move {
                 let mut got = Vec::new();
-                let lease = Utc::now() + chrono::Duration::seconds(30);
-                while let Some(task) = store
-                    .claim_task(agent, &caps, lease, Utc::now())
-                    .await
-                    .unwrap()
-                {
-                    assert_eq!((task.status, task.attempts), (TaskStatus::Running, 1));
-                    got.push(task.id);
+                let batch = if n % 2 == 0 { 1 } else { 5 };
+                loop {
+                    let now = Utc::now();
+                    let tasks = store
+                        .claim_tasks(agent, batch, now + Duration::seconds(30), now)
+                        .await
+                        .unwrap();
+                    if tasks.is_empty() {
+                        break;
+                    }
+                    for task in tasks {
+                        assert_eq!((task.status, task.attempts), (TaskStatus::Running, 1));
+                        got.push(task.id);
+                    }
                 }
                 got
             }));
@@ -428,38 +861,258 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn expired_leases_requeue_then_fail_on_the_last_attempt() {
+    async fn expired_leases_requeue_after_a_backoff_then_fail_on_the_last_attempt() {
         let (store, _dir, user) = store().await;
-        let task = store
-            .insert_task(&new_task(user, Priority::High, "q"))
-            .await
-            .unwrap();
-        let caps = [Capability::general()];
-        let agent = test_agent(&store, user, false).await;
+        let agent = add_agent(&store, user, false).await;
+        let task = insert(&store, &new_task(user, Priority::High, "q")).await;
+        let mut now = Utc::now();
         for attempt in 1..=3u32 {
-            let now = Utc::now();
-            let claimed = store
-                .claim_task(agent, &caps, now, now)
-                .await
-                .unwrap()
-                .unwrap();
+            let claimed = claim(&store, agent, now).await.unwrap();
             assert_eq!((claimed.id, claimed.attempts), (task.id, attempt));
-            let later = now + chrono::Duration::milliseconds(1);
-            let reaped = store.requeue_expired(3, later).await.unwrap();
+            now += Duration::seconds(31);
+            let reaped = store.requeue_expired(BACKOFF, now).await.unwrap();
             assert_eq!(reaped.len(), 1);
-            let expected = if attempt < 3 {
-                TaskStatus::Queued
+            if attempt < 3 {
+                assert_eq!(reaped[0].status, TaskStatus::Queued);
+                let cap = Duration::milliseconds(1_000 << (attempt - 1));
+                let due = reaped[0].available_at;
+                assert!(due >= now && due <= now + cap, "backoff {:?}", due - now);
+                now += cap + Duration::milliseconds(1);
             } else {
-                TaskStatus::Failed
-            };
-            assert_eq!(reaped[0].status, expected);
+                assert_eq!(reaped[0].status, TaskStatus::Failed);
+            }
         }
         let failed = store.task(task.id).await.unwrap();
         assert_eq!(failed.error.as_deref(), Some("agent lost the task 3 times"));
-        assert!(store
-            .claim_task(agent, &caps, Utc::now(), Utc::now())
+        assert!(claim(&store, agent, now).await.is_none());
+        let attempts = store.task_attempts(task.id).await.unwrap();
+        let outcomes: Vec<_> = attempts.iter().map(|a| (a.attempt, a.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [1, 2, 3]
+                .map(|n| (n, AttemptOutcome::LeaseExpired))
+                .to_vec()
+        );
+        assert!(attempts
+            .iter()
+            .all(|a| a.ended_at.is_some() && a.error.is_some()));
+    }
+
+    #[tokio::test]
+    async fn a_task_is_not_claimed_before_its_backoff_or_run_at() {
+        let (store, _dir, user) = store().await;
+        let agent = add_agent(&store, user, false).await;
+        let mut later = new_task(user, Priority::Critical, "later");
+        later.run_at = Some(Utc::now() + Duration::seconds(60));
+        insert(&store, &later).await;
+        let soon = insert(&store, &new_task(user, Priority::Low, "soon")).await;
+        let now = Utc::now();
+        let claimed = claim(&store, agent, now).await.unwrap();
+        assert_eq!(claimed.id, soon.id, "the delayed task is not due yet");
+        let failed = store
+            .finish_attempt(
+                soon.id,
+                agent,
+                &Outcome::Failed {
+                    error: "flake".into(),
+                    retryable: true,
+                },
+                Backoff {
+                    base_ms: 10_000,
+                    max_ms: 60_000,
+                },
+                now,
+            )
             .await
             .unwrap()
+            .unwrap();
+        assert_eq!(failed.status, TaskStatus::Queued);
+        assert_eq!(failed.error.as_deref(), Some("flake"));
+        assert!(failed.available_at <= now + Duration::seconds(10));
+        assert!(claim(&store, agent, now - Duration::milliseconds(1))
+            .await
+            .is_none());
+        let at_run = claim(&store, agent, now + Duration::seconds(60))
+            .await
+            .unwrap();
+        assert_eq!(at_run.query, "later", "critical first once both are due");
+        let retried = claim(&store, agent, now + Duration::seconds(60))
+            .await
+            .unwrap();
+        assert_eq!((retried.id, retried.attempts), (soon.id, 2));
+        assert_eq!(
+            retried.error, None,
+            "a new attempt starts without the old error"
+        );
+    }
+
+    #[tokio::test]
+    async fn release_gives_the_attempt_back_and_turns_the_agent_offline() {
+        let (store, _dir, user) = store().await;
+        let agent = add_agent(&store, user, false).await;
+        assert!(store
+            .mark_agent_seen(agent, Utc::now())
+            .await
+            .unwrap()
+            .is_some());
+        let task = insert(&store, &new_task(user, Priority::Normal, "q")).await;
+        claim(&store, agent, Utc::now()).await.unwrap();
+        let (released, went_offline) = store
+            .release_task(task.id, agent, Utc::now())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(went_offline);
+        assert_eq!(
+            (released.status, released.attempts),
+            (TaskStatus::Queued, 0)
+        );
+        assert!(!store.agent(agent).await.unwrap().online);
+        assert!(store
+            .release_task(task.id, agent, Utc::now())
+            .await
+            .unwrap()
+            .is_none());
+        let again = claim(&store, agent, Utc::now()).await.unwrap();
+        assert_eq!(again.attempts, 1);
+        let history = store.task_attempts(task.id).await.unwrap();
+        let outcomes: Vec<_> = history.iter().map(|a| (a.attempt, a.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [
+                (1, AttemptOutcome::HandedBack),
+                (1, AttemptOutcome::Running)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn at_shutdown_the_server_agents_tasks_go_back_without_using_an_attempt() {
+        let (store, _dir, user) = store().await;
+        let builtin = AgentId::new();
+        let mut new = NewAgent {
+            id: builtin,
+            owner_id: UserId(uuid::Uuid::nil()),
+            name: "builtin".into(),
+            description: String::new(),
+            capabilities: vec![Capability::general()],
+            shared: true,
+            token_hash: "builtin".into(),
+            token_prefix: "p".into(),
+            created_at: Utc::now(),
+        };
+        store.upsert_system_agent("builtin", &new).await.unwrap();
+        new.id = AgentId::new();
+        let other = add_agent(&store, user, false).await;
+        let a = insert(&store, &new_task(user, Priority::Normal, "builtin's")).await;
+        let b = insert(&store, &new_task(user, Priority::Normal, "other's")).await;
+        let now = Utc::now();
+        assert_eq!(
+            claim(&store, builtin, now).await.unwrap().id,
+            a.id,
+            "shared"
+        );
+        assert_eq!(claim(&store, other, now).await.unwrap().id, b.id);
+        let back = store.release_server_agent_tasks(Utc::now()).await.unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(
+            (back[0].id, back[0].status, back[0].attempts),
+            (a.id, TaskStatus::Queued, 0)
+        );
+        assert_eq!(store.task(b.id).await.unwrap().status, TaskStatus::Running);
+        let history = store.task_attempts(a.id).await.unwrap();
+        assert_eq!(history[0].outcome, AttemptOutcome::HandedBack);
+    }
+
+    #[tokio::test]
+    async fn parallel_submits_with_one_key_create_one_task() {
+        let (store, _dir, user) = store().await;
+        let key = IdempotencyKey::parse("order-17".into()).unwrap();
+        let mut handles = Vec::new();
+        for _ in 0..20 {
+            let (store, key) = (store.clone(), key.clone());
+            handles.push(tokio::spawn(async move {
+                let mut new = new_task(user, Priority::Normal, "once");
+                new.idempotency_key = Some(key);
+                store.insert_task(&new, Duration::hours(24)).await.unwrap()
+            }));
+        }
+        let mut created = HashSet::new();
+        let mut named = HashSet::new();
+        for h in handles {
+            match h.await.unwrap() {
+                Inserted::New(t) => {
+                    created.insert(t.id);
+                    named.insert(t.id);
+                }
+                Inserted::Duplicate(t) => {
+                    named.insert(t.id);
+                }
+            }
+        }
+        assert_eq!((created.len(), named.len()), (1, 1));
+        // Another user's key is theirs; an expired key may be taken again.
+        let other = add_user(&store).await;
+        let mut theirs = new_task(other, Priority::Normal, "theirs");
+        theirs.idempotency_key = Some(key.clone());
+        insert(&store, &theirs).await;
+        let mut late = new_task(user, Priority::Normal, "a day later");
+        late.idempotency_key = Some(key);
+        late.created_at = Utc::now() + Duration::hours(25);
+        let fresh = insert(&store, &late).await;
+        assert!(!created.contains(&fresh.id));
+    }
+
+    #[tokio::test]
+    async fn a_shared_agent_takes_a_second_users_task_before_the_first_users_backlog() {
+        let (store, _dir, a) = store().await;
+        let b = add_user(&store).await;
+        let agent = add_agent(&store, a, true).await;
+        let t0 = Utc::now();
+        for i in 0..50 {
+            let mut new = new_task(a, Priority::Normal, &format!("a{i}"));
+            new.created_at = t0 + Duration::milliseconds(i);
+            insert(&store, &new).await;
+        }
+        // A's first claims happen before B submits.
+        let first = claim(&store, agent, t0 + Duration::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(first.query, "a0");
+        let mut new = new_task(b, Priority::Normal, "b");
+        new.created_at = t0 + Duration::seconds(2);
+        let b_task = insert(&store, &new).await;
+        let standing = store
+            .queue_standing(&b_task, t0 + Duration::seconds(2))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(standing.position, 1, "B is next");
+        // One task at a time: the agent completes each before it claims the next.
+        store
+            .finish_attempt(
+                first.id,
+                agent,
+                &Outcome::Completed {
+                    result: serde_json::json!(1),
+                },
+                BACKOFF,
+                t0 + Duration::seconds(2),
+            )
+            .await
+            .unwrap();
+        let next = claim(&store, agent, t0 + Duration::seconds(3))
+            .await
+            .unwrap();
+        assert_eq!(next.id, b_task.id, "B's task comes before A's backlog");
+        let after = claim(&store, agent, t0 + Duration::seconds(4))
+            .await
+            .unwrap();
+        assert_eq!(after.query, "a1", "then A's oldest");
+        // A private agent of B never takes A's tasks.
+        let private = add_agent(&store, b, false).await;
+        assert!(claim(&store, private, t0 + Duration::seconds(5))
+            .await
             .is_none());
     }
 
