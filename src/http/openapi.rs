@@ -889,20 +889,32 @@ mod tests {
         [("GET", "/"), ("GET", "/{page}"), ("GET", "/static/{*path}")];
 
     /// Every `(METHOD, path)` the router registers, read from the `.route(` calls in
-    /// `src/http` (test modules excluded).
+    /// `src/http` and below (test modules excluded).
     fn registered_routes() -> BTreeSet<(String, String)> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/http");
         let mut routes = BTreeSet::new();
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .expect("src/http")
-            .map(|e| e.expect("dir entry").path())
-            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
-            .collect();
+        let mut files = Vec::new();
+        let mut dirs = vec![dir];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("a source directory") {
+                let path = entry.expect("dir entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
         files.sort();
         assert!(files.len() > 5, "src/http has no route files?");
         for file in files {
             let text = std::fs::read_to_string(&file).expect("read source");
-            let code = strip_comments(text.split("#[cfg(test)]").next().unwrap_or_default());
+            // The unit tests at the end of a file build their own little routers.
+            let code = strip_comments(
+                text.split("#[cfg(test)]\nmod tests {")
+                    .next()
+                    .unwrap_or_default(),
+            );
             for other in [
                 ".nest(",
                 ".nest_service(",
