@@ -8,6 +8,7 @@ mod api_keys;
 pub mod error;
 pub mod extract;
 mod health;
+mod notifications;
 mod observe;
 mod openapi;
 mod pages;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::router())
         .merge(runtime::router())
         .merge(analytics::router())
+        .merge(notifications::router())
         .merge(realtime::router())
         .merge(openapi::router())
         .merge(pages::router())

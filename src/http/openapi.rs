@@ -26,6 +26,7 @@
 
 use super::agents::{self, AgentView};
 use super::api_keys::{self, KeyView};
+use super::notifications;
 use super::realtime;
 use super::runtime;
 use super::state::AppState;
@@ -93,7 +94,7 @@ async fn serve() -> impl IntoResponse {
         tasks_list, tasks_submit, tasks_read, tasks_delete, tasks_status, tasks_result,
         tasks_cancel, tasks_attempts, tasks_retry,
         runtime_claim, runtime_progress, runtime_complete, runtime_fail, runtime_release,
-        analytics_summary,
+        analytics_summary, notifications_list,
         ws_connect, events, ws_stats, ws_broadcast, ws_send_to_user, ws_send,
     ),
     components(schemas(ErrorBody)),
@@ -655,6 +656,11 @@ fn runtime_release() {}
     responses((status = 200, description = "Figures over the caller's tasks (admins: all)", body = Summary)))]
 fn analytics_summary() {}
 
+#[utoipa::path(get, path = "/api/v1/notifications", tag = "realtime",
+    params(("limit" = Option<String>, Query, pattern = "^\\+?0*([1-9]|[1-9][0-9]|1[0-9][0-9]|200)$", description = "1-200, default 50")),
+    responses((status = 200, description = "The caller's recent `system` messages, newest first", body = notifications::ListBody)))]
+fn notifications_list() {}
+
 #[utoipa::path(get, path = "/api/v1/ws/connect", tag = "realtime",
     params(
         ("token" = Option<String>, Query, description = "Session token or API key, for clients that cannot set headers"),
@@ -803,6 +809,8 @@ const TRIMMED: &str =
 /// trimmed, empty meaning absent), so the document says precisely what is accepted.
 fn query_pattern(path: &str, name: &str) -> Option<String> {
     let body = match name {
+        // The notifications take `?limit=` as a plain number (pattern on the route).
+        "limit" if path == "/api/v1/notifications" => return None,
         // The agent lists trim `?all=`; the task list takes it as is (pattern on the route).
         "all" if path.starts_with("/api/v1/agents") => "true|false|1|0",
         // `?limit=` (1 or more; above 200 counts as 200) and the paging cursor: positive

@@ -295,6 +295,8 @@ fn rows() -> Vec<Row> {
         ),
         // Analytics.
         row("GET", "/api/v1/analytics/summary", None, signed_in(&[200])),
+        // Notifications: the caller's own `system` messages.
+        row("GET", "/api/v1/notifications", None, signed_in(&[200])),
         // Real-time. A plain GET is not an upgrade: 400 says the credentials passed.
         row("GET", "/api/v1/ws/connect", None, signed_in(&[400])),
         row("GET", "/api/v1/events", None, signed_in(&[200])),

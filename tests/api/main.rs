@@ -7,6 +7,7 @@ mod agents;
 mod analytics;
 mod api_keys;
 mod authz;
+mod cli;
 mod execution;
 mod hardening;
 mod health;
