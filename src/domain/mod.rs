@@ -5,6 +5,7 @@
 mod credential;
 mod ids;
 mod message;
+mod output;
 #[cfg(test)]
 mod props;
 mod task;
@@ -13,6 +14,10 @@ mod user;
 pub use credential::Credential;
 pub use ids::{AgentId, ApiKeyId, SessionId, TaskId, UserId};
 pub use message::{Cursor, MessageType};
+pub use output::{
+    BatchError, ChunkBatch, NewChunk, OutputChunk, OutputStream, DEFAULT_TASK_OUTPUT_MAX_BYTES,
+    MAX_APPEND_BYTES, MAX_APPEND_CHUNKS,
+};
 pub use task::{
     AttemptOutcome, Capability, IdempotencyKey, MaxAttempts, Priority, TaskQuery, TaskStatus,
     TimeoutSecs,

@@ -11,6 +11,7 @@ mod health;
 mod notifications;
 mod observe;
 mod openapi;
+mod output;
 mod pages;
 #[cfg(test)]
 mod props;
@@ -45,6 +46,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(tasks::router())
         .merge(runtime::router())
+        .merge(output::router())
         .merge(analytics::router())
         .merge(notifications::router())
         .merge(realtime::router())
