@@ -27,6 +27,7 @@
 use super::agents::{self, AgentView};
 use super::api_keys::{self, KeyView};
 use super::notifications;
+use super::output;
 use super::realtime;
 use super::runtime;
 use super::state::AppState;
@@ -92,8 +93,9 @@ async fn serve() -> impl IntoResponse {
         agents_list, agents_search, agents_register, agents_read, agents_update,
         agents_delete, agents_token,
         tasks_list, tasks_submit, tasks_read, tasks_delete, tasks_status, tasks_result,
-        tasks_cancel, tasks_attempts, tasks_retry,
+        tasks_cancel, tasks_attempts, tasks_retry, tasks_output, tasks_output_stream,
         runtime_claim, runtime_progress, runtime_complete, runtime_fail, runtime_release,
+        runtime_output,
         analytics_summary, notifications_list,
         ws_connect, events, ws_stats, ws_broadcast, ws_send_to_user, ws_send,
     ),
@@ -339,6 +341,36 @@ struct TaskResultView {
     result: Option<Value>,
     error: Option<String>,
     duration_ms: Option<i64>,
+}
+
+/// One chunk of a task's output.
+#[derive(ToSchema)]
+struct OutputChunk {
+    /// 1, 2, 3, … per task, without gaps.
+    seq: u64,
+    /// `output` or `log`.
+    #[schema(pattern = "^(output|log)$")]
+    stream: String,
+    text: String,
+    at: DateTime<Utc>,
+}
+
+/// `GET /api/v1/tasks/{id}/output`.
+#[derive(ToSchema)]
+struct OutputPage {
+    task_id: TaskId,
+    /// Chunks with `seq > after`, in order.
+    chunks: Vec<OutputChunk>,
+    /// The `after` for the next page.
+    next: u64,
+    /// The task finished and every chunk has been returned.
+    complete: bool,
+}
+
+/// An append: the last `seq` written.
+#[derive(ToSchema)]
+struct Appended {
+    seq: u64,
 }
 
 /// A canceled task.
@@ -603,6 +635,23 @@ fn tasks_attempts() {}
     ))]
 fn tasks_retry() {}
 
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/output", tag = "tasks",
+    params(
+        ("id" = uuid::Uuid, Path, description = "Task id"),
+        ("after" = Option<String>, Query, description = "Chunks after this seq (0: from the start)"),
+        ("limit" = Option<String>, Query, description = "Chunks per page, default and at most 200"),
+    ),
+    responses((status = 200, description = "A page of the task's output", body = OutputPage)))]
+fn tasks_output() {}
+
+#[utoipa::path(get, path = "/api/v1/tasks/{id}/output/stream", tag = "tasks",
+    params(
+        ("id" = uuid::Uuid, Path, description = "Task id"),
+        ("after" = Option<String>, Query, description = "Start after this seq (`Last-Event-ID` wins)"),
+    ),
+    responses((status = 200, description = "Server-Sent Events: `output` per chunk (`id` = seq), then `end` `{status}` when the task finishes", content_type = "text/event-stream", body = String)))]
+fn tasks_output_stream() {}
+
 #[utoipa::path(post, path = "/api/v1/runtime/claim", tag = "runtime",
     security(("agent_token" = [])),
     request_body(content = inline(Option<runtime::ClaimBody>), content_type = "application/json", description = "Optional; an empty body asks for an immediate answer"),
@@ -650,6 +699,17 @@ fn runtime_fail() {}
         (status = 409, description = "Not this agent's running task", body = ErrorBody),
     ))]
 fn runtime_release() {}
+
+#[utoipa::path(post, path = "/api/v1/runtime/tasks/{id}/output", tag = "runtime",
+    security(("agent_token" = [])),
+    params(("id" = uuid::Uuid, Path, description = "Task id")),
+    request_body(content = inline(output::AppendBody), content_type = "application/json"),
+    responses(
+        (status = 200, description = "Appended; the lease is renewed", body = Appended),
+        (status = 409, description = "`canceled` or not this agent's running task", body = ErrorBody),
+        (status = 413, description = "`output_limit`: the task's output is full, or the append is over 64 KiB", body = ErrorBody),
+    ))]
+fn runtime_output() {}
 
 #[utoipa::path(get, path = "/api/v1/analytics/summary", tag = "analytics",
     params(("window" = Option<String>, Query, pattern = "^(1h|24h|7d)$", description = "1h, 24h (default) or 7d")),
@@ -817,6 +877,8 @@ fn query_pattern(path: &str, name: &str) -> Option<String> {
         // integers as the handlers parse them.
         "limit" | "cursor" => r"\+?0*[1-9][0-9]{0,17}",
         "status" => "queued|running|completed|failed|canceled",
+        // A task output seq (`u64`).
+        "after" => r"\+?[0-9]{1,19}",
         "capability" => "[A-Za-z0-9][A-Za-z0-9_.-]{0,63}",
         // The forms `Uuid::parse_str` reads: hyphenated, simple, braced and URN.
         "agent_id" => concat!(

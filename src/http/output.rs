@@ -37,15 +37,15 @@ pub fn router() -> Router<AppState> {
 }
 
 /// `{text, stream?}` or `{chunks: [{text, stream?}]}`.
-#[derive(Deserialize)]
-struct AppendBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct AppendBody {
     text: Option<String>,
     stream: Option<String>,
     chunks: Option<Vec<ChunkBody>>,
 }
 
-#[derive(Deserialize)]
-struct ChunkBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ChunkBody {
     text: String,
     stream: Option<String>,
 }

@@ -6,7 +6,7 @@
 use super::error::ApiError;
 use super::extract::parse_json;
 use super::tasks::{page_params, PageQuery};
-use super::{agents, api_keys, realtime, runtime, tasks, users};
+use super::{agents, api_keys, output, realtime, runtime, tasks, users};
 use crate::domain::{Capability, TaskStatus};
 use crate::tasks::analytics::Window;
 use axum::extract::Query;
@@ -113,6 +113,7 @@ proptest! {
         check_body::<runtime::ProgressBody>(&bytes)?;
         check_body::<runtime::CompleteBody>(&bytes)?;
         check_body::<runtime::FailBody>(&bytes)?;
+        check_body::<output::AppendBody>(&bytes)?;
     }
 
     #[test]
