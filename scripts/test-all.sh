@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit and integration tests, then the browser tests in real
-# Chromium. Installs what a fresh Debian machine lacks (Chromium, Node.js, the npm
-# packages of package.json) first; installing system packages needs root.
+# Runs every test: Rust unit and integration tests, the browser tests in real Chromium,
+# the Python SDK's tests and schemathesis against the served OpenAPI document, all
+# against the real server binary. Installs what a fresh Debian machine lacks (Chromium,
+# Node.js, Python's venv, the npm packages of package.json, the PyPI packages of the SDK
+# and of schemathesis) first; installing system packages needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +11,8 @@ need_apt=()
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium fonts-liberation)
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then
@@ -28,3 +32,6 @@ cargo test --all-targets --locked
 
 echo "== browser tests (Chromium)"
 ZEROSTATE_BIN="$PWD/target/debug/zerostate" CHROMIUM_PATH="$(command -v chromium)" npm run --silent test:e2e
+
+echo "== Python SDK tests (pytest)"
+ZEROSTATE_BIN="$PWD/target/debug/zerostate" ./scripts/test-python.sh

@@ -87,7 +87,7 @@ impl Application {
             max_per_stream: settings.history_max_per_user,
             max_age: settings.history_max_age,
         };
-        let broker = LocalBroker::start(history_log).await?;
+        let broker = LocalBroker::start(history_log.clone()).await?;
         let hub = Hub::start(Arc::new(broker), history).await?;
         let shutdown = Shutdown::new();
         let agents = crate::agents::AgentService::new(
@@ -125,6 +125,7 @@ impl Application {
             metrics,
             started_at: Instant::now(),
             hub,
+            messages: history_log,
             agents,
             tasks,
         };

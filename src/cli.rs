@@ -24,6 +24,9 @@ pub enum Command {
     /// Agent processes that take tasks from a server.
     #[command(subcommand)]
     Agent(AgentCommand),
+    /// Submit tasks and follow their output (with an API key in `ZEROSTATE_API_KEY`).
+    #[command(subcommand)]
+    Tasks(crate::client::TasksCommand),
 }
 
 /// Where the data lives; shared by `serve` and the operator commands.

@@ -13,6 +13,7 @@ pub async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve(args) => serve(args).await,
         Command::Users(cmd) => users(cmd).await,
         Command::Agent(AgentCommand::Run(args)) => agent_run(args).await,
+        Command::Tasks(cmd) => crate::client::run(cmd).await,
     }
 }
 

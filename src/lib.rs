@@ -7,6 +7,7 @@ pub mod agents;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod client;
 pub mod commands;
 pub mod config;
 pub mod domain;

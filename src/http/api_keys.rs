@@ -128,6 +128,14 @@ async fn revoke(
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     let id = path_id(&id, ApiKeyId::parse, "api key")?;
+    // The alert names the key as its owner named it (an id means nothing to a person).
+    let name = state
+        .store
+        .list_api_keys(principal.user_id)
+        .await?
+        .into_iter()
+        .find(|k| k.id == id)
+        .map(|k| k.name);
     match state
         .store
         .revoke_api_key(principal.user_id, id, Utc::now())
@@ -140,7 +148,13 @@ async fn revoke(
     tracing::info!(key_id = %id, "api key revoked");
     state.on_credentials_revoked(&[crate::auth::Credential::ApiKey(id)]);
     state
-        .notify_security(principal.user_id, format!("API key {id} was revoked"))
+        .notify_security(
+            principal.user_id,
+            match name {
+                Some(name) => format!("API key \"{name}\" was revoked"),
+                None => format!("API key {id} was revoked"),
+            },
+        )
         .await;
     Ok(StatusCode::NO_CONTENT)
 }

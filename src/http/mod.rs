@@ -8,6 +8,7 @@ mod api_keys;
 pub mod error;
 pub mod extract;
 mod health;
+mod notifications;
 mod observe;
 mod output;
 mod pages;
@@ -44,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .merge(runtime::router())
         .merge(output::router())
         .merge(analytics::router())
+        .merge(notifications::router())
         .merge(realtime::router())
         .merge(pages::router())
         .fallback(pages::not_found)

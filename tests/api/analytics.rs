@@ -63,7 +63,7 @@ async fn run_one(app: &TestApp, token: &str, ms: u64, complete: bool) {
     let (what, body) = if complete {
         ("complete", json!({ "result": "ok" }))
     } else {
-        ("fail", json!({ "error": "no" }))
+        ("fail", json!({ "error": "no", "retryable": false }))
     };
     assert_eq!(
         app.runtime(token, &format!("/tasks/{id}/{what}"), body)

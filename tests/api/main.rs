@@ -6,6 +6,7 @@ mod helpers;
 mod agents;
 mod analytics;
 mod api_keys;
+mod cli;
 mod execution;
 mod hardening;
 mod health;

@@ -203,7 +203,8 @@ export async function waitForConnected(page, timeout = 20000) {
 
 /**
  * Full-page screenshot into tests/e2e/artifacts/<name>.png; with E2E_UPDATE_SCREENSHOTS=1
- * also into docs/screenshots/<name>.png, the ones the README shows.
+ * the README's ones (every page in both themes: names ending in -dark or -light, taken
+ * by axe.test.mjs) also into docs/screenshots/<name>.png.
  */
 export async function screenshot(page, name) {
   mkdirSync(ARTIFACTS, { recursive: true });
@@ -211,7 +212,7 @@ export async function screenshot(page, name) {
   // From the top: a scrolled page would show its sticky header in the middle.
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: file, fullPage: true });
-  if (process.env.E2E_UPDATE_SCREENSHOTS === '1') {
+  if (process.env.E2E_UPDATE_SCREENSHOTS === '1' && /-(dark|light)$/.test(name)) {
     mkdirSync(SCREENSHOTS, { recursive: true });
     copyFileSync(file, path.join(SCREENSHOTS, `${name}.png`));
   }

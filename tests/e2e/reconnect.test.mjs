@@ -139,7 +139,7 @@ describe('reconnect and resume', () => {
   it('keeps retrying after the fast attempts, with a Retry button', { timeout: 150000 }, async () => {
     const { context, page } = await openSignedInPage(env, user.token, '/tasks.html');
     await env.server.stop();
-    // Five attempts with full-jitter backoff (at most 1+2+4+8+16 s), then "Disconnected".
+    // Five fast attempts, quick retries while it may be a restart, then (30 s) "Disconnected".
     await page.waitForFunction(() => document.getElementById('ws-status-text').textContent.trim() === 'Disconnected', null, { timeout: 60000 });
     assert.equal(await page.getAttribute('#ws-status', 'data-state'), 'disconnected');
     await page.waitForSelector('#ws-status-retry');
@@ -157,7 +157,7 @@ describe('reconnect and resume', () => {
       () => document.dispatchEvent(new Event('visibilitychange')),
     ]) {
       await env.server.stop();
-      // Past the fast attempts the client waits 15 to 30 s between slow retries...
+      // Down 30 s: the client waits 15 to 30 s between slow retries...
       await page.waitForFunction(() => document.getElementById('ws-status-text').textContent.trim() === 'Disconnected', null, { timeout: 60000 });
       await env.server.restart();
       assert.equal(await page.getAttribute('#ws-status', 'data-state'), 'disconnected');

@@ -45,7 +45,7 @@ describe('sessions', () => {
       sessionStorage.setItem(key, '0000000000000000-999999');
       window.__resets = [];
       document.addEventListener('zs:reset', (e) => window.__resets.push(e.detail));
-    }, `zs.ws.cursor.${user.user.id}`);
+    }, "zs.ws.cursor");
     const page = await context.newPage();
     const frames = [];
     page.on('websocket', (ws) => {

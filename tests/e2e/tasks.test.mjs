@@ -45,7 +45,7 @@ describe('tasks page', () => {
     assert.ok(logs.some((l) => l.startsWith('📋 Task update:')), 'task update line');
 
     // Details: the result of the built-in agent.
-    await row.locator('button:has-text("Details")').click();
+    await row.locator(".task-details").click();
     await page.waitForSelector(`#task-detail [data-task-id="${id}"] [data-status="completed"]`);
     await page.waitForSelector('#task-result');
     assert.ok((await page.textContent('#task-result')).length > 0);

@@ -4,13 +4,13 @@
 import { api, ApiError, API_BASE_URL, goToLogin, qs } from './api.js';
 import { renderHeader, signOut } from './layout.js';
 import { toast } from './toast.js';
+import { startRealtimeUi } from './realtime-ui.js';
 
 export { api, ApiError, API_BASE_URL, qs, toast, signOut };
 export * from './dom.js';
 
+/** "Who am I", asked again every 2 s while the server cannot be reached. */
 async function fetchMe() {
-  // websocket.js already asked (window.zsMePromise); otherwise ask here.
-  if (window.zsMePromise) return window.zsMePromise;
   for (;;) {
     try {
       const res = await fetch(`${API_BASE_URL}/api/v1/users/me`, { credentials: 'same-origin', cache: 'no-store' });
@@ -29,6 +29,7 @@ async function fetchMe() {
  * after drawing the header; a signed-out visitor goes to /login.html.
  */
 export async function initPage(active) {
+  startRealtimeUi();
   const result = await fetchMe();
   if (result.status !== 200 || !result.user) {
     goToLogin();
@@ -48,14 +49,13 @@ export function onRealtime(type, fn) {
   document.addEventListener(`zs:${type}`, (event) => fn(event.detail, event.message));
 }
 
-/** The system messages received during this browser session (newest first). */
-export function sessionNotifications() {
-  try {
-    const list = JSON.parse(sessionStorage.getItem('zs.notifications') || '[]');
-    return Array.isArray(list) ? list : [];
-  } catch {
-    return [];
-  }
+/**
+ * The user's recent `system` messages from the server's message history, newest
+ * first: [{message, level, category, at}]. The same list in every tab and device.
+ */
+export async function fetchNotifications(limit = 50) {
+  const body = await api(`/api/v1/notifications?limit=${limit}`);
+  return (body && Array.isArray(body.notifications)) ? body.notifications : [];
 }
 
 /** Shows an API error (or any error) to the user as a toast. */

@@ -89,6 +89,17 @@ export function ratePercent(rate) {
   return n <= 1 ? n * 100 : n;
 }
 
+/**
+ * A summary's success rate for people: "—" while nothing has finished (the contract
+ * sends null then; a server that sends 0 is read the same way when its counts say
+ * that nothing completed or failed).
+ */
+export function summaryRate(tasks) {
+  const by = (tasks && tasks.by_status) || {};
+  const finished = Number(by.completed || 0) + Number(by.failed || 0);
+  return finished === 0 ? '—' : formatRate(tasks.success_rate);
+}
+
 export function formatRate(rate) {
   const p = ratePercent(rate);
   return p === null ? '—' : `${p.toFixed(p >= 99.95 || p === 0 ? 0 : 1)}%`;

@@ -22,7 +22,6 @@ export async function signOut() {
   } catch (err) {
     if (err.status !== 401) toast(err.message, 'error');
   }
-  try { sessionStorage.removeItem('zs.notifications'); } catch { /* ignore */ }
   location.replace('/login.html');
 }
 
@@ -48,7 +47,9 @@ export function renderHeader(user, active) {
       }))));
   const signOutBtn = el('button', { type: 'button', class: 'btn btn-ghost btn-sm', id: 'sign-out', text: 'Sign out' });
   signOutBtn.addEventListener('click', signOut);
+  const theme = el('button', { type: 'button', class: 'btn btn-ghost btn-sm theme-toggle', 'data-theme-toggle': '', text: 'Theme' });
   const userBox = el('div', { class: 'nav-user' },
+    theme,
     el('span', { class: 'nav-email', id: 'current-user-email', title: user.full_name || '', text: user.email || '' }),
     user.role === 'admin' ? el('span', { class: 'role-badge', text: 'admin' }) : null,
     signOutBtn);
@@ -62,4 +63,5 @@ export function renderHeader(user, active) {
       el('a', { href: '/dashboard.html', class: 'brand' }, el('span', { class: 'brand-mark', 'aria-hidden': 'true', text: '◆' }), 'ZeroState'),
       toggle,
       nav));
+  if (window.zsTheme) window.zsTheme.refresh();
 }

@@ -1,7 +1,8 @@
 // /agents.html: every agent with its online state (live), the user's own agents
 // with edit and delete, and registration that shows the agent token once with
 // the command that runs the reference agent.
-import { initPage, api, el, replaceChildren, debounce, onRealtime, timeAgo, showFormError, qs, reportError, copyText, confirmButton } from '../app.js';
+import { initPage, api, el, replaceChildren, debounce, onRealtime, timeAgo, showFormError, qs, reportError, copyText, confirmButton, toast } from '../app.js';
+import { statusBadge } from '../task-view.js';
 
 let me = null;
 const editing = new Set();
@@ -34,11 +35,42 @@ function agentCard(agent) {
     agent.description ? el('p', { class: 'agent-desc', text: agent.description }) : null,
     caps,
     el('p', { class: 'agent-meta' },
+      agent.shared ? el('span', { class: 'chip', text: 'shared' }) : el('span', { text: 'private' }),
       el('span', { text: `${agent.tasks_completed ?? 0} completed` }),
       el('span', { text: `${agent.tasks_failed ?? 0} failed` }),
       el('span', { text: `last seen ${timeAgo(agent.last_seen_at)}` })));
+  card.append(tasksDisclosure(agent));
   if (canEdit(agent)) card.append(editControls(agent, card));
   return card;
+}
+
+/** The agent's current and recent tasks, loaded when opened (and kept live while open). */
+function tasksDisclosure(agent) {
+  const body = el('div', { class: 'agent-tasks-body' }, el('p', { class: 'muted', text: 'Loading…' }));
+  const details = el('details', { class: 'agent-tasks', dataset: { agentTasks: agent.id } },
+    el('summary', { text: `Tasks (${agent.current_tasks ?? 0} running now)` }), body);
+  details.addEventListener('toggle', () => { if (details.open) loadAgentTasks(agent.id, body).catch(reportError); });
+  return details;
+}
+
+function taskLinks(tasks) {
+  return el('ul', {}, tasks.map((t) => el('li', { dataset: { taskId: t.id, taskStatus: t.status } },
+    statusBadge(t.status),
+    el('a', { href: `/tasks.html#${t.id}`, text: t.query || t.id }),
+    el('time', { class: 'muted', datetime: t.created_at || '', text: timeAgo(t.created_at) }))));
+}
+
+async function loadAgentTasks(id, body) {
+  const all = me && me.role === 'admin' ? 'true' : null;
+  const [running, recent] = await Promise.all([
+    api(`/api/v1/tasks${qs({ agent_id: id, status: 'running', limit: 20, all })}`),
+    api(`/api/v1/tasks${qs({ agent_id: id, limit: 5, all })}`),
+  ]);
+  const now = (running && running.tasks) || [];
+  const last = ((recent && recent.tasks) || []).filter((t) => !now.some((r) => r.id === t.id));
+  replaceChildren(body,
+    el('h4', { text: 'Running now' }), now.length ? taskLinks(now) : el('p', { class: 'empty', text: 'Nothing running' }),
+    el('h4', { text: 'Recent' }), last.length ? taskLinks(last) : el('p', { class: 'empty', text: 'No recent tasks' }));
 }
 
 function editControls(agent, card) {
@@ -52,6 +84,33 @@ function editControls(agent, card) {
       reportError(err);
     }
   });
+  const rotate = confirmButton('New token', 'Confirm: old token stops', async () => {
+    try {
+      const res = await api(`/api/v1/agents/${encodeURIComponent(agent.id)}/token`, { method: 'POST' });
+      showToken(res.agent_token, agent.id);
+      toast(`New token for ${agent.name}: the old one no longer works`, 'warning', { title: 'Agent token' });
+    } catch (err) {
+      reportError(err);
+    }
+  }, 'btn btn-sm');
+  rotate.setAttribute('aria-label', `New token for ${agent.name}`);
+  let shared = null;
+  if (me && me.role === 'admin') {
+    const box = el('input', { type: 'checkbox', checked: Boolean(agent.shared), dataset: { sharedSwitch: agent.id } });
+    box.addEventListener('change', async () => {
+      box.disabled = true;
+      try {
+        await api(`/api/v1/agents/${encodeURIComponent(agent.id)}`, { method: 'PUT', body: { shared: box.checked } });
+        reload();
+      } catch (err) {
+        box.checked = !box.checked;
+        reportError(err);
+      } finally {
+        box.disabled = false;
+      }
+    });
+    shared = el('label', { class: 'check' }, box, ' Shared with every user');
+  }
   const idBase = `agent-${agent.id}`;
   const editForm = el('form', { class: 'form agent-edit', hidden: true, novalidate: true },
     el('div', { class: 'field' }, el('label', { for: `${idBase}-name`, text: 'Name' }),
@@ -87,20 +146,20 @@ function editControls(agent, card) {
       showFormError(error, err.message);
     }
   });
-  return el('div', { class: 'agent-controls' }, el('div', { class: 'btn-row' }, edit, del), editForm);
+  return el('div', { class: 'agent-controls' }, el('div', { class: 'btn-row' }, edit, rotate, del), shared, editForm);
 }
 
 async function loadAgents() {
   const q = searchForm.q.value.trim();
   const capability = searchForm.capability.value.trim();
-  const body = await api(`/api/v1/agents${qs({ q, capability, limit: 200 })}`);
+  const body = await api(`/api/v1/agents${qs({ q, capability, limit: 200, all: me && me.role === 'admin' ? 'true' : null })}`);
   const agents = (body && body.agents) || [];
   const own = agents.filter((a) => me && a.owner_id === me.id);
   const rest = agents.filter((a) => !(me && a.owner_id === me.id));
   // Keep a card that is being edited (or whose Delete is armed) as it is, so a
   // live refresh does not eat the user's typing; websocket.js still patches its status.
   const render = (ul, items) => {
-    const busy = (c) => editing.has(c.dataset.agentId) || c.querySelector('.is-armed');
+    const busy = (c) => editing.has(c.dataset.agentId) || c.querySelector('.is-armed') || c.querySelector('details[open]');
     const keep = new Map([...ul.querySelectorAll('[data-agent-id]')].filter(busy).map((c) => [c.dataset.agentId, c]));
     replaceChildren(ul, items.map((a) => keep.get(a.id) || agentCard(a)));
   };
@@ -115,6 +174,17 @@ async function loadAgents() {
   otherEmpty.textContent = filtered ? 'No agents match' : 'No other agents yet';
   document.getElementById('mine-count').textContent = own.length ? `${own.filter((a) => a.status === 'online').length} of ${own.length} online` : '';
   document.getElementById('others-count').textContent = rest.length ? `${rest.filter((a) => a.status === 'online').length} of ${rest.length} online` : '';
+}
+
+/** Shows a token once (after registering or rotating) with the command that runs the agent. */
+function showToken(token, agentId) {
+  tokenInput.value = token;
+  renderCommand();
+  tokenBox.hidden = false;
+  tokenBox.dataset.registeredAgentId = agentId || '';
+  tokenBox.scrollIntoView({ block: 'center' });
+  tokenInput.focus();
+  tokenInput.select();
 }
 
 const reload = debounce(() => { loadAgents().catch(reportError); }, 300);
@@ -139,13 +209,8 @@ form.addEventListener('submit', async (event) => {
       method: 'POST',
       body: { name, description: form.description.value.trim(), capabilities },
     });
-    tokenInput.value = res.agent_token;
-    renderCommand();
-    tokenBox.hidden = false;
-    tokenBox.dataset.registeredAgentId = res.agent && res.agent.id ? res.agent.id : '';
+    showToken(res.agent_token, res.agent && res.agent.id);
     form.reset();
-    tokenInput.focus();
-    tokenInput.select();
     reload();
   } catch (err) {
     showFormError(formError, err.message);
@@ -169,7 +234,17 @@ searchForm.addEventListener('submit', (event) => {
 
 async function main() {
   me = await initPage('agents');
-  onRealtime('agent_update', reload);
+  onRealtime('agent_update', (data) => {
+    reload();
+    // Open task lists follow the agent's work.
+    const open = data && document.querySelector(`details[open][data-agent-tasks="${CSS.escape(data.agent_id || '')}"]`);
+    if (open) loadAgentTasks(data.agent_id, open.querySelector('.agent-tasks-body')).catch(() => {});
+  });
+  onRealtime('task_update', debounce(() => {
+    for (const open of document.querySelectorAll('details[open][data-agent-tasks]')) {
+      loadAgentTasks(open.dataset.agentTasks, open.querySelector('.agent-tasks-body')).catch(() => {});
+    }
+  }, 500));
   onRealtime('reset', reload);
   onRealtime('connected', reload); // back from a drop: states may have changed
   await loadAgents().catch(reportError);

@@ -1,7 +1,7 @@
 // /analytics.html: the summary drawn as plain SVG charts (no chart library):
 // throughput over time, duration percentiles and success by agent. The window
 // picker chooses 1h / 24h / 7d; task updates refresh it (debounced).
-import { initPage, api, el, replaceChildren, debounce, onRealtime, formatMs, formatRate, ratePercent, reportError } from '../app.js';
+import { initPage, api, el, replaceChildren, debounce, onRealtime, formatMs, formatRate, summaryRate, ratePercent, reportError } from '../app.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 
@@ -28,27 +28,53 @@ function emptyChart(container, text) {
   replaceChildren(container, el('p', { class: 'empty', text }));
 }
 
-/**
- * A bucket's time as a short label: the date for daily buckets, the date and
- * hour for the 7-day window's hourly buckets, the time of day otherwise.
- */
-function timeLabel(t, stepMs, win) {
-  const d = new Date(t);
-  if (Number.isNaN(d.getTime())) return String(t);
-  if (stepMs >= 86400000) return d.toLocaleDateString(undefined, { month: 'short', day: 'numeric' });
-  if (win === '7d') return d.toLocaleString(undefined, { month: 'short', day: 'numeric', hour: '2-digit' });
-  return d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit' });
+const MINUTE = 60000;
+const HOUR = 60 * MINUTE;
+const DAY = 24 * HOUR;
+/** Tick steps a reader expects on a time axis. */
+const STEPS = [5 * MINUTE, 10 * MINUTE, 15 * MINUTE, 30 * MINUTE, HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY];
+
+function startOfDay(ms) {
+  const d = new Date(ms);
+  d.setHours(0, 0, 0, 0);
+  return d.getTime();
 }
 
-/** Lines for submitted / completed / failed per time bucket. */
+/**
+ * Even ticks between t0 and t1 at round local times (every 5 min … 2 days), as many as
+ * fit in `room`; a tick at midnight is labelled with its date, the others with the time.
+ */
+export function timeTicks(t0, t1, room) {
+  const span = Math.max(1, t1 - t0);
+  const step = STEPS.find((s) => span / s <= room) || STEPS[STEPS.length - 1];
+  const ticks = [];
+  // Steps of a day or more start at midnight; shorter ones at a multiple of the step from midnight.
+  let t = startOfDay(t0);
+  while (t < t0) t += step;
+  for (; t <= t1; t += step) {
+    const d = new Date(t);
+    const midnight = d.getHours() === 0 && d.getMinutes() === 0;
+    const label = midnight || step >= DAY
+      ? d.toLocaleDateString(undefined, { month: 'short', day: 'numeric' })
+      : d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', hour12: false });
+    ticks.push({ t, label });
+  }
+  return ticks;
+}
+
+/** Lines for submitted / completed / failed per time bucket, drawn at the chart's real width. */
 function drawThroughput(container, series, win) {
   if (!series.length || series.every((p) => !p.submitted && !p.completed && !p.failed)) {
     emptyChart(container, 'No tasks in this window yet');
     return;
   }
-  const W = 720; const H = 240; const L = 40; const R = 12; const T = 12; const B = 28;
+  // One viewBox unit = one CSS pixel: text keeps its size on a phone.
+  const W = Math.max(300, Math.round(container.clientWidth || 720)); const H = 240; const L = 40; const R = 16; const T = 12; const B = 28;
   const max = niceMax(Math.max(...series.map((p) => Math.max(p.submitted || 0, p.completed || 0, p.failed || 0))));
-  const x = (i) => L + (series.length === 1 ? (W - L - R) / 2 : (i * (W - L - R)) / (series.length - 1));
+  const times = series.map((p) => new Date(p.t).getTime());
+  const t0 = times[0]; const t1 = times[times.length - 1];
+  const xt = (t) => L + (t1 === t0 ? (W - L - R) / 2 : ((t - t0) * (W - L - R)) / (t1 - t0));
+  const x = (i) => xt(times[i]);
   const y = (v) => T + (H - T - B) * (1 - (v || 0) / max);
   const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart-svg', role: 'img', 'aria-label': `Throughput over the last ${win}` });
   // Whole-number steps: the counts are integers and max is 1, 2 or 5 × 10^n.
@@ -58,18 +84,13 @@ function drawThroughput(container, series, win) {
     root.append(svg('line', { x1: L, x2: W - R, y1: y(v), y2: y(v), class: 'grid-line' }),
       svg('text', { x: L - 6, y: y(v) + 4, class: 'axis-label', 'text-anchor': 'end' }, String(Math.round(v * 10) / 10)));
   }
-  const stepMs = series.length > 1 ? Math.abs(new Date(series[1].t) - new Date(series[0].t)) : 0;
-  const label = (i) => timeLabel(series[i].t, stepMs, win);
-  // As many labels as fit (about 7 px per character plus a gap), evenly spread.
-  const room = Math.max(1, Math.floor((W - L - R) / (label(0).length * 7 + 24)));
-  const ticks = Math.min(room, series.length);
-  const shown = new Set();
-  for (let k = 0; k < ticks; k += 1) {
-    const i = ticks === 1 ? series.length - 1 : Math.round((k * (series.length - 1)) / (ticks - 1));
-    if (shown.has(i)) continue;
-    shown.add(i);
-    const anchor = ticks > 1 && k === 0 ? 'start' : ticks > 1 && k === ticks - 1 ? 'end' : 'middle';
-    root.append(svg('text', { x: x(i), y: H - 8, class: 'axis-label', 'text-anchor': anchor }, label(i)));
+  // About 7 px per character of "Dec 12" / "18:00" plus a gap.
+  const room = Math.max(2, Math.floor((W - L - R) / 64));
+  for (const tick of timeTicks(t0, t1, room)) {
+    const tx = xt(tick.t);
+    const anchor = tx - L < 24 ? 'start' : W - R - tx < 24 ? 'end' : 'middle';
+    root.append(svg('line', { x1: tx, x2: tx, y1: H - B, y2: H - B + 4, class: 'grid-line' }),
+      svg('text', { x: tx, y: H - 8, class: 'axis-label', 'text-anchor': anchor }, tick.label));
   }
   for (const key of ['submitted', 'completed', 'failed']) {
     const points = series.map((p, i) => `${x(i).toFixed(1)},${y(p[key]).toFixed(1)}`).join(' ');
@@ -92,7 +113,7 @@ function drawDurations(container, d) {
     return;
   }
   const max = Math.max(1, ...rows.map(([, v]) => Number(v) || 0));
-  const W = 360; const rowH = 34; const L = 44; const R = 90;
+  const W = Math.max(300, Math.round(container.clientWidth || 360)); const rowH = 34; const L = 44; const R = 90;
   const root = svg('svg', { viewBox: `0 0 ${W} ${rows.length * rowH + 8}`, class: 'chart-svg', role: 'img', 'aria-label': 'Task duration percentiles' });
   rows.forEach(([label, v], i) => {
     const yy = 6 + i * rowH;
@@ -112,7 +133,7 @@ function drawAgents(container, agents) {
     emptyChart(container, 'No agent has finished a task in this window yet');
     return;
   }
-  const W = 360; const rowH = 44; const R = 56;
+  const W = Math.max(300, Math.round(container.clientWidth || 360)); const rowH = 44; const R = 56;
   const root = svg('svg', { viewBox: `0 0 ${W} ${agents.length * rowH + 4}`, class: 'chart-svg', role: 'img', 'aria-label': 'Success rate by agent' });
   agents.forEach((a, i) => {
     const yy = 2 + i * rowH;
@@ -143,7 +164,7 @@ async function load() {
   if (win !== currentWindow()) return;
   const tasks = (s && s.tasks) || {};
   document.getElementById('a-total').textContent = String(tasks.total ?? 0);
-  document.getElementById('a-success').textContent = formatRate(tasks.success_rate);
+  document.getElementById('a-success').textContent = summaryRate(tasks);
   const tp = Number(tasks.throughput_per_min);
   document.getElementById('a-throughput').textContent = formatThroughput(tp);
   const agents = (s && s.agents) || {};
@@ -163,6 +184,9 @@ async function main() {
   onRealtime('task_update', refresh);
   onRealtime('agent_update', refresh);
   onRealtime('reset', refresh);
+  // The throughput chart is drawn at its real width: redraw when that changes.
+  let lastWidth = window.innerWidth;
+  window.addEventListener('resize', () => { if (window.innerWidth !== lastWidth) { lastWidth = window.innerWidth; refresh(); } });
   await load().catch(reportError);
 }
 

@@ -1,5 +1,5 @@
 // /api-keys.html: create (key shown once), list, revoke; security alerts live.
-import { initPage, api, el, replaceChildren, formatTime, timeAgo, showFormError, reportError, copyText, confirmButton, onRealtime, sessionNotifications, debounce } from '../app.js';
+import { initPage, api, el, replaceChildren, formatTime, timeAgo, showFormError, reportError, copyText, confirmButton, onRealtime, fetchNotifications, debounce } from '../app.js';
 
 const tbody = document.getElementById('key-list');
 const empty = document.getElementById('keys-empty');
@@ -13,6 +13,8 @@ function keyRow(key) {
   const revoke = confirmButton('Revoke', 'Confirm revoke', async () => {
     try {
       await api(`/api/v1/api-keys/${encodeURIComponent(key.id)}`, { method: 'DELETE' });
+      // The "copy now" box must not keep showing a secret that no longer works.
+      if (newKeyBox.dataset.keyId === key.id) clearNewKey();
       await loadKeys();
     } catch (err) {
       reportError(err);
@@ -32,6 +34,8 @@ function keyRow(key) {
 async function loadKeys() {
   const body = await api('/api/v1/api-keys');
   const keys = (body && body.api_keys) || [];
+  // Revoked here, in another tab or by a script: the secret in the box is dead.
+  if (newKeyBox.dataset.keyId && !keys.some((k) => k.id === newKeyBox.dataset.keyId)) clearNewKey();
   // Reuse the rows already shown, so that a live refresh (a security alert from
   // another tab) does not disarm a Revoke button the user is about to confirm.
   const shown = new Map([...tbody.children].map((r) => [r.dataset.keyId, r]));
@@ -54,8 +58,8 @@ function alertItem(n) {
     el('time', { datetime: n.at, text: timeAgo(n.at) }));
 }
 
-function renderAlerts() {
-  const items = sessionNotifications().filter((n) => n.category === 'security');
+async function renderAlerts() {
+  const items = (await fetchNotifications(200)).filter((n) => n.category === 'security').slice(0, 20);
   replaceChildren(alerts, items.map(alertItem));
   document.getElementById('security-alerts-empty').hidden = items.length > 0;
 }
@@ -77,6 +81,7 @@ form.addEventListener('submit', async (event) => {
   try {
     const res = await api('/api/v1/api-keys', { method: 'POST', body });
     newKey.value = res.key;
+    newKeyBox.dataset.keyId = res.id;
     newKeyBox.hidden = false;
     newKey.focus();
     newKey.select();
@@ -95,19 +100,26 @@ document.getElementById('copy-new-key').addEventListener('click', async (event) 
   setTimeout(() => { event.target.textContent = 'Copy'; }, 2000);
 });
 
+function clearNewKey() {
+  newKey.value = '';
+  newKeyBox.hidden = true;
+  delete newKeyBox.dataset.keyId;
+}
+
 const reload = debounce(() => { loadKeys().catch(reportError); }, 300);
+const reloadAlerts = debounce(() => { renderAlerts().catch(reportError); }, 300);
 
 async function main() {
   await initPage('api-keys');
-  renderAlerts();
   onRealtime('system', (data) => {
     if (data && data.category === 'security') {
-      renderAlerts();
+      reloadAlerts();
       reload(); // a key was created or revoked, maybe from another tab or a script
     }
   });
-  onRealtime('reset', reload);
-  await loadKeys().catch(reportError);
+  onRealtime('reset', () => { reload(); reloadAlerts(); });
+  onRealtime('connected', () => { reload(); reloadAlerts(); });
+  await Promise.all([loadKeys(), renderAlerts()]).catch(reportError);
 }
 
 main();

@@ -32,7 +32,8 @@ export function wireAuthForm(form, path, collect) {
     button.disabled = true;
     try {
       await api(path, { method: 'POST', body, redirectOn401: false });
-      try { sessionStorage.removeItem('zs.notifications'); } catch { /* ignore */ }
+      // A new session starts its live stream afresh (no position of an earlier user).
+      try { sessionStorage.removeItem('zs.ws.cursor'); } catch { /* ignore */ }
       location.assign(nextPage());
     } catch (err) {
       showFormError(error, err.message);

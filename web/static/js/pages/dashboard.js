@@ -1,7 +1,7 @@
 // /dashboard.html: counts by status, success rate, agents online, recent tasks
-// and the notifications of this session, all live.
-import { initPage, api, el, replaceChildren, formatRate, debounce, onRealtime, sessionNotifications, timeAgo, reportError } from '../app.js';
-import { taskRow, patchTaskRow, findTaskRow } from '../task-view.js';
+// and the user's notifications (from the server's message history), all live.
+import { initPage, api, el, replaceChildren, formatRate, summaryRate, debounce, onRealtime, fetchNotifications, timeAgo, reportError } from '../app.js';
+import { taskRow, findTaskRow } from '../task-view.js';
 
 const RECENT = 10;
 const list = document.getElementById('recent-tasks');
@@ -17,7 +17,7 @@ async function loadSummary() {
   const by = tasks.by_status || {};
   setStat('stat-total', tasks.total ?? 0);
   for (const status of ['queued', 'running', 'completed', 'failed']) setStat(`stat-${status}`, by[status] ?? 0);
-  setStat('stat-success-rate', formatRate(tasks.success_rate));
+  setStat('stat-success-rate', summaryRate(tasks));
   const agents = (s && s.agents) || {};
   setStat('stat-agents-online', `${agents.online ?? 0} / ${agents.total ?? 0}`);
 }
@@ -30,11 +30,11 @@ async function loadTasks() {
 }
 
 function detailLink(task) {
-  return el('a', { class: 'btn btn-ghost btn-sm', href: `/tasks.html#task-${task.id}`, text: 'Open' });
+  return el('a', { class: 'btn btn-ghost btn-sm', href: `/tasks.html#${task.id}`, text: 'Open' });
 }
 
-function renderNotifications() {
-  const items = sessionNotifications().slice(0, 10);
+async function renderNotifications() {
+  const items = await fetchNotifications(10);
   const ul = document.getElementById('notifications');
   replaceChildren(ul, items.map((n) => el('li', { class: `notification notification-${n.level}` },
     el('span', { class: 'notification-level', text: n.category === 'security' ? 'security' : n.level }),
@@ -46,26 +46,27 @@ function renderNotifications() {
 const refresh = debounce(() => {
   loadSummary().catch(reportError);
 }, 300);
+const reloadNotifications = debounce(() => {
+  renderNotifications().catch(reportError);
+}, 300);
 const refreshTasks = debounce(() => {
   loadTasks().catch(reportError);
 }, 300);
 
 async function main() {
   await initPage('dashboard');
-  renderNotifications();
   onRealtime('task_update', (data) => {
-    const row = findTaskRow(list, data.task_id);
-    if (row) patchTaskRow(row, data);
-    else refreshTasks(); // a new task: bring the recent list up to date
+    // The row itself is patched by realtime-ui.js; a new task brings the list up to date.
+    if (!findTaskRow(list, data.task_id)) refreshTasks();
     refresh();
   });
   onRealtime('agent_update', () => refresh());
-  onRealtime('system', () => renderNotifications());
-  onRealtime('reset', () => { refresh(); refreshTasks(); });
+  onRealtime('system', () => reloadNotifications());
+  onRealtime('reset', () => { refresh(); refreshTasks(); reloadNotifications(); });
   // After a reconnect, counts may have moved while we were away.
-  onRealtime('resumed', () => refresh());
+  onRealtime('connected', () => { refresh(); refreshTasks(); reloadNotifications(); });
 
-  await Promise.all([loadSummary(), loadTasks()]).catch(reportError);
+  await Promise.all([loadSummary(), loadTasks(), renderNotifications()]).catch(reportError);
 }
 
 main();
