@@ -98,6 +98,7 @@ impl Application {
         let queue = crate::tasks::QueueSettings {
             lease: settings.task_lease,
             retry_backoff_base: settings.retry_backoff_base,
+            output_max_bytes: settings.task_output_max_bytes,
         };
         let tasks = crate::tasks::TaskService::new(
             store.clone(),

@@ -81,6 +81,10 @@ pub struct ServeArgs {
     #[arg(long, env = "ZEROSTATE_AGENT_OFFLINE_AFTER_S", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub agent_offline_after_s: u64,
+    /// Most bytes of output one task may keep; appends beyond it get 413 `output_limit`.
+    #[arg(long, env = "ZEROSTATE_TASK_OUTPUT_MAX_BYTES", default_value_t = crate::domain::DEFAULT_TASK_OUTPUT_MAX_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub task_output_max_bytes: u64,
     /// Retries: the first retry of a failed attempt waits a random time up to this many
     /// milliseconds, each later one up to twice as long as the one before (at most
     /// 60 s): exponential backoff with full jitter.

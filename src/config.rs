@@ -29,6 +29,8 @@ pub struct Settings {
     pub task_lease: Duration,
     /// Base of the retry backoff (full jitter, doubling per attempt, at most 60 s).
     pub retry_backoff_base: Duration,
+    /// Most bytes of output one task may keep.
+    pub task_output_max_bytes: u64,
     /// Silence after which an agent counts as offline.
     pub agent_offline_after: Duration,
     /// Real-time history kept per user stream: newest messages always kept.
@@ -230,6 +232,7 @@ impl TryFrom<ServeArgs> for Settings {
             signing_key: args.signing_key.map(SigningKey),
             task_lease: Duration::from_secs(args.task_lease_s),
             retry_backoff_base: Duration::from_millis(args.retry_backoff_base_ms),
+            task_output_max_bytes: args.task_output_max_bytes,
             agent_offline_after: Duration::from_secs(args.agent_offline_after_s),
             history_max_per_user: args.history_max_per_user,
             history_max_age: Duration::from_secs(args.history_max_age_s),

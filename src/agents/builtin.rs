@@ -5,10 +5,13 @@
 //!
 //! The work is real: statistics (characters, words, sentences), the top keywords with
 //! stop words removed, and an extractive summary of the highest-scoring sentences.
-//! Progress is reported after each step (10, 40, 70; completion sets 100).
+//! Progress is reported after each step (10, 40, 70; completion sets 100), and the
+//! findings stream as output while they are computed: the statistics, each keyword as
+//! it is ranked, then the summary word by word, sentence by sentence as each is chosen.
 
-use super::runner::{self, ClaimedTask, ExecOutcome, Executor, RunnerConfig};
+use super::runner::{self, ClaimedTask, ExecOutcome, Executor, RunnerConfig, TaskEvent};
 use super::AgentService;
+use crate::domain::OutputStream;
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;
 use serde_json::json;
@@ -201,19 +204,30 @@ impl Executor for TextAnalyst {
     async fn execute(
         &self,
         task: &ClaimedTask,
-        progress: mpsc::Sender<u8>,
+        events: mpsc::Sender<TaskEvent>,
         cancel: CancellationToken,
     ) -> ExecOutcome {
+        let out = Out {
+            events: &events,
+            cancel: &cancel,
+        };
         let text = task.query.as_str();
         let sentences = split_sentences(text);
         let words = words(text);
+        let average = average_len(&words);
         let stats = json!({
             "characters": text.chars().count(),
             "words": words.len(),
             "sentences": sentences.len(),
-            "average_word_length": average_len(&words),
+            "average_word_length": average,
         });
-        if step(&progress, &cancel, 10).await.is_err() {
+        let line = format!(
+            "{} characters, {} words, {} sentences (average word length {average}).\n",
+            text.chars().count(),
+            words.len(),
+            sentences.len()
+        );
+        if out.say(line).await.is_err() || out.step(10).await.is_err() {
             return ExecOutcome::Stopped;
         }
 
@@ -222,16 +236,40 @@ impl Executor for TextAnalyst {
             frequencies.iter().map(|(w, n)| (w.as_str(), *n)).collect();
         keywords.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
         keywords.truncate(TOP_KEYWORDS);
+        if !keywords.is_empty() && out.say("Keywords:".to_owned()).await.is_err() {
+            return ExecOutcome::Stopped;
+        }
+        for (word, count) in &keywords {
+            if out.say(format!(" {word} ({count})")).await.is_err() {
+                return ExecOutcome::Stopped;
+            }
+        }
         let keywords_json: Vec<_> = keywords
             .iter()
             .map(|(w, n)| json!({ "word": w, "count": n }))
             .collect();
-        if step(&progress, &cancel, 40).await.is_err() {
+        if (!keywords.is_empty() && out.say("\n".to_owned()).await.is_err())
+            || out.step(40).await.is_err()
+        {
             return ExecOutcome::Stopped;
         }
 
-        let summary = summarize(&sentences, &frequencies);
-        if step(&progress, &cancel, 70).await.is_err() {
+        let chosen = summary_sentences(&sentences, &frequencies);
+        if !chosen.is_empty() && out.say("Summary:".to_owned()).await.is_err() {
+            return ExecOutcome::Stopped;
+        }
+        // Word by word, as a language model would stream its tokens.
+        for sentence in &chosen {
+            for word in sentence.split_whitespace() {
+                if out.say(format!(" {word}")).await.is_err() {
+                    return ExecOutcome::Stopped;
+                }
+            }
+        }
+        let summary = chosen.join(" ");
+        if (!chosen.is_empty() && out.say("\n".to_owned()).await.is_err())
+            || out.step(70).await.is_err()
+        {
             return ExecOutcome::Stopped;
         }
 
@@ -244,21 +282,45 @@ impl Executor for TextAnalyst {
     }
 }
 
-/// Reports a step and gives the runtime a turn; `Err` once the task is to stop.
-async fn step(
-    progress: &mpsc::Sender<u8>,
-    cancel: &CancellationToken,
-    value: u8,
-) -> Result<(), ()> {
-    if cancel.is_cancelled() {
-        return Err(());
+/// Where the analyst reports to; every call returns `Err` once the task is to stop.
+struct Out<'a> {
+    events: &'a mpsc::Sender<TaskEvent>,
+    cancel: &'a CancellationToken,
+}
+
+impl Out<'_> {
+    /// Reports a step and gives the runtime a turn.
+    async fn step(&self, value: u8) -> Result<(), ()> {
+        self.send(TaskEvent::Progress {
+            value,
+            message: None,
+        })
+        .await?;
+        tokio::task::yield_now().await;
+        self.check()
     }
-    let _ = progress.send(value).await;
-    tokio::task::yield_now().await;
-    if cancel.is_cancelled() {
-        Err(())
-    } else {
-        Ok(())
+
+    /// Streams a piece of the findings as output.
+    async fn say(&self, text: String) -> Result<(), ()> {
+        self.send(TaskEvent::Output {
+            stream: OutputStream::Output,
+            text,
+        })
+        .await
+    }
+
+    async fn send(&self, event: TaskEvent) -> Result<(), ()> {
+        self.check()?;
+        let _ = self.events.send(event).await;
+        self.check()
+    }
+
+    fn check(&self) -> Result<(), ()> {
+        if self.cancel.is_cancelled() {
+            Err(())
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -318,7 +380,7 @@ fn keyword_frequencies(words: &[String]) -> HashMap<String, usize> {
 /// The highest-scoring sentences in their original order. A sentence scores the sum of
 /// its keywords' frequencies divided by the square root of its length, so long
 /// sentences do not win on length alone.
-fn summarize(sentences: &[String], freq: &HashMap<String, usize>) -> String {
+fn summary_sentences<'a>(sentences: &'a [String], freq: &HashMap<String, usize>) -> Vec<&'a str> {
     let mut scored: Vec<(usize, f64)> = sentences
         .iter()
         .enumerate()
@@ -340,11 +402,7 @@ fn summarize(sentences: &[String], freq: &HashMap<String, usize>) -> String {
         .map(|(i, _)| *i)
         .collect();
     chosen.sort_unstable();
-    chosen
-        .iter()
-        .map(|i| sentences[*i].as_str())
-        .collect::<Vec<_>>()
-        .join(" ")
+    chosen.iter().map(|i| sentences[*i].as_str()).collect()
 }
 
 #[cfg(test)]
@@ -361,7 +419,7 @@ mod tests {
         let freq = keyword_frequencies(&ws);
         assert_eq!(freq["rust"], 3);
         assert!(!freq.contains_key("the") && !freq.contains_key("is"));
-        let summary = summarize(&split_sentences(text), &freq);
+        let summary = summary_sentences(&split_sentences(text), &freq).join(" ");
         assert!(summary.contains("Rust"));
         assert!(!summary.contains("Cats"));
     }

@@ -4,6 +4,12 @@
 //! `fail`. It speaks only the public HTTP runtime API, so the built-in agent proves the
 //! same path every external agent uses.
 //!
+//! Output the executor produces is batched: lines collect until `FLUSH_LINES` of them
+//! or `FLUSH_EVERY` has passed since the first, then go out in one `output` call (one
+//! transaction on the server, however many lines). While a call is out, new lines wait
+//! in the bounded event queue, so a command that prints faster than the server takes
+//! it is slowed down (its pipe fills) rather than buffered without bound.
+//!
 //! Failure handling: a server that is down or restarting is retried with capped
 //! exponential backoff; a 409/404 on progress means the task is no longer ours
 //! (canceled, timed out, re-queued) and the work is stopped; a 401 means the token was
@@ -11,6 +17,7 @@
 //! shutdown (SIGTERM) the runner stops claiming, stops running work and hands it back
 //! with `release`, which uses no attempt, so another agent can take it at once.
 
+use crate::domain::OutputStream;
 use crate::shutdown::Shutdown;
 use anyhow::Context;
 use async_trait::async_trait;
@@ -35,8 +42,17 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// How long a finished result is retried while the server is unreachable; after that
 /// the lease will have expired and the task gone to another agent anyway.
 const REPORT_FOR: Duration = Duration::from_secs(120);
-/// Progress steps an executor may have in flight before it waits for the runner.
-const PROGRESS_QUEUE: usize = 32;
+/// Events (progress steps, output lines) an executor may have in flight before it
+/// waits for the runner.
+const EVENT_QUEUE: usize = 1024;
+/// Output goes out once this many lines are waiting…
+const FLUSH_LINES: usize = 256;
+/// …or this long after the first of them was printed.
+const FLUSH_EVERY: Duration = Duration::from_millis(25);
+/// Text one `output` call carries at most (the server's limit per append).
+const MAX_APPEND_BYTES: usize = crate::domain::MAX_APPEND_BYTES;
+/// After a failed `output` call, the next try waits this long.
+const OUTPUT_RETRY: Duration = Duration::from_millis(500);
 
 /// A task as the claim hands it out.
 #[derive(Debug, Clone, Deserialize)]
@@ -60,14 +76,23 @@ pub enum ExecOutcome {
     Stopped,
 }
 
-/// Runs the work of one task. Implementations send progress (0–100) on `progress` in
-/// order, and stop promptly once `cancel` fires.
+/// What an executor reports while it works, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TaskEvent {
+    /// Progress (0–100), with an optional note for the owner.
+    Progress { value: u8, message: Option<String> },
+    /// Text streamed as the task's output (or log).
+    Output { stream: OutputStream, text: String },
+}
+
+/// Runs the work of one task. Implementations send progress and output on `events`
+/// in order, and stop promptly once `cancel` fires.
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
     async fn execute(
         &self,
         task: &ClaimedTask,
-        progress: mpsc::Sender<u8>,
+        events: mpsc::Sender<TaskEvent>,
         cancel: CancellationToken,
     ) -> ExecOutcome;
 }
@@ -90,13 +115,14 @@ pub async fn run(
     executor: Arc<dyn Executor>,
     shutdown: Shutdown,
 ) -> anyhow::Result<()> {
+    let base = parse_server(&config.server)?;
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()
         .context("building the HTTP client")?;
     let api = Api {
         client,
-        base: config.server.trim_end_matches('/').to_owned(),
+        base,
         token: config.token,
     };
     // The workers stop on the caller's shutdown, or on a fatal error of one of them;
@@ -124,6 +150,22 @@ pub async fn run(
         }
     }
     outcome
+}
+
+/// Checks the server's base URL: `http://` or `https://` and a host. A URL without a
+/// scheme (`localhost:8080`) would otherwise fail on every call with an obscure error.
+pub fn parse_server(raw: &str) -> anyhow::Result<String> {
+    let raw = raw.trim().trim_end_matches('/');
+    let url = reqwest::Url::parse(raw).ok().filter(|u| {
+        matches!(u.scheme(), "http" | "https") && u.host_str().is_some_and(|h| !h.is_empty())
+    });
+    match url {
+        Some(_) => Ok(raw.to_owned()),
+        None => anyhow::bail!(
+            "--server must be a URL starting with http:// or https:// (for example \
+             http://127.0.0.1:8080), not {raw:?}"
+        ),
+    }
 }
 
 /// Why a runner stops: the caller's shutdown, or a fatal error in one of its workers.
@@ -184,40 +226,54 @@ async fn work(
     Ok(())
 }
 
-/// Runs one task to the end, renewing its lease meanwhile, and reports how it ended.
+/// Runs one task to the end, renewing its lease meanwhile, streaming its output in
+/// batches, and reports how it ended.
 async fn run_task(api: &Api, executor: &dyn Executor, task: ClaimedTask, shutdown: &Stop) {
     let renew_every = renew_interval(task.lease_expires_at);
     let cancel = CancellationToken::new();
-    let (progress_tx, mut progress_rx) = mpsc::channel::<u8>(PROGRESS_QUEUE);
-    let execution = executor.execute(&task, progress_tx, cancel.clone());
+    let (events_tx, mut events) = mpsc::channel::<TaskEvent>(EVENT_QUEUE);
+    let execution = executor.execute(&task, events_tx, cancel.clone());
     tokio::pin!(execution);
 
     let mut last_progress = 0u8;
     let mut lost = false;
     let mut stopping = false;
-    let mut progress_open = true;
+    let mut events_open = true;
+    let mut output = OutputBuffer::default();
     let mut renew_at = tokio::time::Instant::now() + renew_every;
     let outcome = loop {
+        let flush_at = output.flush_at();
         tokio::select! {
             outcome = &mut execution => break outcome,
-            // Steps are read even once the task is lost or stopping (and then
+            // Events are read even once the task is lost or stopping (and then
             // dropped), so an executor blocked on a full queue still gets to see
-            // `cancel`.
-            step = progress_rx.recv(), if progress_open => match step {
+            // `cancel`. While output waits to be sent, no more is taken.
+            event = events.recv(), if events_open && !output.full() => match event {
                 Some(_) if lost || stopping => {}
-                Some(p) => {
-                    last_progress = p;
+                Some(TaskEvent::Output { stream, text }) => output.push(stream, text),
+                Some(TaskEvent::Progress { value, message }) => {
+                    last_progress = value;
                     renew_at = tokio::time::Instant::now() + renew_every;
-                    if api.progress(&task.id, p).await == Report::Gone {
+                    if api.progress(&task.id, value, message.as_deref()).await == Report::Gone {
                         lost = true;
                         cancel.cancel();
                     }
                 }
-                None => progress_open = false,
+                None => events_open = false,
             },
+            _ = tokio::time::sleep_until(flush_at.unwrap_or(renew_at)), if flush_at.is_some() && !lost && !stopping => {
+                match output.flush(api, &task.id).await {
+                    Report::Accepted => renew_at = tokio::time::Instant::now() + renew_every,
+                    Report::Gone => {
+                        lost = true;
+                        cancel.cancel();
+                    }
+                    Report::Retry => {}
+                }
+            }
             _ = tokio::time::sleep_until(renew_at), if !lost && !stopping => {
                 renew_at = tokio::time::Instant::now() + renew_every;
-                if api.progress(&task.id, last_progress).await == Report::Gone {
+                if api.progress(&task.id, last_progress, None).await == Report::Gone {
                     lost = true;
                     cancel.cancel();
                 }
@@ -228,14 +284,23 @@ async fn run_task(api: &Api, executor: &dyn Executor, task: ClaimedTask, shutdow
             }
         }
     };
-    // Steps the executor queued just before it finished still go out, in order, before
-    // the final report (which sets 100 on completion anyway).
+    // What the executor reported just before it finished still goes out, in order,
+    // before the final report (which sets 100 on completion anyway): a result must
+    // never arrive ahead of the output that led to it.
     if !lost && !stopping {
-        while let Ok(p) = progress_rx.try_recv() {
-            if api.progress(&task.id, p).await == Report::Gone {
-                lost = true;
-                break;
+        while let Ok(event) = events.try_recv() {
+            match event {
+                TaskEvent::Output { stream, text } => output.push(stream, text),
+                TaskEvent::Progress { value, message } => {
+                    if api.progress(&task.id, value, message.as_deref()).await == Report::Gone {
+                        lost = true;
+                        break;
+                    }
+                }
             }
+        }
+        if !lost && output.drain(api, &task.id).await == Report::Gone {
+            lost = true;
         }
     }
     if lost {
@@ -307,6 +372,124 @@ enum Report {
     Retry,
 }
 
+/// What the server said to an `output` call.
+#[derive(Debug, PartialEq, Eq)]
+enum OutputReport {
+    Accepted,
+    /// 409/404: the task is not ours any more.
+    Gone,
+    /// 413: the task's output is full; the rest of it is dropped (the task goes on).
+    Full,
+    /// Network or server trouble: keep the lines and try again shortly.
+    Retry,
+}
+
+/// Output lines waiting to be sent, in order.
+#[derive(Default)]
+struct OutputBuffer {
+    lines: std::collections::VecDeque<(OutputStream, String)>,
+    bytes: usize,
+    /// When the waiting lines go out at the latest.
+    due: Option<tokio::time::Instant>,
+    /// The server refused more output for this task (413): drop the rest.
+    full: bool,
+}
+
+impl OutputBuffer {
+    /// Queues a line, split so that no piece passes the server's per-append limit.
+    fn push(&mut self, stream: OutputStream, text: String) {
+        if self.full || text.is_empty() {
+            return;
+        }
+        let mut rest = text.as_str();
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_APPEND_BYTES);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            self.bytes += cut;
+            self.lines.push_back((stream, rest[..cut].to_owned()));
+            rest = &rest[cut..];
+        }
+        self.due
+            .get_or_insert_with(|| tokio::time::Instant::now() + FLUSH_EVERY);
+    }
+
+    /// When the buffer should be flushed: now when it holds a batch, else when the
+    /// first waiting line has waited `FLUSH_EVERY`.
+    fn flush_at(&self) -> Option<tokio::time::Instant> {
+        if self.lines.len() >= FLUSH_LINES || self.bytes >= MAX_APPEND_BYTES {
+            Some(tokio::time::Instant::now())
+        } else {
+            self.due
+        }
+    }
+
+    /// Too much is waiting: take no more until some of it is sent.
+    fn full(&self) -> bool {
+        self.lines.len() >= 4 * FLUSH_LINES || self.bytes >= 4 * MAX_APPEND_BYTES
+    }
+
+    /// Sends one batch from the front: at most `FLUSH_LINES` lines and
+    /// `MAX_APPEND_BYTES` bytes.
+    async fn flush(&mut self, api: &Api, task: &str) -> Report {
+        let (mut count, mut bytes) = (0, 0);
+        for (_, text) in &self.lines {
+            if count == FLUSH_LINES || (count > 0 && bytes + text.len() > MAX_APPEND_BYTES) {
+                break;
+            }
+            count += 1;
+            bytes += text.len();
+        }
+        if count == 0 {
+            self.due = None;
+            return Report::Accepted;
+        }
+        let batch: Vec<_> = self.lines.range(..count).cloned().collect();
+        let report = api.output(task, &batch).await;
+        match report {
+            OutputReport::Accepted => {
+                self.lines.drain(..count);
+                self.bytes -= bytes;
+            }
+            OutputReport::Full => {
+                tracing::warn!(
+                    task_id = task,
+                    "the task's output is full; the rest is not sent"
+                );
+                self.full = true;
+                self.lines.clear();
+                self.bytes = 0;
+            }
+            OutputReport::Gone => return Report::Gone,
+            OutputReport::Retry => {
+                self.due = Some(tokio::time::Instant::now() + OUTPUT_RETRY);
+                return Report::Retry;
+            }
+        }
+        self.due = (!self.lines.is_empty()).then(tokio::time::Instant::now);
+        Report::Accepted
+    }
+
+    /// Sends everything waiting (before the final report), retrying trouble for a
+    /// while; what cannot be sent in that time is given up (the result still goes).
+    async fn drain(&mut self, api: &Api, task: &str) -> Report {
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !self.lines.is_empty() {
+            match self.flush(api, task).await {
+                Report::Gone => return Report::Gone,
+                Report::Retry if tokio::time::Instant::now() > give_up => {
+                    tracing::warn!(task_id = task, "giving up on the rest of the output");
+                    return Report::Retry;
+                }
+                Report::Retry => tokio::time::sleep(OUTPUT_RETRY).await,
+                Report::Accepted => {}
+            }
+        }
+        Report::Accepted
+    }
+}
+
 /// The runtime API, as the agent sees it.
 #[derive(Clone)]
 struct Api {
@@ -342,11 +525,15 @@ impl Api {
         }
     }
 
-    async fn progress(&self, task: &str, progress: u8) -> Report {
+    async fn progress(&self, task: &str, progress: u8, message: Option<&str>) -> Report {
+        let mut body = json!({ "progress": progress });
+        if let Some(message) = message {
+            body["message"] = json!(message);
+        }
         let sent = self
             .post(&format!("/tasks/{task}/progress"))
             .timeout(Duration::from_secs(10))
-            .json(&json!({ "progress": progress }))
+            .json(&body)
             .send()
             .await;
         match sent {
@@ -361,6 +548,35 @@ impl Api {
             Err(err) => {
                 tracing::warn!(task_id = task, error = %err, "progress report failed");
                 Report::Retry
+            }
+        }
+    }
+
+    /// Appends one batch of output.
+    async fn output(&self, task: &str, chunks: &[(OutputStream, String)]) -> OutputReport {
+        let chunks: Vec<_> = chunks
+            .iter()
+            .map(|(stream, text)| json!({ "stream": stream, "text": text }))
+            .collect();
+        let sent = self
+            .post(&format!("/tasks/{task}/output"))
+            .timeout(Duration::from_secs(10))
+            .json(&json!({ "chunks": chunks }))
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().is_success() => OutputReport::Accepted,
+            Ok(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => OutputReport::Full,
+            Ok(r) if matches!(r.status(), StatusCode::CONFLICT | StatusCode::NOT_FOUND) => {
+                OutputReport::Gone
+            }
+            Ok(r) => {
+                tracing::warn!(task_id = task, status = %r.status(), "output refused");
+                OutputReport::Retry
+            }
+            Err(err) => {
+                tracing::warn!(task_id = task, error = %err, "output not sent");
+                OutputReport::Retry
             }
         }
     }
@@ -415,5 +631,47 @@ impl Api {
             }
             tokio::time::sleep(pause).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_need_a_scheme() {
+        assert_eq!(
+            parse_server("http://127.0.0.1:8080/").unwrap(),
+            "http://127.0.0.1:8080"
+        );
+        assert!(parse_server("https://zs.example.com").is_ok());
+        for bad in ["127.0.0.1:8080", "localhost:8080", "ftp://x", "", "http://"] {
+            let err = parse_server(bad).unwrap_err().to_string();
+            assert!(err.contains("http://"), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn long_lines_are_split_at_character_boundaries_within_the_append_limit() {
+        let mut buffer = OutputBuffer::default();
+        assert!(buffer.flush_at().is_none());
+        let line = "é".repeat(MAX_APPEND_BYTES); // twice the limit in bytes
+        buffer.push(OutputStream::Output, line.clone());
+        assert_eq!(buffer.lines.len(), 2);
+        assert!(buffer
+            .lines
+            .iter()
+            .all(|(_, t)| t.len() <= MAX_APPEND_BYTES));
+        let joined: String = buffer.lines.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(joined, line);
+        // A full batch is due at once.
+        assert!(buffer.flush_at().unwrap() <= tokio::time::Instant::now());
+
+        let mut small = OutputBuffer::default();
+        small.push(OutputStream::Log, "one line\n".into());
+        let due = small.flush_at().expect("due");
+        assert!(
+            due > tokio::time::Instant::now() && due <= tokio::time::Instant::now() + FLUSH_EVERY
+        );
     }
 }

@@ -1,16 +1,31 @@
 //! The reference agent's executor: runs the operator's command once per task with
-//! `sh -c`, the query on stdin. Stdout lines `PROGRESS <n>` are progress; the rest of
-//! stdout is the result; a non-zero exit fails the task with the end of stderr.
+//! `sh -c`, the query on stdin. Every stdout line is streamed as output as it is
+//! printed, except `PROGRESS <n> [message]` lines, which report progress; stdout without
+//! those lines is the result; stderr lines are streamed as `log`; a non-zero exit fails
+//! the task with the end of stderr.
 //!
-//! The command runs in its own process group, so that stopping it (task canceled,
-//! agent shutting down) kills everything it started, not just the shell: otherwise a
-//! `sleep` in the command would live on and hold the output pipe open.
+//! The command must die with the agent, however the agent dies; otherwise an orphan
+//! finishes its work with nobody listening while the lease hands the task to another
+//! agent, and the work runs twice. Three layers see to it:
+//! - The command runs in its own process group, so stopping it (task canceled, agent
+//!   shutting down) kills everything it started, not just the shell.
+//! - The shell gets `PR_SET_PDEATHSIG` (SIGKILL) between fork and exec: the kernel
+//!   kills it the moment the agent dies, even by SIGKILL.
+//! - That reaches only the shell, not what it forked. So each command gets a watchdog:
+//!   a tiny `sh` in a group of its own, ignoring terminal signals, that waits on a pipe
+//!   only the agent writes to. When the agent says `done` it exits quietly; when the
+//!   pipe closes without it (the agent died) it kills the command's whole group.
+//! - And should even the watchdog be gone (the whole machine's processes killed in some
+//!   order), each running group is recorded in the state directory; an agent starting
+//!   later kills the groups its dead predecessors left behind (`reap_stale_groups`).
 
-use super::runner::{ClaimedTask, ExecOutcome, Executor};
+use super::runner::{ClaimedTask, ExecOutcome, Executor, TaskEvent};
+use crate::domain::OutputStream;
 use async_trait::async_trait;
+use std::path::PathBuf;
 use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdout, Command};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -18,29 +33,55 @@ use tokio_util::sync::CancellationToken;
 const MAX_RESULT_BYTES: usize = 768 * 1024;
 /// How much of stderr a failure reports.
 const STDERR_TAIL_BYTES: usize = 2048;
+/// The environment variable that marks a command as started by this agent process
+/// (`reap_stale_groups` checks it before killing anything).
+const RUN_ENV: &str = "ZEROSTATE_AGENT_RUN";
+/// The watchdog: waits for `done` on stdin; anything else (end of file: the agent
+/// died) kills the command's group, given as `$1`.
+const WATCHDOG: &str =
+    "trap '' INT TERM HUP; read -r word; [ \"$word\" = done ] || kill -KILL -- \"-$1\" 2>/dev/null";
 
 /// Runs a shell command per task.
 pub struct ShellExecutor {
     command: String,
+    /// Marks this agent process's commands (random, per process).
+    run_id: String,
+    /// Where running groups are recorded; `None` when no state directory is usable.
+    state_dir: Option<PathBuf>,
 }
 
 impl ShellExecutor {
-    /// Runs `command` with `sh -c` for each task.
+    /// Runs `command` with `sh -c` for each task. Kills the groups that dead earlier
+    /// agents on this machine left behind first.
     pub fn new(command: impl Into<String>) -> Self {
+        let state_dir = state_dir().filter(|dir| std::fs::create_dir_all(dir).is_ok());
+        if let Some(dir) = &state_dir {
+            reap_stale_groups(dir);
+        }
         Self {
             command: command.into(),
+            run_id: format!("{:016x}", rand::random::<u64>()),
+            state_dir,
         }
     }
 }
 
-/// `PROGRESS <n>` with `n` a number from 0 to 100 (fractions round down).
-fn parse_progress(line: &str) -> Option<u8> {
+/// `PROGRESS <n> [message]` with `n` a number from 0 to 100 (fractions round down).
+fn parse_progress(line: &str) -> Option<(u8, Option<String>)> {
     let rest = line.trim().strip_prefix("PROGRESS")?;
     if !rest.starts_with(char::is_whitespace) {
         return None;
     }
-    let value: f64 = rest.trim().parse().ok()?;
-    (0.0..=100.0).contains(&value).then_some(value as u8)
+    let rest = rest.trim_start();
+    let (number, message) = match rest.split_once(char::is_whitespace) {
+        Some((number, message)) => (number, Some(message.trim())),
+        None => (rest, None),
+    };
+    let value: f64 = number.parse().ok()?;
+    let message = message.filter(|m| !m.is_empty()).map(str::to_owned);
+    (0.0..=100.0)
+        .contains(&value)
+        .then_some((value as u8, message))
 }
 
 /// Kills the whole process group the command leads.
@@ -63,7 +104,7 @@ impl Executor for ShellExecutor {
     async fn execute(
         &self,
         task: &ClaimedTask,
-        progress: mpsc::Sender<u8>,
+        events: mpsc::Sender<TaskEvent>,
         cancel: CancellationToken,
     ) -> ExecOutcome {
         let mut child = match self.spawn(task) {
@@ -71,24 +112,28 @@ impl Executor for ShellExecutor {
             Err(err) => return failed(format!("could not start the command: {err}")),
         };
         let pid = child.id();
+        let guard = Guard::start(pid, self.state_dir.as_deref(), &self.run_id);
         feed_stdin(&mut child, task.query.clone());
-        let stderr = collect_stderr_tail(&mut child);
+        let stderr = stream_stderr(&mut child, events.clone());
         let stdout = tokio::select! {
-            stdout = read_stdout(child.stdout.take(), &progress) => stdout,
-            _ = cancel.cancelled() => return stop(&mut child, pid).await,
+            stdout = read_stdout(child.stdout.take(), &events) => stdout,
+            _ = cancel.cancelled() => return stop(&mut child, pid, guard).await,
         };
         let stdout = match stdout {
             Ok(stdout) => stdout,
             Err(err) => {
                 // Not UTF-8 or a read error: the output cannot be a result.
-                stop(&mut child, pid).await;
+                stop(&mut child, pid, guard).await;
                 return failed(format!("could not read the command's output: {err}"));
             }
         };
         let status = tokio::select! {
             status = child.wait() => status,
-            _ = cancel.cancelled() => return stop(&mut child, pid).await,
+            _ = cancel.cancelled() => return stop(&mut child, pid, guard).await,
         };
+        // The shell is gone; whatever it left running in its group goes with it.
+        kill_group(pid);
+        guard.release().await;
         let stderr_tail = match stderr {
             Some(handle) => handle.await.unwrap_or_default(),
             None => Vec::new(),
@@ -103,21 +148,197 @@ impl Executor for ShellExecutor {
 
 impl ShellExecutor {
     /// Starts the command in its own process group, so a cancel can kill everything
-    /// it started, with the task described in its environment.
+    /// it started, with the task described in its environment, set to die with us.
     fn spawn(&self, task: &ClaimedTask) -> std::io::Result<Child> {
-        Command::new("sh")
+        let parent = std::process::id();
+        let mut command = Command::new("sh");
+        command
             .arg("-c")
             .arg(&self.command)
             .env("ZEROSTATE_TASK_ID", &task.id)
             .env("ZEROSTATE_TASK_CAPABILITY", &task.capability)
             .env("ZEROSTATE_TASK_ATTEMPT", task.attempt.to_string())
+            .env(RUN_ENV, &self.run_id)
+            // The command never needs the agent's credential.
+            .env_remove("ZEROSTATE_AGENT_TOKEN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0)
-            .kill_on_drop(true)
-            .spawn()
+            .kill_on_drop(true);
+        // The kernel sends the signal when the *thread* that forked exits: here a tokio
+        // worker thread, which lives as long as the runtime, i.e. the agent process.
+        // SAFETY: runs in the child between fork and exec, where only async-signal-safe
+        // calls are allowed: `prctl` and `getppid` are plain syscalls, and nothing is
+        // allocated.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The agent may have died between fork and prctl: then no signal
+                // will come, so do not start at all.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the agent exited"));
+                }
+                Ok(())
+            });
+        }
+        command.spawn()
     }
+}
+
+/// What keeps a running command tied to this agent: its watchdog and its record in
+/// the state directory.
+struct Guard {
+    watchdog: Option<(Child, ChildStdin)>,
+    record: Option<PathBuf>,
+}
+
+impl Guard {
+    fn start(pid: Option<u32>, state_dir: Option<&std::path::Path>, run_id: &str) -> Self {
+        let Some(pid) = pid else {
+            return Self {
+                watchdog: None,
+                record: None,
+            };
+        };
+        let record = state_dir.and_then(|dir| {
+            let path = dir.join(format!("{}.{pid}", std::process::id()));
+            let line = format!("{} {run_id}\n", start_time(std::process::id())?);
+            std::fs::write(&path, line).ok().map(|()| path)
+        });
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("zerostate-watchdog")
+            .arg(pid.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(|err| tracing::warn!(error = %err, "no watchdog for the command"))
+            .ok()
+            .and_then(|mut child| {
+                let stdin = child.stdin.take()?;
+                Some((child, stdin))
+            });
+        Self { watchdog, record }
+    }
+
+    /// The command is over: the watchdog leaves without killing, the record goes.
+    async fn release(mut self) {
+        if let Some((mut child, mut stdin)) = self.watchdog.take() {
+            let _ = stdin.write_all(b"done\n").await;
+            drop(stdin);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), child.wait()).await;
+        }
+        if let Some(record) = self.record.take() {
+            let _ = std::fs::remove_file(record);
+        }
+    }
+}
+
+/// Where running groups are recorded: `$ZEROSTATE_AGENT_STATE_DIR`, else
+/// `$XDG_STATE_HOME/zerostate/agent-groups`, else `~/.local/state/zerostate/agent-groups`.
+fn state_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ZEROSTATE_AGENT_STATE_DIR") {
+        return Some(dir.into());
+    }
+    let base = match std::env::var_os("XDG_STATE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(base.join("zerostate/agent-groups"))
+}
+
+/// A process's start time (clock ticks since boot), which tells it from a later
+/// process that got the same pid.
+fn start_time(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start with the state
+    // (field 3); the start time is field 22.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19).map(str::to_owned)
+}
+
+/// Kills the process groups that agents which died without cleaning up left behind:
+/// for each record whose agent is gone, every process in the recorded group that
+/// carries that agent's run id. A record of a live agent is left alone.
+fn reap_stale_groups(dir: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((agent, group)) = name
+            .split_once('.')
+            .and_then(|(a, g)| Some((a.parse::<u32>().ok()?, g.parse::<i32>().ok()?)))
+        else {
+            continue;
+        };
+        let Ok(content) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let mut fields = content.split_whitespace();
+        let (Some(started), Some(run_id)) = (fields.next(), fields.next()) else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        if start_time(agent).as_deref() == Some(started) {
+            continue; // That agent still runs: its commands are its own business.
+        }
+        let marker = format!("{RUN_ENV}={run_id}");
+        if group > 1
+            && group_members(group)
+                .iter()
+                .any(|pid| has_env(*pid, &marker))
+        {
+            tracing::warn!(group, "killing a command left behind by an agent that died");
+            // SAFETY: a plain syscall; `group` is a group whose members carry the dead
+            // agent's run id, never ours (our run id is new).
+            unsafe {
+                libc::kill(-group, libc::SIGKILL);
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+/// The pids of the processes in a process group.
+fn group_members(group: i32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(2)?.parse::<i32>().ok()
+                })
+                == Some(group)
+        })
+        .collect()
+}
+
+/// Whether the process's environment holds `KEY=value` exactly.
+fn has_env(pid: u32, entry: &str) -> bool {
+    std::fs::read(format!("/proc/{pid}/environ"))
+        .map(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
+        .unwrap_or(false)
 }
 
 /// A failure the agent should not retry: the same command would fail again.
@@ -129,9 +350,10 @@ fn failed(error: String) -> ExecOutcome {
 }
 
 /// Kills the command's group and reaps it, for a cancel or an unreadable output.
-async fn stop(child: &mut Child, pid: Option<u32>) -> ExecOutcome {
+async fn stop(child: &mut Child, pid: Option<u32>, guard: Guard) -> ExecOutcome {
     kill_group(pid);
     let _ = child.wait().await;
+    guard.release().await;
     ExecOutcome::Stopped
 }
 
@@ -146,22 +368,36 @@ fn feed_stdin(child: &mut Child, query: String) {
     }
 }
 
-/// Reads stderr to its end, keeping only the last bytes (for the error message).
-fn collect_stderr_tail(child: &mut Child) -> Option<tokio::task::JoinHandle<Vec<u8>>> {
-    let mut err = child.stderr.take()?;
+/// Streams stderr line by line as `log`, keeping the last bytes for the error message.
+fn stream_stderr(
+    child: &mut Child,
+    events: mpsc::Sender<TaskEvent>,
+) -> Option<tokio::task::JoinHandle<Vec<u8>>> {
+    let err = child.stderr.take()?;
     Some(tokio::spawn(async move {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = err.read(&mut buf).await {
-            if n == 0 {
-                break;
+        let mut reader = BufReader::new(err);
+        let mut tail = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
             }
-            all.extend_from_slice(&buf[..n]);
-            if all.len() > 4 * STDERR_TAIL_BYTES {
-                all.drain(..all.len() - STDERR_TAIL_BYTES);
+            tail.extend_from_slice(&line);
+            if tail.len() > 4 * STDERR_TAIL_BYTES {
+                tail.drain(..tail.len() - STDERR_TAIL_BYTES);
             }
+            let text = String::from_utf8_lossy(&line).into_owned();
+            // The runner stops reading only when the task is gone; then nobody listens.
+            let _ = events
+                .send(TaskEvent::Output {
+                    stream: OutputStream::Log,
+                    text,
+                })
+                .await;
         }
-        all
+        tail
     }))
 }
 
@@ -182,10 +418,11 @@ impl Stdout {
     }
 }
 
-/// Reads stdout to its end: `PROGRESS n` lines go to `progress`, the rest is the result.
+/// Reads stdout to its end: `PROGRESS` lines become progress events; every other line
+/// is streamed as output the moment it is read and kept for the result.
 async fn read_stdout(
     stdout: Option<ChildStdout>,
-    progress: &mpsc::Sender<u8>,
+    events: &mpsc::Sender<TaskEvent>,
 ) -> std::io::Result<Stdout> {
     let mut out = Stdout::default();
     let Some(stdout) = stdout else {
@@ -193,18 +430,24 @@ async fn read_stdout(
     };
     let mut lines = BufReader::new(stdout).lines();
     while let Some(line) = lines.next_line().await? {
-        match parse_progress(&line) {
-            // The runner stops reading only when the task is gone; then there is
-            // nobody to tell.
-            Some(p) => {
-                let _ = progress.send(p).await;
-            }
-            None if out.result.len() + line.len() < MAX_RESULT_BYTES => {
-                out.result.push_str(&line);
-                out.result.push('\n');
-            }
-            None => out.truncated = true,
+        // The runner stops reading only when the task is gone; then there is nobody
+        // to tell.
+        if let Some((value, message)) = parse_progress(&line) {
+            let _ = events.send(TaskEvent::Progress { value, message }).await;
+            continue;
         }
+        if out.result.len() + line.len() < MAX_RESULT_BYTES {
+            out.result.push_str(&line);
+            out.result.push('\n');
+        } else {
+            out.truncated = true;
+        }
+        let _ = events
+            .send(TaskEvent::Output {
+                stream: OutputStream::Output,
+                text: line + "\n",
+            })
+            .await;
     }
     Ok(out)
 }
@@ -234,11 +477,24 @@ mod tests {
 
     #[test]
     fn progress_lines() {
-        assert_eq!(parse_progress("PROGRESS 40"), Some(40));
-        assert_eq!(parse_progress("  PROGRESS 12.7 "), Some(12));
+        assert_eq!(parse_progress("PROGRESS 40"), Some((40, None)));
+        assert_eq!(parse_progress("  PROGRESS 12.7 "), Some((12, None)));
+        assert_eq!(
+            parse_progress("PROGRESS 50 half way  there"),
+            Some((50, Some("half way  there".into())))
+        );
         assert_eq!(parse_progress("PROGRESS 101"), None);
         assert_eq!(parse_progress("PROGRESS"), None);
+        assert_eq!(parse_progress("PROGRESS soon"), None);
         assert_eq!(parse_progress("PROGRESSIVE 4"), None);
         assert_eq!(parse_progress("progress 4"), None);
+    }
+
+    #[test]
+    fn start_times_tell_processes_apart() {
+        let mine = start_time(std::process::id()).expect("own start time");
+        assert!(mine.parse::<u64>().is_ok(), "{mine}");
+        assert!(group_members(unsafe { libc::getpgid(0) }).contains(&std::process::id()));
+        assert!(!has_env(std::process::id(), "ZEROSTATE_NO_SUCH=1"));
     }
 }

@@ -5,12 +5,17 @@
 mod credential;
 mod ids;
 mod message;
+mod output;
 mod task;
 mod user;
 
 pub use credential::Credential;
 pub use ids::{AgentId, ApiKeyId, SessionId, TaskId, UserId};
 pub use message::{Cursor, MessageType};
+pub use output::{
+    BatchError, ChunkBatch, NewChunk, OutputChunk, OutputStream, DEFAULT_TASK_OUTPUT_MAX_BYTES,
+    MAX_APPEND_BYTES, MAX_APPEND_CHUNKS,
+};
 pub use task::{
     AttemptOutcome, Capability, IdempotencyKey, MaxAttempts, Priority, TaskQuery, TaskStatus,
     TimeoutSecs,

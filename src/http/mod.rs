@@ -10,6 +10,7 @@ pub mod extract;
 mod health;
 mod notifications;
 mod observe;
+mod output;
 mod pages;
 pub mod realtime;
 mod runtime;
@@ -42,6 +43,7 @@ pub fn router(state: AppState) -> Router {
         .merge(agents::router())
         .merge(tasks::router())
         .merge(runtime::router())
+        .merge(output::router())
         .merge(analytics::router())
         .merge(notifications::router())
         .merge(realtime::router())

@@ -104,6 +104,7 @@ pub struct TaskView {
     run_at: Option<DateTime<Utc>>,
     /// Its place in the queue (1 = next); null unless queued.
     queue_position: Option<i64>,
+    output_bytes: u64,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     completed_at: Option<DateTime<Utc>>,
@@ -129,6 +130,7 @@ impl TaskView {
             idempotency_key: t.idempotency_key,
             run_at: t.run_at,
             queue_position: standing.queue_position,
+            output_bytes: t.output_bytes,
             created_at: t.created_at,
             started_at: t.started_at,
             completed_at: t.completed_at,
@@ -297,7 +299,7 @@ async fn list(
 
 /// A task the caller may see, loaded from the `{id}` of the path: 404 for a malformed
 /// id, an unknown task or someone else's (unless the caller is an admin).
-struct VisibleTask(TaskRecord);
+pub(super) struct VisibleTask(pub(super) TaskRecord);
 
 impl FromRequestParts<AppState> for VisibleTask {
     type Rejection = ApiError;

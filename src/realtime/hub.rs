@@ -174,6 +174,62 @@ impl Hub {
         }
     }
 
+    /// Like `send_transient`, for a batch: queues transient frames (no cursor, not kept
+    /// in history) to every live connection of `user` on this node, one frame per item,
+    /// in order, under one registry lock. For high-rate data that has its own store and a catch-up path
+    /// (task output, whose frames carry a gapless `seq` the client can fill in with
+    /// `?after=`): it must not push durable messages out of the resume history, nor
+    /// get a connection closed for them.
+    ///
+    /// So transient frames only take the part of a connection's bounded queue that
+    /// durable messages do not need: while less than half of it is free, they are
+    /// skipped for that connection (counted in
+    /// `zerostate_realtime_transient_skipped_total`; the client sees the gap in `seq`).
+    /// The bounds and the 4008 rule for durable messages are unchanged. Returns how
+    /// many frames were queued.
+    pub fn send_transient_batch<T: serde::Serialize>(
+        &self,
+        user: UserId,
+        kind: &'static str,
+        items: &[T],
+    ) -> usize {
+        use super::client::{Offer, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES};
+        let frames: Vec<Frame> = items
+            .iter()
+            .filter_map(|item| serde_json::to_value(item).ok())
+            .map(|data| protocol::transient(kind, &data))
+            .collect();
+        let (mut queued, mut skipped) = (0, 0);
+        {
+            let reg = self.shared.lock();
+            for slot in reg
+                .by_user
+                .get(&user)
+                .into_iter()
+                .flatten()
+                .filter_map(|id| reg.conns.get(id))
+            {
+                for (i, frame) in frames.iter().enumerate() {
+                    let room = slot.tx.capacity() > MAX_QUEUED_FRAMES / 2
+                        && slot.queued_bytes.load(Ordering::Acquire) + frame.len()
+                            <= MAX_QUEUED_BYTES / 2;
+                    // With room left, `offer` cannot overflow; a connection that is
+                    // ending takes nothing more.
+                    if !room || slot.offer(frame) != Offer::Queued {
+                        skipped += frames.len() - i;
+                        break;
+                    }
+                    queued += 1;
+                }
+            }
+        }
+        if skipped > 0 {
+            metrics::counter!("zerostate_realtime_transient_skipped_total")
+                .increment(skipped as u64);
+        }
+        queued
+    }
+
     /// Registers a connection and prepares what it sends first: `welcome`, then (with
     /// a cursor) the replay and `resumed`, or `reset`. Live messages queue up from the
     /// moment of registration, so nothing falls between replay and live delivery.

@@ -9,6 +9,7 @@ mod agents;
 mod error;
 mod messages;
 mod models;
+mod output;
 pub mod sqlite;
 mod tasks;
 
@@ -16,6 +17,7 @@ pub use agents::{AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, P
 pub use error::StoreError;
 pub use messages::{MessagePosition, MessageRow, MessageStore};
 pub use models::*;
+pub use output::{Appended, OutputStore};
 pub use tasks::{
     AttemptRecord, Backoff, Inserted, NewTask, Outcome, QueueGauges, QueueStanding, TaskFilter,
     TaskRecord, TaskStat, TaskStore,
@@ -29,8 +31,14 @@ use chrono::{DateTime, Utc};
 /// implemented for any type that implements every area trait. The real-time message
 /// history (`MessageStore`) is deliberately not part of it: only the hub's broker reads
 /// and writes it, through the adapter in `app.rs`.
-pub trait Store: UserStore + AgentStore + TaskStore + HealthCheck + Send + Sync + 'static {}
-impl<T: UserStore + AgentStore + TaskStore + HealthCheck + Send + Sync + 'static> Store for T {}
+pub trait Store:
+    UserStore + AgentStore + TaskStore + OutputStore + HealthCheck + Send + Sync + 'static
+{
+}
+impl<T: UserStore + AgentStore + TaskStore + OutputStore + HealthCheck + Send + Sync + 'static>
+    Store for T
+{
+}
 
 /// Lets `/health` and `/ready` ask whether the database answers.
 #[async_trait]

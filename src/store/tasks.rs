@@ -43,6 +43,8 @@ pub struct TaskRecord {
     pub available_at: DateTime<Utc>,
     pub timeout_s: u32,
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Bytes of output stored so far (see `OutputStore`).
+    pub output_bytes: u64,
     pub created_at: DateTime<Utc>,
     /// Start of the current (or last) attempt.
     pub started_at: Option<DateTime<Utc>>,

@@ -12,6 +12,7 @@
 
 pub mod analytics;
 mod metrics_gauges;
+pub mod output;
 
 use crate::agents::AgentService;
 use crate::domain::{
@@ -66,6 +67,8 @@ const PRESENCE_MAP_MAX: usize = 10_000;
 pub struct QueueSettings {
     /// How long a claim or a progress report holds the task for the agent.
     pub lease: Duration,
+    /// Most bytes of output one task may store (`--task-output-max-bytes`).
+    pub output_max_bytes: u64,
     /// The cap of the first retry's delay (`--retry-backoff-base-ms`); it doubles per
     /// attempt up to `RETRY_BACKOFF_MAX`.
     pub retry_backoff_base: Duration,
@@ -75,6 +78,7 @@ impl Default for QueueSettings {
     fn default() -> Self {
         Self {
             lease: DEFAULT_LEASE,
+            output_max_bytes: crate::domain::DEFAULT_TASK_OUTPUT_MAX_BYTES,
             retry_backoff_base: DEFAULT_RETRY_BACKOFF_BASE,
         }
     }
@@ -247,6 +251,8 @@ struct Inner {
     wake: watch::Sender<u64>,
     /// Ends waiting claims at shutdown, so draining is not held up by long polls.
     shutdown: Shutdown,
+    /// Wakes the followers of each task's output (see `output`).
+    feeds: output::Feeds,
     /// When each agent's presence was last written from this node (see
     /// `PRESENCE_EVERY`). A std mutex: held for a map lookup, never across an await.
     presence: Mutex<HashMap<AgentId, Instant>>,
@@ -272,6 +278,7 @@ impl TaskService {
                 settings,
                 wake,
                 shutdown,
+                feeds: output::Feeds::default(),
                 presence: Mutex::new(HashMap::new()),
                 gauges: metrics_gauges::QueueGauges::default(),
             }),
@@ -687,6 +694,9 @@ impl TaskService {
     /// Sends the owner `task_update`. A failed publish is logged: the change is stored,
     /// and the owner's client reloads on reconnect.
     async fn publish(&self, task: &TaskRecord) {
+        if task.status.is_finished() {
+            self.inner.feeds.finished(task.id, task.status);
+        }
         let data = match serde_json::to_value(TaskUpdate::of(task)) {
             Ok(data) => data,
             Err(err) => {

@@ -10,6 +10,7 @@ mod cli;
 mod execution;
 mod hardening;
 mod health;
+mod output;
 mod realtime;
 mod runtime;
 mod sse;

@@ -7,6 +7,7 @@
 
 mod agents;
 mod messages;
+mod output;
 mod tasks;
 mod users;
 

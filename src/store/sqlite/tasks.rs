@@ -22,8 +22,8 @@ use sqlx::Row;
 pub(super) const TASK_COLUMNS: &str =
     "seq, id, user_id, query, capability, priority, status, progress, \
     agent_id, requested_agent_id, result, error, attempts, max_attempts, idempotency_key, \
-    run_at, available_at, timeout_s, lease_expires_at, created_at, started_at, completed_at, \
-    updated_at";
+    run_at, available_at, timeout_s, lease_expires_at, output_bytes, created_at, started_at, \
+    completed_at, updated_at";
 
 /// The retry delay after the attempt that just ended (`attempts` of the row as it was):
 /// uniform in `[0, min(max, base · 2^(attempts-1))]`, drawn per row, so tasks that fail
@@ -158,6 +158,7 @@ fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
         available_at: from_millis(row.try_get("available_at")?),
         timeout_s: row.try_get::<i64, _>("timeout_s")?.max(0) as u32,
         lease_expires_at: opt_time(row, "lease_expires_at")?,
+        output_bytes: row.try_get::<i64, _>("output_bytes")?.max(0) as u64,
         created_at: from_millis(row.try_get("created_at")?),
         started_at: opt_time(row, "started_at")?,
         completed_at: opt_time(row, "completed_at")?,
