@@ -83,43 +83,43 @@ RETURNING {TASK_COLUMNS}"
     )
 }
 
-/// A queued task's own standing: its owner's turn keys, the online agents that may run
-/// it, and whether a shared one exists (then every user's tasks compete with it).
-/// `?1` task.
-const STANDING_SELF_SQL: &str = "
-SELECT t.user_id, t.capability, t.priority_rank, t.created_at, t.seq, t.requested_agent_id,
-       (SELECT COUNT(*) FROM tasks x WHERE x.user_id = t.user_id AND x.status = 'running')
+/// Where a queued task stands, in one read: a first row (`own = 1`) with its owner's
+/// turn keys and the online agents that may run it, then one row per priority and user
+/// of the due tasks that compete with it at its priority or above (one pass over the
+/// covering queue index; other users' tasks compete only through a shared agent). No
+/// rows: the task is not queued. `?1` task, `?2` now.
+const STANDING_SQL: &str = "
+WITH me AS MATERIALIZED (
+    SELECT user_id, capability, priority_rank, created_at, seq, requested_agent_id
+      FROM tasks WHERE id = ?1 AND status = 'queued'
+),
+able AS MATERIALIZED (
+    SELECT a.online, (a.shared = 1 OR a.system_key IS NOT NULL) AS shared
+      FROM agents a, me
+     WHERE EXISTS (SELECT 1 FROM json_each(a.capabilities) c WHERE c.value = me.capability)
+       AND (a.shared = 1 OR a.system_key IS NOT NULL OR a.owner_id = me.user_id)
+       AND (me.requested_agent_id IS NULL OR a.id = me.requested_agent_id)
+)
+SELECT 1 AS own, me.priority_rank AS rank, me.user_id AS user_id, 0 AS queued, 0 AS before,
+       me.created_at AS oldest,
+       (SELECT COUNT(*) FROM tasks x WHERE x.user_id = me.user_id AND x.status = 'running')
            AS running,
-       COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = t.user_id), 0)
+       COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = me.user_id), 0)
            AS last,
-       (SELECT COUNT(*) FROM agents a
-         WHERE EXISTS (SELECT 1 FROM json_each(a.capabilities) c WHERE c.value = t.capability)
-           AND (a.shared = 1 OR a.system_key IS NOT NULL OR a.owner_id = t.user_id)
-           AND (t.requested_agent_id IS NULL OR a.id = t.requested_agent_id)
-           AND a.online = 1) AS online,
-       EXISTS (SELECT 1 FROM agents a
-         WHERE EXISTS (SELECT 1 FROM json_each(a.capabilities) c WHERE c.value = t.capability)
-           AND (a.shared = 1 OR a.system_key IS NOT NULL)
-           AND (t.requested_agent_id IS NULL OR a.id = t.requested_agent_id)) AS shared
-  FROM tasks t WHERE t.id = ?1 AND t.status = 'queued'";
-
-/// The due tasks that compete with it at its priority or above, per priority and user
-/// (one pass over the covering queue index). `?1` capability, `?2` priority rank,
-/// `?3` now, `?4` reservation, `?5` owner, `?6` shared agent exists, `?7`/`?8` the
-/// task's created_at and seq.
-const STANDING_RIVALS_SQL: &str = "
-SELECT t.priority_rank AS rank, t.user_id, COUNT(*) AS queued,
-       SUM((t.created_at, t.seq) < (?7, ?8)) AS before,
-       MIN(t.created_at) AS oldest,
-       (SELECT COUNT(*) FROM tasks x WHERE x.user_id = t.user_id AND x.status = 'running')
-           AS running,
-       COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = t.user_id), 0)
-           AS last
-  FROM tasks t
- WHERE t.status = 'queued' AND t.capability = ?1 AND t.priority_rank >= ?2
-   AND t.available_at <= ?3
-   AND (t.requested_agent_id IS NULL OR t.requested_agent_id IS ?4)
-   AND (t.user_id = ?5 OR ?6)
+       (SELECT COUNT(*) FROM able WHERE able.online = 1) AS online
+  FROM me
+UNION ALL
+SELECT 0, t.priority_rank, t.user_id, COUNT(*),
+       SUM((t.created_at, t.seq) < (me.created_at, me.seq)),
+       MIN(t.created_at),
+       (SELECT COUNT(*) FROM tasks x WHERE x.user_id = t.user_id AND x.status = 'running'),
+       COALESCE((SELECT last_claimed_at FROM task_dispatch d WHERE d.user_id = t.user_id), 0),
+       0
+  FROM me, tasks t
+ WHERE t.status = 'queued' AND t.capability = me.capability
+   AND t.priority_rank >= me.priority_rank AND t.available_at <= ?2
+   AND (t.requested_agent_id IS NULL OR t.requested_agent_id IS me.requested_agent_id)
+   AND (t.user_id = me.user_id OR EXISTS (SELECT 1 FROM able WHERE able.shared = 1))
  GROUP BY t.priority_rank, t.user_id";
 
 fn opt_agent(raw: Option<String>) -> Result<Option<AgentId>, StoreError> {
@@ -540,29 +540,24 @@ impl TaskStore for SqliteStore {
         task: &TaskRecord,
         at: DateTime<Utc>,
     ) -> Result<Option<QueueStanding>, StoreError> {
-        let Some(me) = sqlx::query(STANDING_SELF_SQL)
+        let rows = sqlx::query(STANDING_SQL)
             .bind(task.id.to_string())
-            .fetch_optional(self.pool())
-            .await?
+            .bind(to_millis(at))
+            .fetch_all(self.pool())
+            .await?;
+        let Some(me) = rows
+            .iter()
+            .find(|row| row.try_get::<i64, _>("own").ok() == Some(1))
         else {
             return Ok(None);
         };
         let user: String = me.try_get("user_id")?;
-        let rank: i64 = me.try_get("priority_rank")?;
-        let created_at: i64 = me.try_get("created_at")?;
-        let rows = sqlx::query(STANDING_RIVALS_SQL)
-            .bind(me.try_get::<String, _>("capability")?)
-            .bind(rank)
-            .bind(to_millis(at))
-            .bind(me.try_get::<Option<String>, _>("requested_agent_id")?)
-            .bind(&user)
-            .bind(me.try_get::<bool, _>("shared")?)
-            .bind(created_at)
-            .bind(me.try_get::<i64, _>("seq")?)
-            .fetch_all(self.pool())
-            .await?;
+        let rank: i64 = me.try_get("rank")?;
         let mut rivals = Vec::with_capacity(rows.len());
-        for row in &rows {
+        for row in rows
+            .iter()
+            .filter(|row| row.try_get::<i64, _>("own").ok() == Some(0))
+        {
             rivals.push(Rival {
                 rank: row.try_get("rank")?,
                 mine: row.try_get::<String, _>("user_id")? == user,
@@ -575,7 +570,11 @@ impl TaskStore for SqliteStore {
                 ),
             });
         }
-        let own_turn = (me.try_get("running")?, me.try_get("last")?, created_at);
+        let own_turn = (
+            me.try_get("running")?,
+            me.try_get("last")?,
+            me.try_get("oldest")?,
+        );
         Ok(Some(QueueStanding {
             position: fair_position(rank, own_turn, &rivals),
             eligible_online_agents: me.try_get("online")?,
