@@ -35,3 +35,6 @@ ZEROSTATE_BIN="$PWD/target/debug/zerostate" CHROMIUM_PATH="$(command -v chromium
 
 echo "== Python SDK tests (pytest)"
 ZEROSTATE_BIN="$PWD/target/debug/zerostate" ./scripts/test-python.sh
+
+echo "== schemathesis against the served OpenAPI document"
+ZEROSTATE_BIN="$PWD/target/debug/zerostate" ./scripts/test-schemathesis.sh

@@ -6,6 +6,8 @@ mod credential;
 mod ids;
 mod message;
 mod output;
+#[cfg(test)]
+mod props;
 mod task;
 mod user;
 

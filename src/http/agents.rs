@@ -34,7 +34,7 @@ pub fn router() -> Router<AppState> {
 }
 
 /// An agent as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct AgentView {
     id: AgentId,
     owner_id: UserId,
@@ -72,23 +72,23 @@ impl From<AgentRecord> for AgentView {
 }
 
 /// One page of agents.
-#[derive(Serialize)]
-struct AgentList {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct AgentList {
     agents: Vec<AgentView>,
     /// Where the next page starts; `null` at the end.
     next_cursor: Option<String>,
 }
 
 /// `POST /agents/register`'s answer: the only time the token is shown.
-#[derive(Serialize)]
-struct Registered {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Registered {
     agent: AgentView,
     agent_token: String,
 }
 
 /// `POST /agents/{id}/token`'s answer.
-#[derive(Serialize)]
-struct NewToken {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct NewToken {
     agent_token: String,
 }
 
@@ -101,8 +101,8 @@ struct ListQuery {
     page: PageQuery,
 }
 
-#[derive(Deserialize)]
-struct RegisterBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct RegisterBody {
     name: String,
     #[serde(default)]
     description: String,
@@ -111,8 +111,8 @@ struct RegisterBody {
     shared: bool,
 }
 
-#[derive(Deserialize)]
-struct UpdateBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct UpdateBody {
     name: Option<String>,
     description: Option<String>,
     capabilities: Option<Vec<String>>,

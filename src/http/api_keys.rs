@@ -21,15 +21,15 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/api-keys/{id}", delete(revoke))
 }
 
-#[derive(Deserialize)]
-struct CreateBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct CreateBody {
     name: String,
     expires_in_days: Option<i64>,
 }
 
 /// A key as listed: never its secret or hash.
-#[derive(Serialize)]
-struct KeyView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct KeyView {
     id: ApiKeyId,
     name: String,
     prefix: String,

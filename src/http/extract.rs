@@ -295,7 +295,10 @@ pub async fn read_body(req: Request, state: &AppState) -> Result<axum::body::Byt
 
 /// Parses a JSON body with the contract's error for each way it can be wrong.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    if bytes.is_empty() {
+    // Every body of the API is an object: without this check serde would also read a
+    // struct from a JSON array of its fields (`[null, null]`).
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if first != Some(&b'{') {
         return Err(ApiError::BadRequest {
             code: "invalid_json",
             message: "request body must be a JSON object".into(),

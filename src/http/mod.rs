@@ -10,8 +10,11 @@ pub mod extract;
 mod health;
 mod notifications;
 mod observe;
+mod openapi;
 mod output;
 mod pages;
+#[cfg(test)]
+mod props;
 pub mod realtime;
 mod runtime;
 pub mod server;
@@ -47,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(analytics::router())
         .merge(notifications::router())
         .merge(realtime::router())
+        .merge(openapi::router())
         .merge(pages::router())
         .fallback(pages::not_found)
         .layer(DefaultBodyLimit::max(body_limit))

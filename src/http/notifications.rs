@@ -38,8 +38,8 @@ struct ListQuery {
 }
 
 /// One `system` message as the pages show it.
-#[derive(Serialize)]
-struct Notification {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct Notification {
     /// The message text (data, rendered as text by the pages).
     message: Value,
     /// `info` | `success` | `warning` | `error`, as sent.
@@ -50,8 +50,8 @@ struct Notification {
     at: String,
 }
 
-#[derive(Serialize)]
-struct ListBody {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ListBody {
     notifications: Vec<Notification>,
 }
 

@@ -190,16 +190,16 @@ async fn stats(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `{type, data}` of a publish.
-#[derive(Debug, Deserialize)]
-struct PublishBody {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct PublishBody {
     #[serde(rename = "type")]
     kind: String,
     data: Value,
 }
 
 /// `{user_id, type, data}` of `/api/v1/ws/send`.
-#[derive(Debug, Deserialize)]
-struct SendBody {
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub(super) struct SendBody {
     user_id: String,
     #[serde(rename = "type")]
     kind: String,
@@ -207,13 +207,13 @@ struct SendBody {
 }
 
 /// A publish turned into domain types.
-struct Message {
+pub(super) struct Message {
     kind: MessageType,
     data: Value,
 }
 
 impl Message {
-    fn parse(kind: &str, data: Value) -> Result<Self, ApiError> {
+    pub(super) fn parse(kind: &str, data: Value) -> Result<Self, ApiError> {
         let kind = MessageType::parse_publishable(kind)?;
         if !data.is_object() {
             return Err(ApiError::invalid("data must be a JSON object"));

@@ -51,27 +51,27 @@ impl FromRequestParts<AppState> for AgentAuth {
     }
 }
 
-#[derive(Deserialize, Default)]
-struct ClaimBody {
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+pub(super) struct ClaimBody {
     wait_s: Option<f64>,
     /// Present: a batch claim answered `{"tasks":[…]}`.
     max_tasks: Option<i64>,
 }
 
-#[derive(Deserialize)]
-struct ProgressBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ProgressBody {
     progress: f64,
     message: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct CompleteBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct CompleteBody {
     #[serde(default)]
     result: serde_json::Value,
 }
 
-#[derive(Deserialize)]
-struct FailBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct FailBody {
     error: String,
     /// Only an explicit `false` fails the task at once; absent means retry.
     retryable: Option<bool>,
@@ -112,8 +112,8 @@ async fn claim(
 }
 
 /// A claimed task as its agent sees it.
-#[derive(Serialize)]
-struct ClaimedView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct ClaimedView {
     id: TaskId,
     query: String,
     capability: Capability,

@@ -86,7 +86,7 @@ pub fn page_params(page: &PageQuery) -> ApiResult<(u32, Option<i64>)> {
 }
 
 /// A task as the API shows it.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct TaskView {
     id: TaskId,
     user_id: crate::domain::UserId,
@@ -146,8 +146,8 @@ impl TaskView {
 }
 
 /// One attempt as `GET …/attempts` shows it.
-#[derive(Serialize)]
-struct AttemptView {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct AttemptView {
     attempt: u32,
     agent_id: Option<AgentId>,
     started_at: DateTime<Utc>,
@@ -176,8 +176,8 @@ fn viewer(principal: &Principal) -> Viewer {
     }
 }
 
-#[derive(Deserialize)]
-struct SubmitBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct SubmitBody {
     query: String,
     capability: Option<String>,
     agent_id: Option<String>,

@@ -26,27 +26,27 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/users/me/password", put(change_password))
 }
 
-#[derive(Deserialize)]
-struct RegisterBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct RegisterBody {
     email: String,
     password: String,
     #[serde(default)]
     full_name: String,
 }
 
-#[derive(Deserialize)]
-struct LoginBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct LoginBody {
     email: String,
     password: String,
 }
 
-#[derive(Deserialize)]
-struct ProfileBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct ProfileBody {
     full_name: String,
 }
 
-#[derive(Deserialize)]
-struct PasswordBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(super) struct PasswordBody {
     current_password: String,
     new_password: String,
 }

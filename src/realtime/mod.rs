@@ -16,6 +16,8 @@ mod hub;
 #[cfg(test)]
 mod memory;
 pub mod protocol;
+#[cfg(test)]
+mod protocol_props;
 mod registry;
 mod stats;
 

@@ -48,7 +48,7 @@ impl Window {
 }
 
 /// `duration_ms` percentiles of completed tasks; `None` without any.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Percentiles {
     pub p50: Option<i64>,
     pub p95: Option<i64>,
@@ -56,7 +56,7 @@ pub struct Percentiles {
 }
 
 /// The `tasks` part of the summary.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TaskFigures {
     pub total: u64,
     pub by_status: BTreeMap<&'static str, u64>,
@@ -66,14 +66,14 @@ pub struct TaskFigures {
 }
 
 /// The `agents` part of the summary: all agents, not only the caller's.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct AgentFigures {
     pub total: i64,
     pub online: i64,
 }
 
 /// One time-series bucket: tasks submitted, completed and failed in it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Bucket {
     /// Start of the bucket.
     pub t: DateTime<Utc>,
@@ -83,7 +83,7 @@ pub struct Bucket {
 }
 
 /// An agent among the busiest of the window.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TopAgent {
     pub agent_id: AgentId,
     pub name: String,
@@ -93,7 +93,7 @@ pub struct TopAgent {
 }
 
 /// The whole answer of `GET /api/v1/analytics/summary`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Summary {
     pub tasks: TaskFigures,
     pub agents: AgentFigures,

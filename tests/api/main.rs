@@ -6,6 +6,7 @@ mod helpers;
 mod agents;
 mod analytics;
 mod api_keys;
+mod authz;
 mod cli;
 mod execution;
 mod hardening;
