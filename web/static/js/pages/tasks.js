@@ -381,9 +381,17 @@ class TaskDetail {
       this.output = new OutputView(t.id, pre, follow);
       this.output.fill();
     }
-    box.append(this.outputSection);
-    if (attempts) box.append(this.attemptsTable(attempts));
-    replaceChildren(detailBody, box);
+    const attemptsNode = attempts ? this.attemptsTable(attempts) : (this.attemptsNode || el('section', { class: 'attempts' }));
+    if (this.infoNode && this.infoNode.isConnected) {
+      // Replace the parts around the output, never the output itself: moving it would
+      // lose its scroll position (and with it "follow the end").
+      this.infoNode.replaceWith(box);
+      if (this.attemptsNode !== attemptsNode) this.attemptsNode.replaceWith(attemptsNode);
+    } else {
+      replaceChildren(detailBody, box, this.outputSection, attemptsNode);
+    }
+    this.infoNode = box;
+    this.attemptsNode = attemptsNode;
   }
 
   attemptsTable(attempts) {
