@@ -48,7 +48,7 @@ async fn summary(
             Err(e) => return Err(e.into()),
         }
     }
-    let (total, online) = state.store.count_agents().await?;
+    let (total, online) = state.store.count_agents(user).await?;
     let summary = analytics::summarize(&stats, window, now, AgentFigures { total, online }, &names);
     Ok(Json(summary))
 }

@@ -156,6 +156,7 @@ pub trait AgentStore {
         seen_before: DateTime<Utc>,
         at: DateTime<Utc>,
     ) -> Result<Vec<AgentRecord>, StoreError>;
-    /// `(total, online)` over all agents.
-    async fn count_agents(&self) -> Result<(i64, i64), StoreError>;
+    /// `(total, online)` over the agents `viewer` may see: their own and the shared ones
+    /// (`None`: every agent, for admins).
+    async fn count_agents(&self, viewer: Option<UserId>) -> Result<(i64, i64), StoreError>;
 }

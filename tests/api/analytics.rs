@@ -148,8 +148,11 @@ async fn figures_match_a_known_set_of_tasks() {
         .await;
     assert_eq!(theirs["tasks"]["total"], 0);
     assert!(theirs["top_agents"].as_array().unwrap().is_empty());
+    // The user's two agents are private: the stranger does not count them.
+    assert_eq!(theirs["agents"], json!({ "total": 0, "online": 0 }));
     let (_, all) = app
         .get("/api/v1/analytics/summary?window=7d", Some(&admin.token))
         .await;
     assert_eq!(all["tasks"]["total"], 6);
+    assert_eq!(all["agents"]["total"], 2);
 }

@@ -310,11 +310,15 @@ impl AgentStore for SqliteStore {
         rows.iter().map(agent_from_row).collect()
     }
 
-    async fn count_agents(&self) -> Result<(i64, i64), StoreError> {
-        let row =
-            sqlx::query("SELECT COUNT(*) AS total, COALESCE(SUM(online), 0) AS online FROM agents")
-                .fetch_one(self.pool())
-                .await?;
+    async fn count_agents(&self, viewer: Option<UserId>) -> Result<(i64, i64), StoreError> {
+        // The same visibility rule as the lists: a user counts only what they could list.
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS total, COALESCE(SUM(online), 0) AS online FROM agents
+              WHERE ?1 IS NULL OR owner_id = ?1 OR shared = 1 OR system_key IS NOT NULL",
+        )
+        .bind(viewer.map(|u| u.to_string()))
+        .fetch_one(self.pool())
+        .await?;
         Ok((row.try_get("total")?, row.try_get("online")?))
     }
 }
