@@ -577,6 +577,7 @@ async fn run_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Row {
         }
         seq += 1;
     }
+    let published = started.elapsed().as_secs_f64();
     row.burst_complete = tally.wait(&tally.received, target).await;
     let secs = started.elapsed().as_secs_f64();
     let delivered = tally.received.load(Ordering::SeqCst) - before;
@@ -589,7 +590,10 @@ async fn run_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Row {
             open * opts.burst
         ));
     }
-    eprintln!("[{name}] burst: {delivered} in {secs:.2} s, server CPU {cpu_s:.2} s");
+    eprintln!(
+        "[{name}] burst: {} publishes accepted in {published:.2} s, {delivered} delivered in {secs:.2} s, server CPU {cpu_s:.2} s",
+        opts.burst
+    );
 
     // Reconnect storm (ZeroState: the peers keep no history to resume from).
     let mut cursors = Vec::with_capacity(open);
