@@ -32,6 +32,11 @@ pub struct BenchServer {
 impl BenchServer {
     /// Starts `bin serve` on a free loopback port with the built-in agent off.
     pub async fn start(bin: &str) -> Self {
+        Self::start_with(bin, &[]).await
+    }
+
+    /// Like `start`, with extra `serve` flags (limits a load test must lift).
+    pub async fn start_with(bin: &str, extra: &[&str]) -> Self {
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut process = tokio::process::Command::new(bin)
             .args([
@@ -42,6 +47,7 @@ impl BenchServer {
                 "--data-dir",
             ])
             .arg(data_dir.path())
+            .args(extra)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -89,4 +95,43 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
         .get((last as f64 * p).round() as usize)
         .copied()
         .unwrap_or(0.0)
+}
+
+/// The resident memory of process `pid` in KiB (`VmRSS`); 0 if unreadable.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// User plus system CPU time of process `pid` in clock ticks (`/proc/PID/stat`).
+pub fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces: fields are counted after its closing paren.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(11) + field(12)
+}
+
+/// Clock ticks per second, the unit of `cpu_ticks`.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 {
+        ticks as f64
+    } else {
+        100.0
+    }
 }

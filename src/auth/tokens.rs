@@ -1,28 +1,36 @@
 //! Session tokens: HS256 JWTs naming a session row. The signature proves the server
 //! issued the token; the session row makes it revocable at once.
 //!
+//! Verified sessions are remembered for a short while ([`SessionCache`]), so that a
+//! burst of connections does not cost a database round trip each; revocation through
+//! the server (logout, password change) forgets them at once.
+//!
 //! The signing key is never a constant: it is generated at first start and kept in the
 //! data directory (mode 0600), or given by `--signing-key`.
 
-use crate::domain::{SessionId, UserId};
+use crate::domain::{Credential, Role, SessionId, UserId};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// How long a session lasts.
 pub const SESSION_TTL: chrono::Duration = chrono::Duration::days(7);
 const ISSUER: &str = "zerostate";
 const KEY_FILE: &str = "signing.key";
 
-/// The key that signs and checks session tokens.
+/// The key that signs and checks session tokens, and the sessions it verified lately.
 #[derive(Clone)]
 pub struct TokenSigner {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
+    sessions: Arc<SessionCache>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -50,7 +58,13 @@ impl TokenSigner {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
+            sessions: Arc::default(),
         }
+    }
+
+    /// The sessions this server verified lately.
+    pub fn sessions(&self) -> &SessionCache {
+        &self.sessions
     }
 
     /// Uses `given` when set (at least 32 bytes), else the key file in `data_dir`,
@@ -109,6 +123,92 @@ impl TokenSigner {
     }
 }
 
+/// How long a verified session is trusted without reading its row again. Revocations
+/// made through this server forget it at once; this bounds only changes made behind
+/// the server's back (another process on the same database, e.g. `zerostate users`).
+pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Most sessions remembered at once; beyond, new ones are simply not remembered.
+const SESSION_CACHE_MAX: usize = 100_000;
+
+/// What a session row said when it was last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedSession {
+    pub user_id: UserId,
+    pub role: Role,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// Sessions verified against the database lately, so a burst of requests or
+/// connections with one token does not read the same rows again and again.
+///
+/// A revocation bumps an epoch: a lookup that read the database before the revocation
+/// and tries to remember its (now stale) answer afterwards is not remembered.
+#[derive(Default)]
+pub struct SessionCache {
+    // A std mutex: held for a map operation, never across an await.
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    epoch: u64,
+    entries: HashMap<SessionId, (VerifiedSession, Instant)>,
+}
+
+impl SessionCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The remembered session, if it was verified within the TTL and has not ended.
+    pub fn get(&self, id: SessionId, now: DateTime<Utc>) -> Option<VerifiedSession> {
+        let mut inner = self.lock();
+        match inner.entries.get(&id) {
+            Some((s, at)) if at.elapsed() < SESSION_CACHE_TTL && s.expires_at > now => Some(*s),
+            Some(_) => {
+                inner.entries.remove(&id);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// The epoch to hand back to [`SessionCache::remember`]: read it before the
+    /// database.
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// Remembers a session read from the database at `epoch`, unless a revocation came
+    /// in between.
+    pub fn remember(&self, epoch: u64, id: SessionId, session: VerifiedSession) {
+        let mut inner = self.lock();
+        if inner.epoch != epoch {
+            return;
+        }
+        if inner.entries.len() >= SESSION_CACHE_MAX {
+            inner
+                .entries
+                .retain(|_, (_, at)| at.elapsed() < SESSION_CACHE_TTL);
+            if inner.entries.len() >= SESSION_CACHE_MAX {
+                return;
+            }
+        }
+        inner.entries.insert(id, (session, Instant::now()));
+    }
+
+    /// Forgets revoked credentials at once (API keys are not remembered here).
+    pub fn forget(&self, credentials: &[Credential]) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        for credential in credentials {
+            if let Credential::Session(id) = credential {
+                inner.entries.remove(id);
+            }
+        }
+    }
+}
+
 /// Writes a new file readable by its owner only.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -155,6 +255,30 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn revoked_sessions_are_forgotten_and_not_remembered_late() {
+        let cache = SessionCache::default();
+        let (id, other) = (SessionId::new(), SessionId::new());
+        let now = Utc::now();
+        let session = VerifiedSession {
+            user_id: UserId::new(),
+            role: Role::User,
+            expires_at: now + SESSION_TTL,
+        };
+        let epoch = cache.epoch();
+        cache.remember(epoch, id, session);
+        assert_eq!(cache.get(id, now), Some(session));
+        // Read before a revocation, remembered after it: not kept.
+        let stale = cache.epoch();
+        cache.forget(&[Credential::Session(id)]);
+        assert_eq!(cache.get(id, now), None);
+        cache.remember(stale, other, session);
+        assert_eq!(cache.get(other, now), None);
+        // An ended session is not served from memory.
+        cache.remember(cache.epoch(), other, session);
+        assert_eq!(cache.get(other, now + SESSION_TTL), None);
     }
 
     #[test]

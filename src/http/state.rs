@@ -77,6 +77,8 @@ impl AppState {
     /// Ends every live connection that authenticated with one of these credentials
     /// (logout, password change, key revocation).
     pub fn on_credentials_revoked(&self, credentials: &[crate::auth::Credential]) {
+        // Forgotten first, so no request is let in on a remembered session meanwhile.
+        self.signer.sessions().forget(credentials);
         // Closed with 4001: the client goes to login instead of retrying.
         self.hub.disconnect_credentials(credentials);
     }

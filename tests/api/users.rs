@@ -198,6 +198,12 @@ async fn password_change_revokes_other_sessions_and_swaps_the_password() {
     let app = spawn_app().await;
     let user = app.new_user().await;
     let other = app.login(&user.email, &user.password).await;
+    // Used once before the change: a session the server verified (and may remember)
+    // must be refused at once all the same.
+    assert_eq!(
+        app.get("/api/v1/users/me", Some(&other.token)).await.0,
+        StatusCode::OK
+    );
     let (status, body) = app
         .put(
             "/api/v1/users/me/password",
