@@ -760,15 +760,7 @@ async fn metrics_show_queue_depth_running_tasks_and_agents_online() {
     app.runtime(&token, "/claim", json!({})).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics().await;
         let has = |line: &str| text.lines().any(|l| l.trim() == line);
         if has("zerostate_tasks_queued{capability=\"general\"} 2")
             && has("zerostate_tasks_running 1")

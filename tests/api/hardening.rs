@@ -224,17 +224,6 @@ fn made_up_method(n: usize) -> Method {
     Method::from_bytes(format!("MADEUP{n}X").as_bytes()).unwrap()
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn made_up_methods_do_not_grow_the_metrics() {
     let app = spawn_app().await;
@@ -254,8 +243,8 @@ async fn made_up_methods_do_not_grow_the_metrics() {
             .unwrap();
     }
     // Twice: the first render does not yet count the `/metrics` request itself.
-    metrics_text(&app).await;
-    let before = metrics_text(&app).await;
+    app.metrics().await;
+    let before = app.metrics().await;
     let client = app.client.clone();
     let base = app.address.clone();
     let mut workers = Vec::new();
@@ -280,7 +269,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     for w in workers {
         w.await.unwrap();
     }
-    let after = metrics_text(&app).await;
+    let after = app.metrics().await;
     println!(
         "/metrics: {} bytes before, {} bytes after 5,000 made-up methods",
         before.len(),

@@ -137,24 +137,16 @@ impl TestApp {
         self.child.as_ref().and_then(Child::id)
     }
 
-    /// Sends SIGTERM without waiting: the server starts draining.
+    /// Sends SIGTERM without waiting: the process starts draining.
     pub fn begin_shutdown(&self) {
         if let Some(pid) = self.pid() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+            send_term(pid);
         }
     }
 
     /// Waits up to `within` for the process to exit; returns its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let status = tokio::time::timeout(within, child.wait())
-            .await
-            .expect("process did not stop in time")
-            .expect("wait");
-        status.code()
+        wait_child(self.child.take()?, within).await
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.
@@ -277,6 +269,20 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// The `/metrics` page as text (Prometheus exposition format).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 async fn start_checked(data_dir: &Path, options: &AppOptions, addr: &str) -> Option<Child> {
     // `start` panics when the process exits early (port still busy): catch that by
     // running it in a task.
@@ -288,13 +294,23 @@ async fn start_checked(data_dir: &Path, options: &AppOptions, addr: &str) -> Opt
 
 /// Sends SIGTERM to one process (never a group) and waits up to `within` for it to
 /// exit; returns its exit code.
-async fn terminate(mut child: Child, within: Duration) -> Option<i32> {
+async fn terminate(child: Child, within: Duration) -> Option<i32> {
     if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        send_term(pid);
     }
+    wait_child(child, within).await
+}
+
+/// Sends SIGTERM to one process (never a group) without waiting.
+fn send_term(pid: u32) {
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// Waits up to `within` for `child` to exit; returns its exit code.
+async fn wait_child(mut child: Child, within: Duration) -> Option<i32> {
     let status = tokio::time::timeout(within, child.wait())
         .await
         .expect("process did not stop in time")
@@ -772,29 +788,21 @@ impl AgentProcess {
         }
     }
 
-    /// The server's process id (while it runs).
+    /// The agent's process id (while it runs).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
     }
 
-    /// Sends SIGTERM without waiting: the server starts draining.
+    /// Sends SIGTERM without waiting: the process starts draining.
     pub fn begin_shutdown(&self) {
         if let Some(pid) = self.pid() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
+            send_term(pid);
         }
     }
 
     /// Waits up to `within` for the process to exit; returns its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let status = tokio::time::timeout(within, child.wait())
-            .await
-            .expect("process did not stop in time")
-            .expect("wait");
-        status.code()
+        wait_child(self.child.take()?, within).await
     }
 
     /// Sends SIGTERM and waits for the process to exit; returns its exit code.

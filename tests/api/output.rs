@@ -390,15 +390,7 @@ async fn limits_answer_413_output_limit_and_store_nothing() {
     assert_eq!(app.task(&user, &id).await["output_bytes"], 100);
 
     // `/metrics` counts the bytes stored.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let counted: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("zerostate_task_output_bytes_total "))

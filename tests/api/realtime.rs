@@ -709,17 +709,7 @@ async fn stats_count_connections_and_messages_written() {
         sent_before + 4
     );
 
-    let (_, metrics) = (
-        StatusCode::OK,
-        app.client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("zerostate_realtime_messages_sent_total"),
         "metrics lack real-time counters"
