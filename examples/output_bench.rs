@@ -23,8 +23,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{percentile, BenchServer};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use support::{percentile, post, BenchServer};
 use tokio_tungstenite::tungstenite::Message;
 
 struct Options {
@@ -51,18 +50,6 @@ fn parse_args() -> Options {
         }
     }
     opts
-}
-
-async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> (u16, Value) {
-    let resp = http
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// What the owner has of each task's output: every chunk up to `contiguous`, and
@@ -132,15 +119,7 @@ async fn main() {
 
     // The owner's live connection. A gap in a task's `seq` (frames the server skipped
     // for a connection whose queue was busy) is filled by the filler below.
-    let ws_url = format!("{}/api/v1/ws/connect", base.replacen("http", "ws", 1));
-    let mut request = ws_url.as_str().into_client_request().expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {owner_token}").parse().expect("header"),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
+    let ws = server.connect_ws(&owner_token).await;
     let (gap_tx, mut gap_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let closed = Arc::new(Mutex::new(None::<String>));
     {
@@ -232,17 +211,7 @@ async fn main() {
     let owner = owner_token;
 
     // One agent claims every task.
-    let (_, body) = post(
-        &http,
-        format!("{base}/api/v1/agents/register"),
-        &owner,
-        json!({"name": "bench", "capabilities": ["general"]}),
-    )
-    .await;
-    let agent = body["agent_token"]
-        .as_str()
-        .expect("agent token")
-        .to_owned();
+    let agent = server.register_agent(&http, &owner).await;
     for n in 0..opts.tasks {
         let (status, _) = post(
             &http,
