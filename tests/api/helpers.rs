@@ -36,7 +36,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     data_dir: Arc<tempfile::TempDir>,
     options: AppOptions,
-    child: Option<Child>,
+    process: Spawned,
 }
 
 /// Starts a server with default options.
@@ -58,7 +58,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             .expect("client"),
         data_dir,
         options,
-        child: Some(child),
+        process: Spawned(Some(child)),
     }
 }
 
@@ -134,31 +134,27 @@ impl TestApp {
 
     /// The server's process id (while it runs).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        self.process.pid()
     }
 
-    /// Sends SIGTERM without waiting: the process starts draining.
+    /// Sends SIGTERM without waiting: the server starts draining.
     pub fn begin_shutdown(&self) {
-        if let Some(pid) = self.pid() {
-            send_term(pid);
-        }
+        self.process.begin_shutdown();
     }
 
-    /// Waits up to `within` for the process to exit; returns its exit code.
+    /// Waits up to `within` for the server to exit; returns its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        wait_child(self.child.take()?, within).await
+        self.process.wait_exit(within).await
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    /// Sends SIGTERM and waits for the server to exit; returns its exit code.
     pub async fn stop(&mut self) -> Option<i32> {
-        terminate(self.child.take()?, Duration::from_secs(30)).await
+        self.process.stop(Duration::from_secs(30)).await
     }
 
-    /// Kills the process without letting it drain (a crash).
+    /// Kills the server without letting it drain (a crash).
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
+        self.process.kill().await;
     }
 
     /// Stops the server and starts it again on the same port and data directory.
@@ -175,7 +171,7 @@ impl TestApp {
             .await
             {
                 Ok(Some(child)) => {
-                    self.child = Some(child);
+                    self.process = Spawned(Some(child));
                     return;
                 }
                 other => last = Some(other.is_err()),
@@ -292,30 +288,50 @@ async fn start_checked(data_dir: &Path, options: &AppOptions, addr: &str) -> Opt
         .ok()
 }
 
-/// Sends SIGTERM to one process (never a group) and waits up to `within` for it to
-/// exit; returns its exit code.
-async fn terminate(child: Child, within: Duration) -> Option<i32> {
-    if let Some(pid) = child.id() {
-        send_term(pid);
+/// A process the harness started (the server or a reference agent), until it is
+/// stopped or killed; `kill_on_drop` ends it with the test.
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    /// The process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().and_then(Child::id)
     }
-    wait_child(child, within).await
-}
 
-/// Sends SIGTERM to one process (never a group) without waiting.
-fn send_term(pid: u32) {
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
-}
+    /// Sends SIGTERM to this one process (never a group) without waiting: it starts
+    /// draining.
+    pub fn begin_shutdown(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
 
-/// Waits up to `within` for `child` to exit; returns its exit code.
-async fn wait_child(mut child: Child, within: Duration) -> Option<i32> {
-    let status = tokio::time::timeout(within, child.wait())
-        .await
-        .expect("process did not stop in time")
-        .expect("wait");
-    status.code()
+    /// Waits up to `within` for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.0.take()?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .expect("process did not stop in time")
+            .expect("wait");
+        status.code()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the process to exit; returns its exit
+    /// code.
+    pub async fn stop(&mut self, within: Duration) -> Option<i32> {
+        self.begin_shutdown();
+        self.wait_exit(within).await
+    }
+
+    /// Kills the process without letting it drain (SIGKILL).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill().await;
+        }
+    }
 }
 
 /// A signed-in account.
@@ -768,7 +784,7 @@ impl TestApp {
             .spawn()
             .expect("start zerostate agent run");
         AgentProcess {
-            child: Some(child),
+            process: Spawned(Some(child)),
             log_path,
         }
     }
@@ -776,38 +792,20 @@ impl TestApp {
 
 /// A running reference agent process.
 pub struct AgentProcess {
-    child: Option<Child>,
+    /// The process itself (pid, SIGTERM, waiting for its exit).
+    pub process: Spawned,
     log_path: PathBuf,
 }
 
 impl AgentProcess {
     /// Kills the agent without warning (SIGKILL): it cannot hand its tasks back.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
+        self.process.kill().await;
     }
 
-    /// The agent's process id (while it runs).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-
-    /// Sends SIGTERM without waiting: the process starts draining.
-    pub fn begin_shutdown(&self) {
-        if let Some(pid) = self.pid() {
-            send_term(pid);
-        }
-    }
-
-    /// Waits up to `within` for the process to exit; returns its exit code.
-    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        wait_child(self.child.take()?, within).await
-    }
-
-    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    /// Sends SIGTERM and waits for the agent to exit; returns its exit code.
     pub async fn stop(&mut self) -> Option<i32> {
-        terminate(self.child.take()?, Duration::from_secs(15)).await
+        self.process.stop(Duration::from_secs(15)).await
     }
 
     /// What the agent logged so far.
