@@ -758,17 +758,20 @@ async fn metrics_show_queue_depth_running_tasks_and_agents_online() {
         .await;
     }
     app.runtime(&token, "/claim", json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = app.metrics().await;
-        let has = |line: &str| text.lines().any(|l| l.trim() == line);
-        if has("zerostate_tasks_queued{capability=\"general\"} 2")
-            && has("zerostate_tasks_running 1")
-            && has("zerostate_agents_online 1")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gauges missing:\n{text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        async || {
+            let text = app.metrics().await;
+            let has = |line: &str| text.lines().any(|l| l.trim() == line);
+            if has("zerostate_tasks_queued{capability=\"general\"} 2")
+                && has("zerostate_tasks_running 1")
+                && has("zerostate_agents_online 1")
+            {
+                return Ok(());
+            }
+            Err(format!("gauges missing:\n{text}"))
+        },
+    )
+    .await;
 }

@@ -4,7 +4,9 @@
 //! shutdown under load. Figures (times to drop, sizes, RSS) are printed for the record;
 //! the assertions use generous bounds, never a speed.
 
-use crate::helpers::{spawn_app, spawn_app_with, unique_email, AppOptions, TestApp, BIN};
+use crate::helpers::{
+    eventually, spawn_app, spawn_app_with, unique_email, AppOptions, TestApp, BIN,
+};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -597,20 +599,22 @@ async fn a_user_gets_at_most_100_real_time_connections() {
     assert_eq!(welcome["type"], "welcome");
     // A place freed is a place to take.
     held.pop().unwrap().close().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let again = app
-            .ws_try(
-                crate::helpers::WsAuth::Bearer(&user.token),
-                crate::helpers::WsOpen::default(),
-            )
-            .await;
-        if again.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the freed place never came back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let again = app
+                .ws_try(
+                    crate::helpers::WsAuth::Bearer(&user.token),
+                    crate::helpers::WsOpen::default(),
+                )
+                .await;
+            again
+                .map(drop)
+                .map_err(|_| "the freed place never came back".to_owned())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -731,20 +731,17 @@ impl TestApp {
         id: &str,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + TASK_WAIT;
-        loop {
+        eventually(TASK_WAIT, Duration::from_millis(50), async || {
             let task = self.task(user, id).await;
             if done(&task) {
-                return task;
+                return Ok(task);
             }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "task did not reach the expected state: {task}\nserver log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(format!(
+                "task did not reach the expected state: {task}\nserver log:\n{}",
+                self.log()
+            ))
+        })
+        .await
     }
 
     /// Polls until the task has the given status.
@@ -823,6 +820,24 @@ impl WsClient {
                 return message["data"].clone();
             }
         }
+    }
+}
+
+/// Polls `check` every `every` until it answers `Ok`, and returns that; once `within`
+/// has passed, fails the test with the last `Err` (what is still missing). Every
+/// "eventually" condition in the tests waits through this, so each has a deadline.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(missing) => assert!(tokio::time::Instant::now() < deadline, "{missing}"),
+        }
+        tokio::time::sleep(every).await;
     }
 }
 

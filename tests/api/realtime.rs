@@ -694,14 +694,17 @@ async fn stats_count_connections_and_messages_written() {
 
     // A broadcast nobody else hears is not counted as sent to them.
     ws.close().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while app.ws_stats().await["current_connections"] != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connection never left the stats"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || {
+            if app.ws_stats().await["current_connections"] == 0 {
+                return Ok(());
+            }
+            Err("connection never left the stats".to_owned())
+        },
+    )
+    .await;
     let (_, body) = app.broadcast(&admin.token, "note", json!({})).await;
     assert_eq!(body["delivered"], 0);
     assert_eq!(
