@@ -43,15 +43,12 @@ async fn status_of(app: &TestApp, user: &TestUser, id: &str) -> Value {
 /// An agent that runs every user's tasks: registered as shared by an admin. (Until the
 /// registry accepts `shared`, the flag is set in the database, as an admin's edit would.)
 async fn shared_agent(app: &TestApp, admin: &TestUser, name: &str) -> (Value, String) {
-    let (status, body) = app
-        .post(
-            "/api/v1/agents/register",
-            Some(&admin.token),
+    let (agent, token) = app
+        .register_agent_as(
+            admin,
             json!({ "name": name, "capabilities": ["general"], "shared": true }),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let agent = body["agent"].clone();
     if agent["shared"] != true {
         let url = format!("sqlite:{}", app.data_dir().join("zerostate.db").display());
         let pool = sqlx::SqlitePool::connect(&url)
@@ -64,7 +61,7 @@ async fn shared_agent(app: &TestApp, admin: &TestUser, name: &str) -> (Value, St
             .expect("share agent");
         pool.close().await;
     }
-    (agent, body["agent_token"].as_str().unwrap().to_owned())
+    (agent, token)
 }
 
 #[tokio::test]

@@ -266,6 +266,13 @@ impl TestApp {
 }
 
 impl TestApp {
+    /// A plain TCP connection to the server (for hand-written HTTP and WebSocket bytes).
+    pub async fn tcp(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect")
+    }
+
     /// The `/metrics` page as text (Prometheus exposition format).
     pub async fn metrics(&self) -> String {
         self.client
@@ -685,12 +692,18 @@ impl TestApp {
         name: &str,
         capabilities: &[&str],
     ) -> (Value, String) {
+        self.register_agent_as(
+            user,
+            json!({ "name": name, "description": "test agent", "capabilities": capabilities }),
+        )
+        .await
+    }
+
+    /// Registers an agent from a raw request body (e.g. with `shared`); returns its JSON
+    /// and its `zsa_` token.
+    pub async fn register_agent_as(&self, user: &TestUser, body: Value) -> (Value, String) {
         let (status, body) = self
-            .post(
-                "/api/v1/agents/register",
-                Some(&user.token),
-                json!({ "name": name, "description": "test agent", "capabilities": capabilities }),
-            )
+            .post("/api/v1/agents/register", Some(&user.token), body)
             .await;
         assert_eq!(status, StatusCode::CREATED, "register agent: {body}");
         let token = body["agent_token"]

@@ -766,9 +766,7 @@ async fn a_silent_client_is_closed_after_75_seconds_and_a_live_one_is_not() {
 /// Opens a WebSocket by hand and returns the socket after the 101 response.
 async fn raw_websocket(app: &TestApp, token: &str) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
-        .await
-        .unwrap();
+    let mut socket = app.tcp().await;
     let request = format!(
         "GET /api/v1/ws/connect HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
