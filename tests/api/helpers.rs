@@ -854,6 +854,19 @@ pub async fn eventually<T>(
     }
 }
 
+/// Waits (polling every 100 ms) until the process `pid` is gone; fails the test with
+/// `why()` if it still runs after `within`.
+pub async fn wait_gone(pid: u32, within: Duration, why: impl Fn() -> String) {
+    eventually(within, Duration::from_millis(100), async || {
+        if process_alive(pid) {
+            Err(why())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+}
+
 /// Whether a process with this pid is alive.
 pub fn process_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {

@@ -150,19 +150,9 @@ async fn canceling_a_running_task_stops_the_agents_command() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({ "task_id": id, "status": "canceled" }));
 
-    eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        async || {
-            if !process_alive(pid) {
-                return Ok(());
-            }
-            Err(format!(
-                "the command still runs after cancel:\n{}",
-                process.log()
-            ))
-        },
-    )
+    wait_gone(pid, Duration::from_secs(10), || {
+        format!("the command still runs after cancel:\n{}", process.log())
+    })
     .await;
     let task = app.task(&user, &id).await;
     assert_eq!(task["status"], "canceled");
@@ -432,16 +422,9 @@ async fn a_task_that_runs_too_long_fails_and_its_command_is_stopped() {
         .trim()
         .parse()
         .unwrap();
-    eventually(
-        Duration::from_secs(10),
-        Duration::from_millis(100),
-        async || {
-            if !process_alive(pid) {
-                return Ok(());
-            }
-            Err("the timed-out command still runs".to_owned())
-        },
-    )
+    wait_gone(pid, Duration::from_secs(10), || {
+        "the timed-out command still runs".to_owned()
+    })
     .await;
 }
 
