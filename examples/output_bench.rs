@@ -84,6 +84,11 @@ struct Owner {
 }
 
 impl Owner {
+    /// How far `task`'s output is held without a gap (0: nothing yet).
+    fn contiguous(&self, task: &str) -> u64 {
+        self.tasks.get(task).map_or(0, |h| h.contiguous)
+    }
+
     fn add(&mut self, task: &str, seq: u64, live: bool, chunks: u64, tasks: usize) {
         let have = self.tasks.entry(task.to_owned()).or_default();
         let before = have.contiguous;
@@ -101,6 +106,22 @@ impl Owner {
             }
         }
     }
+}
+
+/// Reads a task's output after `after` by page, as the task page does for a gap.
+async fn output_after(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    task: &str,
+    after: u64,
+) -> reqwest::Result<reqwest::Response> {
+    http.get(format!(
+        "{base}/api/v1/tasks/{task}/output?after={after}&limit=10000"
+    ))
+    .bearer_auth(token)
+    .send()
+    .await
 }
 
 #[tokio::main]
@@ -177,19 +198,8 @@ async fn main() {
         tokio::spawn(async move {
             while let Some(task) = gap_rx.recv().await {
                 loop {
-                    let after = owner
-                        .lock()
-                        .unwrap()
-                        .tasks
-                        .get(&task)
-                        .map_or(0, |h| h.contiguous);
-                    let page = http
-                        .get(format!(
-                            "{base}/api/v1/tasks/{task}/output?after={after}&limit=10000"
-                        ))
-                        .bearer_auth(&token)
-                        .send()
-                        .await;
+                    let after = owner.lock().unwrap().contiguous(&task);
+                    let page = output_after(&http, &base, &token, &task, after).await;
                     // Only once the run is over and the server gone.
                     let Ok(page) = page else { return };
                     let page: Value = page.json().await.unwrap_or_default();
@@ -302,18 +312,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if started.elapsed().as_secs_f64() > appended + 2.0 {
             for task in missing {
-                let after = owner_ref
-                    .lock()
-                    .unwrap()
-                    .tasks
-                    .get(&task)
-                    .map_or(0, |h| h.contiguous);
-                let page: Value = http
-                    .get(format!(
-                        "{base}/api/v1/tasks/{task}/output?after={after}&limit=10000"
-                    ))
-                    .bearer_auth(&owner)
-                    .send()
+                let after = owner_ref.lock().unwrap().contiguous(&task);
+                let page: Value = output_after(&http, &base, &owner, &task, after)
                     .await
                     .expect("page")
                     .json()
