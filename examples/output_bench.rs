@@ -23,8 +23,7 @@ use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{percentile, BenchServer};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use support::{percentile, post, BenchServer};
 use tokio_tungstenite::tungstenite::Message;
 
 struct Options {
@@ -51,18 +50,6 @@ fn parse_args() -> Options {
         }
     }
     opts
-}
-
-async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> (u16, Value) {
-    let resp = http
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// What the owner has of each task's output: every chunk up to `contiguous`, and
@@ -97,6 +84,11 @@ struct Owner {
 }
 
 impl Owner {
+    /// How far `task`'s output is held without a gap (0: nothing yet).
+    fn contiguous(&self, task: &str) -> u64 {
+        self.tasks.get(task).map_or(0, |h| h.contiguous)
+    }
+
     fn add(&mut self, task: &str, seq: u64, live: bool, chunks: u64, tasks: usize) {
         let have = self.tasks.entry(task.to_owned()).or_default();
         let before = have.contiguous;
@@ -116,6 +108,22 @@ impl Owner {
     }
 }
 
+/// Reads a task's output after `after` by page, as the task page does for a gap.
+async fn output_after(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    task: &str,
+    after: u64,
+) -> reqwest::Result<reqwest::Response> {
+    http.get(format!(
+        "{base}/api/v1/tasks/{task}/output?after={after}&limit=10000"
+    ))
+    .bearer_auth(token)
+    .send()
+    .await
+}
+
 #[tokio::main]
 async fn main() {
     let opts = parse_args();
@@ -132,15 +140,7 @@ async fn main() {
 
     // The owner's live connection. A gap in a task's `seq` (frames the server skipped
     // for a connection whose queue was busy) is filled by the filler below.
-    let ws_url = format!("{}/api/v1/ws/connect", base.replacen("http", "ws", 1));
-    let mut request = ws_url.as_str().into_client_request().expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {owner_token}").parse().expect("header"),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
+    let ws = server.connect_ws(&owner_token).await;
     let (gap_tx, mut gap_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
     let closed = Arc::new(Mutex::new(None::<String>));
     {
@@ -198,19 +198,8 @@ async fn main() {
         tokio::spawn(async move {
             while let Some(task) = gap_rx.recv().await {
                 loop {
-                    let after = owner
-                        .lock()
-                        .unwrap()
-                        .tasks
-                        .get(&task)
-                        .map_or(0, |h| h.contiguous);
-                    let page = http
-                        .get(format!(
-                            "{base}/api/v1/tasks/{task}/output?after={after}&limit=10000"
-                        ))
-                        .bearer_auth(&token)
-                        .send()
-                        .await;
+                    let after = owner.lock().unwrap().contiguous(&task);
+                    let page = output_after(&http, &base, &token, &task, after).await;
                     // Only once the run is over and the server gone.
                     let Ok(page) = page else { return };
                     let page: Value = page.json().await.unwrap_or_default();
@@ -232,17 +221,7 @@ async fn main() {
     let owner = owner_token;
 
     // One agent claims every task.
-    let (_, body) = post(
-        &http,
-        format!("{base}/api/v1/agents/register"),
-        &owner,
-        json!({"name": "bench", "capabilities": ["general"]}),
-    )
-    .await;
-    let agent = body["agent_token"]
-        .as_str()
-        .expect("agent token")
-        .to_owned();
+    let agent = server.register_agent(&http, &owner).await;
     for n in 0..opts.tasks {
         let (status, _) = post(
             &http,
@@ -333,18 +312,8 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if started.elapsed().as_secs_f64() > appended + 2.0 {
             for task in missing {
-                let after = owner_ref
-                    .lock()
-                    .unwrap()
-                    .tasks
-                    .get(&task)
-                    .map_or(0, |h| h.contiguous);
-                let page: Value = http
-                    .get(format!(
-                        "{base}/api/v1/tasks/{task}/output?after={after}&limit=10000"
-                    ))
-                    .bearer_auth(&owner)
-                    .send()
+                let after = owner_ref.lock().unwrap().contiguous(&task);
+                let page: Value = output_after(&http, &base, &owner, &task, after)
                     .await
                     .expect("page")
                     .json()

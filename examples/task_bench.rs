@@ -22,8 +22,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{percentile, BenchServer};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use support::{percentile, post, BenchServer};
 use tokio_tungstenite::tungstenite::Message;
 
 struct Options {
@@ -50,18 +49,6 @@ fn parse_args() -> Options {
         }
     }
     opts
-}
-
-async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> (u16, Value) {
-    let resp = http
-        .post(url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// One agent loop: claim, report progress three times, complete; until every task is
@@ -118,29 +105,10 @@ async fn main() {
     let base = server.base.clone();
     let http = reqwest::Client::new();
     let user = server.sign_up_admin(&http).await;
-    let (_, body) = post(
-        &http,
-        format!("{base}/api/v1/agents/register"),
-        &user,
-        json!({"name": "bench", "capabilities": ["general"]}),
-    )
-    .await;
-    let agent = body["agent_token"]
-        .as_str()
-        .expect("agent token")
-        .to_owned();
+    let agent = server.register_agent(&http, &user).await;
 
     // The owner's WebSocket: counts every task_update and notes the last completion.
-    let mut request = format!("{}/api/v1/ws/connect", base.replacen("http", "ws", 1))
-        .into_client_request()
-        .expect("request");
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {user}").parse().expect("header"),
-    );
-    let (ws, _) = tokio_tungstenite::connect_async(request)
-        .await
-        .expect("connect");
+    let ws = server.connect_ws(&user).await;
     let updates = Arc::new(AtomicUsize::new(0));
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     {

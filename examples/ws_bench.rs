@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::{percentile, BenchServer};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
 struct Options {
@@ -62,7 +61,6 @@ async fn main() {
     let (base, pid) = (server.base.clone(), server.pid);
     let http = reqwest::Client::new();
     let token = server.sign_up_admin(&http).await;
-    let ws_url = format!("{}/api/v1/ws/connect", base.replacen("http", "ws", 1));
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = rss_kib(pid);
@@ -71,14 +69,7 @@ async fn main() {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let opened = Instant::now();
     for _ in 0..opts.connections {
-        let mut request = ws_url.as_str().into_client_request().expect("request");
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("header"),
-        );
-        let (ws, _) = tokio_tungstenite::connect_async(request)
-            .await
-            .expect("connect");
+        let ws = server.connect_ws(&token).await;
         let (received, lat_tx, ready_tx) = (received.clone(), lat_tx.clone(), ready_tx.clone());
         tokio::spawn(async move {
             let (_sink, mut stream) = ws.split();

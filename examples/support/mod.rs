@@ -1,9 +1,16 @@
 //! What the benchmark tools share: command-line flags, starting the server binary on
-//! loopback with a fresh data directory, signing up, and percentiles.
+//! loopback with a fresh data directory, signing up, registering an agent, opening the
+//! owner's WebSocket, JSON posts, and percentiles.
 #![allow(dead_code)] // Each benchmark uses a different part of it.
 
+use serde_json::{json, Value};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A WebSocket connection to the server.
+pub type WsStream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Parses `--flag value` pairs into `(flag, value)`; `bin` defaults to the release build.
 pub fn flags() -> (String, Vec<(String, String)>) {
@@ -86,6 +93,50 @@ impl BenchServer {
             .expect("register body");
         body["token"].as_str().expect("token").to_owned()
     }
+
+    /// Registers one agent with the `general` capability; returns its agent token.
+    pub async fn register_agent(&self, http: &reqwest::Client, user_token: &str) -> String {
+        let (_, body) = post(
+            http,
+            format!("{}/api/v1/agents/register", self.base),
+            user_token,
+            json!({"name": "bench", "capabilities": ["general"]}),
+        )
+        .await;
+        body["agent_token"]
+            .as_str()
+            .expect("agent token")
+            .to_owned()
+    }
+
+    /// Opens a WebSocket to `/api/v1/ws/connect` with `token` as the bearer.
+    pub async fn connect_ws(&self, token: &str) -> WsStream {
+        let mut request = format!("{}/api/v1/ws/connect", self.base.replacen("http", "ws", 1))
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("connect");
+        ws
+    }
+}
+
+/// Posts `body` as JSON with `token` as the bearer; returns the status and the JSON
+/// answer (`Value::Null` when there is none).
+pub async fn post(http: &reqwest::Client, url: String, token: &str, body: Value) -> (u16, Value) {
+    let resp = http
+        .post(url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// The `p` quantile (0..=1) of sorted values; 0 for none.

@@ -43,15 +43,12 @@ async fn status_of(app: &TestApp, user: &TestUser, id: &str) -> Value {
 /// An agent that runs every user's tasks: registered as shared by an admin. (Until the
 /// registry accepts `shared`, the flag is set in the database, as an admin's edit would.)
 async fn shared_agent(app: &TestApp, admin: &TestUser, name: &str) -> (Value, String) {
-    let (status, body) = app
-        .post(
-            "/api/v1/agents/register",
-            Some(&admin.token),
+    let (agent, token) = app
+        .register_agent_as(
+            admin,
             json!({ "name": name, "capabilities": ["general"], "shared": true }),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let agent = body["agent"].clone();
     if agent["shared"] != true {
         let url = format!("sqlite:{}", app.data_dir().join("zerostate.db").display());
         let pool = sqlx::SqlitePool::connect(&url)
@@ -64,7 +61,7 @@ async fn shared_agent(app: &TestApp, admin: &TestUser, name: &str) -> (Value, St
             .expect("share agent");
         pool.close().await;
     }
-    (agent, body["agent_token"].as_str().unwrap().to_owned())
+    (agent, token)
 }
 
 #[tokio::test]
@@ -758,25 +755,20 @@ async fn metrics_show_queue_depth_running_tasks_and_agents_online() {
         .await;
     }
     app.runtime(&token, "/claim", json!({})).await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let has = |line: &str| text.lines().any(|l| l.trim() == line);
-        if has("zerostate_tasks_queued{capability=\"general\"} 2")
-            && has("zerostate_tasks_running 1")
-            && has("zerostate_agents_online 1")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "gauges missing:\n{text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        async || {
+            let text = app.metrics().await;
+            let has = |line: &str| text.lines().any(|l| l.trim() == line);
+            if has("zerostate_tasks_queued{capability=\"general\"} 2")
+                && has("zerostate_tasks_running 1")
+                && has("zerostate_agents_online 1")
+            {
+                return Ok(());
+            }
+            Err(format!("gauges missing:\n{text}"))
+        },
+    )
+    .await;
 }

@@ -4,7 +4,7 @@
 //! shutdown under load. Figures (times to drop, sizes, RSS) are printed for the record;
 //! the assertions use generous bounds, never a speed.
 
-use crate::helpers::{spawn_app, spawn_app_with, unique_email, AppOptions, TestApp, BIN};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, unique_email, AppOptions, BIN};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -18,12 +18,6 @@ fn real_limits() -> AppOptions {
         real_limits: true,
         ..AppOptions::default()
     }
-}
-
-async fn connect(app: &TestApp) -> TcpStream {
-    TcpStream::connect(("127.0.0.1", app.port))
-        .await
-        .expect("connect")
 }
 
 /// Sends `bytes` (all at once, or one byte per `trickle`) and reads whatever comes back
@@ -81,7 +75,7 @@ async fn slow_and_idle_sockets_are_dropped_within_the_stated_times() {
     let host = format!("127.0.0.1:{}", app.port);
 
     // 1. Connects and sends nothing: dropped after the 10 s header timeout.
-    let silent = time_until_dropped(connect(&app).await, vec![], None, Duration::from_secs(40));
+    let silent = time_until_dropped(app.tcp().await, vec![], None, Duration::from_secs(40));
 
     // 2. A WebSocket upgrade sent one byte a second: the same 10 s, however it trickles.
     let upgrade = format!(
@@ -90,7 +84,7 @@ async fn slow_and_idle_sockets_are_dropped_within_the_stated_times() {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     let trickled_upgrade = time_until_dropped(
-        connect(&app).await,
+        app.tcp().await,
         upgrade.into_bytes(),
         Some(Duration::from_secs(1)),
         Duration::from_secs(40),
@@ -99,7 +93,7 @@ async fn slow_and_idle_sockets_are_dropped_within_the_stated_times() {
     // 3. One request, then an idle keep-alive connection: closed after 60 s.
     let request = format!("GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n");
     let idle = time_until_dropped(
-        connect(&app).await,
+        app.tcp().await,
         request.into_bytes(),
         None,
         Duration::from_secs(120),
@@ -114,7 +108,7 @@ async fn slow_and_idle_sockets_are_dropped_within_the_stated_times() {
     )
     .into_bytes();
     // The head at once, then the body one byte a second.
-    let mut body_stream = connect(&app).await;
+    let mut body_stream = app.tcp().await;
     body_stream.write_all(&trickled).await.unwrap();
     trickled.clear();
     let trickled_body = time_until_dropped(
@@ -179,7 +173,7 @@ async fn health_answers_while_a_thousand_idle_sockets_are_held() {
     let mut held = Vec::with_capacity(1000);
     let opening = Instant::now();
     for _ in 0..1000 {
-        held.push(connect(&app).await);
+        held.push(app.tcp().await);
     }
     let opened_in = opening.elapsed();
     println!(
@@ -194,7 +188,7 @@ async fn health_answers_while_a_thousand_idle_sockets_are_held() {
             app.port
         );
         let (_, received) = time_until_dropped(
-            connect(&app).await,
+            app.tcp().await,
             request.into_bytes(),
             None,
             Duration::from_secs(30),
@@ -224,17 +218,6 @@ fn made_up_method(n: usize) -> Method {
     Method::from_bytes(format!("MADEUP{n}X").as_bytes()).unwrap()
 }
 
-async fn metrics_text(app: &TestApp) -> String {
-    app.client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn made_up_methods_do_not_grow_the_metrics() {
     let app = spawn_app().await;
@@ -254,8 +237,8 @@ async fn made_up_methods_do_not_grow_the_metrics() {
             .unwrap();
     }
     // Twice: the first render does not yet count the `/metrics` request itself.
-    metrics_text(&app).await;
-    let before = metrics_text(&app).await;
+    app.metrics().await;
+    let before = app.metrics().await;
     let client = app.client.clone();
     let base = app.address.clone();
     let mut workers = Vec::new();
@@ -280,7 +263,7 @@ async fn made_up_methods_do_not_grow_the_metrics() {
     for w in workers {
         w.await.unwrap();
     }
-    let after = metrics_text(&app).await;
+    let after = app.metrics().await;
     println!(
         "/metrics: {} bytes before, {} bytes after 5,000 made-up methods",
         before.len(),
@@ -608,20 +591,22 @@ async fn a_user_gets_at_most_100_real_time_connections() {
     assert_eq!(welcome["type"], "welcome");
     // A place freed is a place to take.
     held.pop().unwrap().close().await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let again = app
-            .ws_try(
-                crate::helpers::WsAuth::Bearer(&user.token),
-                crate::helpers::WsOpen::default(),
-            )
-            .await;
-        if again.is_ok() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the freed place never came back");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        async || {
+            let again = app
+                .ws_try(
+                    crate::helpers::WsAuth::Bearer(&user.token),
+                    crate::helpers::WsOpen::default(),
+                )
+                .await;
+            again
+                .map(drop)
+                .map_err(|_| "the freed place never came back".to_owned())
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -629,7 +614,7 @@ async fn a_stalled_sse_client_is_released() {
     let app = spawn_app().await;
     let admin = app.new_user().await;
     // An SSE client that never reads after the response head.
-    let mut stream = connect(&app).await;
+    let mut stream = app.tcp().await;
     let head = format!(
         "GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\n\
          Accept: text/event-stream\r\n\r\n",
@@ -711,14 +696,14 @@ async fn half_sent_requests_do_not_hold_the_drain() {
     let host = format!("127.0.0.1:{}", app.port);
     let mut held = Vec::new();
     // Half a head.
-    let mut s = connect(&app).await;
+    let mut s = app.tcp().await;
     s.write_all(format!("POST /api/v1/users/login HTTP/1.1\r\nHost: {host}\r\n").as_bytes())
         .await
         .unwrap();
     held.push(s);
     // Two whole heads with half their bodies.
     for _ in 0..2 {
-        let mut s = connect(&app).await;
+        let mut s = app.tcp().await;
         s.write_all(
             format!(
                 "POST /api/v1/users/login HTTP/1.1\r\nHost: {host}\r\n\

@@ -29,15 +29,7 @@ async fn metrics_count_requests_by_route_and_status() {
     let app = spawn_app().await;
     app.get("/health", None).await;
     app.get("/api/v1/users/me", None).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(r#"http_requests_total{method="GET",route="/health",status="200"}"#),
         "{text}"

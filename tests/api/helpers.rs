@@ -36,7 +36,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     data_dir: Arc<tempfile::TempDir>,
     options: AppOptions,
-    child: Option<Child>,
+    process: Spawned,
 }
 
 /// Starts a server with default options.
@@ -58,7 +58,7 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             .expect("client"),
         data_dir,
         options,
-        child: Some(child),
+        process: Spawned(Some(child)),
     }
 }
 
@@ -134,39 +134,27 @@ impl TestApp {
 
     /// The server's process id (while it runs).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
+        self.process.pid()
     }
 
     /// Sends SIGTERM without waiting: the server starts draining.
     pub fn begin_shutdown(&self) {
-        if let Some(pid) = self.pid() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
+        self.process.begin_shutdown();
     }
 
-    /// Waits up to `within` for the process to exit; returns its exit code.
+    /// Waits up to `within` for the server to exit; returns its exit code.
     pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let status = tokio::time::timeout(within, child.wait())
-            .await
-            .expect("process did not stop in time")
-            .expect("wait");
-        status.code()
+        self.process.wait_exit(within).await
     }
 
-    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    /// Sends SIGTERM and waits for the server to exit; returns its exit code.
     pub async fn stop(&mut self) -> Option<i32> {
-        terminate(self.child.take()?, Duration::from_secs(30)).await
+        self.process.stop(Duration::from_secs(30)).await
     }
 
-    /// Kills the process without letting it drain (a crash).
+    /// Kills the server without letting it drain (a crash).
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
+        self.process.kill().await;
     }
 
     /// Stops the server and starts it again on the same port and data directory.
@@ -183,7 +171,7 @@ impl TestApp {
             .await
             {
                 Ok(Some(child)) => {
-                    self.child = Some(child);
+                    self.process = Spawned(Some(child));
                     return;
                 }
                 other => last = Some(other.is_err()),
@@ -277,6 +265,27 @@ impl TestApp {
     }
 }
 
+impl TestApp {
+    /// A plain TCP connection to the server (for hand-written HTTP and WebSocket bytes).
+    pub async fn tcp(&self) -> tokio::net::TcpStream {
+        tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .expect("connect")
+    }
+
+    /// The `/metrics` page as text (Prometheus exposition format).
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
 async fn start_checked(data_dir: &Path, options: &AppOptions, addr: &str) -> Option<Child> {
     // `start` panics when the process exits early (port still busy): catch that by
     // running it in a task.
@@ -286,20 +295,50 @@ async fn start_checked(data_dir: &Path, options: &AppOptions, addr: &str) -> Opt
         .ok()
 }
 
-/// Sends SIGTERM to one process (never a group) and waits up to `within` for it to
-/// exit; returns its exit code.
-async fn terminate(mut child: Child, within: Duration) -> Option<i32> {
-    if let Some(pid) = child.id() {
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+/// A process the harness started (the server or a reference agent), until it is
+/// stopped or killed; `kill_on_drop` ends it with the test.
+pub struct Spawned(Option<Child>);
+
+impl Spawned {
+    /// The process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.0.as_ref().and_then(Child::id)
     }
-    let status = tokio::time::timeout(within, child.wait())
-        .await
-        .expect("process did not stop in time")
-        .expect("wait");
-    status.code()
+
+    /// Sends SIGTERM to this one process (never a group) without waiting: it starts
+    /// draining.
+    pub fn begin_shutdown(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = std::process::Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status();
+        }
+    }
+
+    /// Waits up to `within` for the process to exit; returns its exit code.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
+        let mut child = self.0.take()?;
+        let status = tokio::time::timeout(within, child.wait())
+            .await
+            .expect("process did not stop in time")
+            .expect("wait");
+        status.code()
+    }
+
+    /// Sends SIGTERM and waits up to `within` for the process to exit; returns its exit
+    /// code.
+    pub async fn stop(&mut self, within: Duration) -> Option<i32> {
+        self.begin_shutdown();
+        self.wait_exit(within).await
+    }
+
+    /// Kills the process without letting it drain (SIGKILL).
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill().await;
+        }
+    }
 }
 
 /// A signed-in account.
@@ -653,12 +692,18 @@ impl TestApp {
         name: &str,
         capabilities: &[&str],
     ) -> (Value, String) {
+        self.register_agent_as(
+            user,
+            json!({ "name": name, "description": "test agent", "capabilities": capabilities }),
+        )
+        .await
+    }
+
+    /// Registers an agent from a raw request body (e.g. with `shared`); returns its JSON
+    /// and its `zsa_` token.
+    pub async fn register_agent_as(&self, user: &TestUser, body: Value) -> (Value, String) {
         let (status, body) = self
-            .post(
-                "/api/v1/agents/register",
-                Some(&user.token),
-                json!({ "name": name, "description": "test agent", "capabilities": capabilities }),
-            )
+            .post("/api/v1/agents/register", Some(&user.token), body)
             .await;
         assert_eq!(status, StatusCode::CREATED, "register agent: {body}");
         let token = body["agent_token"]
@@ -699,20 +744,17 @@ impl TestApp {
         id: &str,
         done: impl Fn(&Value) -> bool,
     ) -> Value {
-        let deadline = tokio::time::Instant::now() + TASK_WAIT;
-        loop {
+        eventually(TASK_WAIT, Duration::from_millis(50), async || {
             let task = self.task(user, id).await;
             if done(&task) {
-                return task;
+                return Ok(task);
             }
-            if tokio::time::Instant::now() > deadline {
-                panic!(
-                    "task did not reach the expected state: {task}\nserver log:\n{}",
-                    self.log()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(format!(
+                "task did not reach the expected state: {task}\nserver log:\n{}",
+                self.log()
+            ))
+        })
+        .await
     }
 
     /// Polls until the task has the given status.
@@ -752,7 +794,7 @@ impl TestApp {
             .spawn()
             .expect("start zerostate agent run");
         AgentProcess {
-            child: Some(child),
+            process: Spawned(Some(child)),
             log_path,
         }
     }
@@ -760,46 +802,20 @@ impl TestApp {
 
 /// A running reference agent process.
 pub struct AgentProcess {
-    child: Option<Child>,
+    /// The process itself (pid, SIGTERM, waiting for its exit).
+    pub process: Spawned,
     log_path: PathBuf,
 }
 
 impl AgentProcess {
     /// Kills the agent without warning (SIGKILL): it cannot hand its tasks back.
     pub async fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill().await;
-        }
+        self.process.kill().await;
     }
 
-    /// The server's process id (while it runs).
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().and_then(Child::id)
-    }
-
-    /// Sends SIGTERM without waiting: the server starts draining.
-    pub fn begin_shutdown(&self) {
-        if let Some(pid) = self.pid() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status();
-        }
-    }
-
-    /// Waits up to `within` for the process to exit; returns its exit code.
-    pub async fn wait_exit(&mut self, within: Duration) -> Option<i32> {
-        let mut child = self.child.take()?;
-        let status = tokio::time::timeout(within, child.wait())
-            .await
-            .expect("process did not stop in time")
-            .expect("wait");
-        status.code()
-    }
-
-    /// Sends SIGTERM and waits for the process to exit; returns its exit code.
+    /// Sends SIGTERM and waits for the agent to exit; returns its exit code.
     pub async fn stop(&mut self) -> Option<i32> {
-        terminate(self.child.take()?, Duration::from_secs(15)).await
+        self.process.stop(Duration::from_secs(15)).await
     }
 
     /// What the agent logged so far.
@@ -818,6 +834,37 @@ impl WsClient {
             }
         }
     }
+}
+
+/// Polls `check` every `every` until it answers `Ok`, and returns that; once `within`
+/// has passed, fails the test with the last `Err` (what is still missing). Every
+/// "eventually" condition in the tests waits through this, so each has a deadline.
+pub async fn eventually<T>(
+    within: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(done) => return done,
+            Err(missing) => assert!(tokio::time::Instant::now() < deadline, "{missing}"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Waits (polling every 100 ms) until the process `pid` is gone; fails the test with
+/// `why()` if it still runs after `within`.
+pub async fn wait_gone(pid: u32, within: Duration, why: impl Fn() -> String) {
+    eventually(within, Duration::from_millis(100), async || {
+        if process_alive(pid) {
+            Err(why())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
 }
 
 /// Whether a process with this pid is alive.

@@ -3,7 +3,7 @@
 //! `Last-Event-ID`, delivered live as `task_output`, limited, and streamed by the
 //! reference agent from a shell command's stdout and stderr.
 
-use crate::helpers::{spawn_app, spawn_app_with, AppOptions, TestApp, TestUser};
+use crate::helpers::{eventually, spawn_app, spawn_app_with, AppOptions, TestApp, TestUser};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -390,15 +390,7 @@ async fn limits_answer_413_output_limit_and_store_nothing() {
     assert_eq!(app.task(&user, &id).await["output_bytes"], 100);
 
     // `/metrics` counts the bytes stored.
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     let counted: f64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("zerostate_task_output_bytes_total "))
@@ -544,18 +536,15 @@ async fn killing_the_reference_agent_kills_its_command() {
     );
     let mut agent = app.spawn_agent(&token, &exec, 1);
     let id = app.submit_query(&user, "run forever").await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let started = loop {
-        if let Ok(text) = std::fs::read_to_string(&pids) {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the command never started: {}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let started = eventually(
+        Duration::from_secs(30),
+        Duration::from_millis(50),
+        async || {
+            std::fs::read_to_string(&pids)
+                .map_err(|_| format!("the command never started: {}", agent.log()))
+        },
+    )
+    .await;
     let pids: Vec<u32> = started
         .split_whitespace()
         .map(|p| p.parse().unwrap())
@@ -565,20 +554,24 @@ async fn killing_the_reference_agent_kills_its_command() {
     app.wait_status(&user, &id, "running").await;
 
     agent.kill().await; // SIGKILL: no chance to clean up.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while pids.iter().any(|p| running(*p)) {
-        if Instant::now() > deadline {
+    eventually(
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        async || {
+            if !pids.iter().any(|p| running(*p)) {
+                return Ok(());
+            }
             let states: Vec<String> = pids
                 .iter()
                 .map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default())
                 .collect();
-            panic!(
+            Err(format!(
                 "the command outlived its agent: {states:?}\nagent log:\n{}",
                 agent.log()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            ))
+        },
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -694,14 +694,17 @@ async fn stats_count_connections_and_messages_written() {
 
     // A broadcast nobody else hears is not counted as sent to them.
     ws.close().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while app.ws_stats().await["current_connections"] != 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "connection never left the stats"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        async || {
+            if app.ws_stats().await["current_connections"] == 0 {
+                return Ok(());
+            }
+            Err("connection never left the stats".to_owned())
+        },
+    )
+    .await;
     let (_, body) = app.broadcast(&admin.token, "note", json!({})).await;
     assert_eq!(body["delivered"], 0);
     assert_eq!(
@@ -709,17 +712,7 @@ async fn stats_count_connections_and_messages_written() {
         sent_before + 4
     );
 
-    let (_, metrics) = (
-        StatusCode::OK,
-        app.client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    );
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains("zerostate_realtime_messages_sent_total"),
         "metrics lack real-time counters"
@@ -773,9 +766,7 @@ async fn a_silent_client_is_closed_after_75_seconds_and_a_live_one_is_not() {
 /// Opens a WebSocket by hand and returns the socket after the 101 response.
 async fn raw_websocket(app: &TestApp, token: &str) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", app.port))
-        .await
-        .unwrap();
+    let mut socket = app.tcp().await;
     let request = format!(
         "GET /api/v1/ws/connect HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nUpgrade: websocket\r\n\
          Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\

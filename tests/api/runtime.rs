@@ -150,15 +150,10 @@ async fn canceling_a_running_task_stops_the_agents_command() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body, json!({ "task_id": id, "status": "canceled" }));
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process_alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the command still runs after cancel:\n{}",
-            process.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_gone(pid, Duration::from_secs(10), || {
+        format!("the command still runs after cancel:\n{}", process.log())
+    })
+    .await;
     let task = app.task(&user, &id).await;
     assert_eq!(task["status"], "canceled");
     assert!(task["result"].is_null());
@@ -279,24 +274,26 @@ async fn two_agents_racing_for_200_tasks_run_each_exactly_once() {
     for i in 0..200 {
         submitted.insert(app.submit_query(&user, &format!("task {i}")).await);
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (_, page) = app
-            .get(
-                "/api/v1/tasks?status=completed&limit=200",
-                Some(&user.token),
-            )
-            .await;
-        if page["tasks"].as_array().unwrap().len() == 200 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not all tasks completed: {}",
-            page["tasks"].as_array().unwrap().len()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        async || {
+            let (_, page) = app
+                .get(
+                    "/api/v1/tasks?status=completed&limit=200",
+                    Some(&user.token),
+                )
+                .await;
+            if page["tasks"].as_array().unwrap().len() == 200 {
+                return Ok(());
+            }
+            Err(format!(
+                "not all tasks completed: {}",
+                page["tasks"].as_array().unwrap().len()
+            ))
+        },
+    )
+    .await;
     let (_, page) = app.get("/api/v1/tasks?limit=200", Some(&user.token)).await;
     let tasks = page["tasks"].as_array().unwrap();
     assert!(
@@ -425,14 +422,10 @@ async fn a_task_that_runs_too_long_fails_and_its_command_is_stopped() {
         .trim()
         .parse()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while process_alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "the timed-out command still runs"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_gone(pid, Duration::from_secs(10), || {
+        "the timed-out command still runs".to_owned()
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -11,16 +11,14 @@ use std::time::Duration;
 
 /// Registers an agent with an explicit `shared` flag (the plain helper leaves it out).
 async fn register_shared(app: &TestApp, admin: &TestUser, name: &str, caps: &[&str]) -> Value {
-    let (status, body) = app
-        .post(
-            "/api/v1/agents/register",
-            Some(&admin.token),
+    let (agent, _) = app
+        .register_agent_as(
+            admin,
             json!({ "name": name, "capabilities": caps, "shared": true }),
         )
         .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    assert_eq!(body["agent"]["shared"], true);
-    body["agent"].clone()
+    assert_eq!(agent["shared"], true);
+    agent
 }
 
 fn id_of(agent: &Value) -> String {

@@ -338,57 +338,17 @@ fn page(rows: Vec<SqliteRow>, limit: usize) -> Result<Page<AgentRecord>, StoreEr
     })
 }
 
-/// Registers an agent with the `general` capability for a store-level test.
-#[cfg(test)]
-pub(super) async fn test_agent(store: &SqliteStore, owner: UserId, shared: bool) -> AgentId {
-    let id = AgentId::new();
-    let new = NewAgent {
-        id,
-        owner_id: owner,
-        name: "test".into(),
-        description: String::new(),
-        capabilities: vec![Capability::general()],
-        shared,
-        token_hash: format!("hash-{id}"),
-        token_prefix: "zsa_test".into(),
-        created_at: Utc::now(),
-    };
-    store.create_agent(&new).await.expect("create agent");
-    id
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{test_agent, test_task, test_user as user};
     use super::*;
-    use crate::domain::{Email, FullName, Priority, TaskId, TaskQuery, TaskStatus, TimeoutSecs};
-    use crate::store::{NewTask, NewUser, TaskStore, UserStore};
-
-    async fn user(store: &SqliteStore, email: &str) -> UserId {
-        store
-            .create_user(NewUser {
-                email: Email::parse(email).unwrap(),
-                full_name: FullName::parse("A").unwrap(),
-                password_hash: "x".into(),
-                role: None,
-            })
-            .await
-            .unwrap()
-            .id
-    }
+    use crate::domain::{Priority, TaskId, TaskStatus};
+    use crate::store::{NewTask, TaskStore};
 
     async fn task(store: &SqliteStore, user: UserId, agent: Option<AgentId>) -> TaskId {
         let new = NewTask {
-            id: TaskId::new(),
-            user_id: user,
-            query: TaskQuery::parse("q".into()).unwrap(),
-            capability: Capability::general(),
-            priority: Priority::Normal,
             agent_id: agent,
-            timeout: TimeoutSecs::DEFAULT,
-            max_attempts: crate::domain::MaxAttempts::DEFAULT,
-            idempotency_key: None,
-            run_at: None,
-            created_at: Utc::now(),
+            ..test_task(user, Priority::Normal, "q")
         };
         match store
             .insert_task(&new, chrono::Duration::hours(24))

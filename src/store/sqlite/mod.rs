@@ -6,6 +6,8 @@
 //! from a read lock to a write lock, which SQLite answers with an immediate `BUSY`.
 
 mod agents;
+#[cfg(test)]
+mod fixtures;
 mod messages;
 mod output;
 mod tasks;

@@ -122,54 +122,18 @@ impl OutputStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{test_agent, test_task, test_user};
     use super::*;
-    use crate::domain::{
-        Capability, Email, FullName, MaxAttempts, NewChunk, Priority, TaskQuery, TimeoutSecs,
-    };
-    use crate::store::{AgentStore, NewAgent, NewTask, NewUser, TaskStore, UserStore};
+    use crate::domain::{NewChunk, Priority};
+    use crate::store::TaskStore;
     use std::sync::Arc;
 
     async fn running_task() -> (Arc<SqliteStore>, tempfile::TempDir, TaskId, AgentId) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteStore::open(&dir.path().join("t.db")).await.unwrap());
-        let user: UserId = store
-            .create_user(NewUser {
-                email: Email::parse("a@b.io").unwrap(),
-                full_name: FullName::parse("A").unwrap(),
-                password_hash: "x".into(),
-                role: None,
-            })
-            .await
-            .unwrap()
-            .id;
-        let agent = AgentId::new();
-        store
-            .create_agent(&NewAgent {
-                id: agent,
-                owner_id: user,
-                name: "a".into(),
-                description: String::new(),
-                capabilities: vec![Capability::general()],
-                shared: false,
-                token_hash: agent.to_string(),
-                token_prefix: "p".into(),
-                created_at: Utc::now(),
-            })
-            .await
-            .unwrap();
-        let new = NewTask {
-            id: TaskId::new(),
-            user_id: user,
-            query: TaskQuery::parse("q".into()).unwrap(),
-            capability: Capability::general(),
-            priority: Priority::Normal,
-            agent_id: None,
-            timeout: TimeoutSecs::DEFAULT,
-            max_attempts: MaxAttempts::DEFAULT,
-            idempotency_key: None,
-            run_at: None,
-            created_at: Utc::now(),
-        };
+        let user: UserId = test_user(&store, "a@b.io").await;
+        let agent = test_agent(&store, user, false).await;
+        let new = test_task(user, Priority::Normal, "q");
         store
             .insert_task(&new, chrono::Duration::hours(24))
             .await

@@ -734,9 +734,10 @@ async fn claim_one(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fixtures::{test_agent, test_task as new_task, test_user};
     use super::*;
-    use crate::domain::{Email, FullName, IdempotencyKey, MaxAttempts, TaskQuery, TimeoutSecs};
-    use crate::store::{AgentStore, NewAgent, NewUser, UserStore};
+    use crate::domain::IdempotencyKey;
+    use crate::store::{AgentStore, NewAgent};
     use chrono::Duration;
     use std::collections::HashSet;
     use std::sync::Arc;
@@ -754,35 +755,12 @@ mod tests {
     }
 
     async fn add_user(store: &SqliteStore) -> UserId {
-        store
-            .create_user(NewUser {
-                email: Email::parse(&format!("{}@b.io", uuid::Uuid::new_v4().simple())).unwrap(),
-                full_name: FullName::parse("A").unwrap(),
-                password_hash: "x".into(),
-                role: None,
-            })
-            .await
-            .unwrap()
-            .id
+        test_user(store, &format!("{}@b.io", uuid::Uuid::new_v4().simple())).await
     }
 
     /// A `general` agent of `owner`; `shared` makes it run everyone's tasks.
     async fn add_agent(store: &SqliteStore, owner: UserId, shared: bool) -> AgentId {
-        let id = AgentId::new();
-        store
-            .create_agent(&NewAgent {
-                id,
-                owner_id: owner,
-                name: "a".into(),
-                description: String::new(),
-                capabilities: vec![Capability::general()],
-                shared,
-                token_hash: id.to_string(),
-                token_prefix: "p".into(),
-                created_at: Utc::now(),
-            })
-            .await
-            .unwrap();
+        let id = test_agent(store, owner, shared).await;
         sqlx::query("UPDATE agents SET shared = ?2 WHERE id = ?1")
             .bind(id.to_string())
             .bind(shared)
@@ -790,22 +768,6 @@ mod tests {
             .await
             .unwrap();
         id
-    }
-
-    fn new_task(user: UserId, priority: Priority, query: &str) -> NewTask {
-        NewTask {
-            id: TaskId::new(),
-            user_id: user,
-            query: TaskQuery::parse(query.into()).unwrap(),
-            capability: Capability::general(),
-            priority,
-            agent_id: None,
-            timeout: TimeoutSecs::DEFAULT,
-            max_attempts: MaxAttempts::DEFAULT,
-            idempotency_key: None,
-            run_at: None,
-            created_at: Utc::now(),
-        }
     }
 
     async fn insert(store: &SqliteStore, new: &NewTask) -> TaskRecord {
