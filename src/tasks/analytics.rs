@@ -60,7 +60,9 @@ pub struct Percentiles {
 pub struct TaskFigures {
     pub total: u64,
     pub by_status: BTreeMap<&'static str, u64>,
-    pub success_rate: f64,
+    /// Completed over finished (completed + failed); `None` (JSON null) while nothing has
+    /// finished in the window, so a page shows "—" rather than a misleading 0%.
+    pub success_rate: Option<f64>,
     pub throughput_per_min: f64,
     pub duration_ms: Percentiles,
 }
@@ -141,7 +143,8 @@ pub fn summarize(
     let tasks = TaskFigures {
         total: submitted.len() as u64,
         by_status,
-        success_rate: ratio(completed.len(), completed.len() + failed),
+        success_rate: (completed.len() + failed > 0)
+            .then(|| ratio(completed.len(), completed.len() + failed)),
         throughput_per_min: completed.len() as f64 / minutes,
         duration_ms: Percentiles {
             p50: percentile(&durations, 50.0),
@@ -312,7 +315,7 @@ mod tests {
             &HashMap::new(),
         );
         assert_eq!(s.tasks.total, 0);
-        assert_eq!(s.tasks.success_rate, 0.0);
+        assert_eq!(s.tasks.success_rate, None);
         assert_eq!(s.tasks.throughput_per_min, 0.0);
         assert_eq!(
             s.tasks.duration_ms,
@@ -349,7 +352,7 @@ mod tests {
         assert_eq!(s.tasks.by_status["completed"], 10);
         assert_eq!(s.tasks.by_status["failed"], 1);
         assert_eq!(s.tasks.by_status["queued"], 1);
-        assert!((s.tasks.success_rate - 10.0 / 11.0).abs() < 1e-9);
+        assert!((s.tasks.success_rate.unwrap() - 10.0 / 11.0).abs() < 1e-9);
         assert!((s.tasks.throughput_per_min - 10.0 / 60.0).abs() < 1e-9);
         assert_eq!(s.tasks.duration_ms.p50, Some(500));
         assert_eq!(s.tasks.duration_ms.p95, Some(1000));
