@@ -39,7 +39,7 @@ const RUN_ENV: &str = "ZEROSTATE_AGENT_RUN";
 /// The watchdog: waits for `done` on stdin; anything else (end of file: the agent
 /// died) kills the command's group, given as `$1`.
 const WATCHDOG: &str =
-    "trap '' INT TERM HUP; read -r word; [ \"$word\" = done ] || kill -KILL -- \"-$1\" 2>/dev/null";
+    "trap '' INT TERM HUP; read -r word; [ \"$word\" = done ] || kill -s KILL -- \"-$1\" 2>/dev/null";
 
 /// Runs a shell command per task.
 pub struct ShellExecutor {
