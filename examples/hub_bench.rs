@@ -215,23 +215,10 @@ async fn start_zerostate(opts: &Options, http: &reqwest::Client) -> Hub {
     // Sign-ups hash a password each: a few at a time.
     let users: Vec<String> = futures_util::stream::iter(0..count)
         .map(|i| {
-            let (http, base) = (http.clone(), server.base.clone());
+            let server = &server;
             async move {
-                let body: serde_json::Value = http
-                    .post(format!("{base}/api/v1/users/register"))
-                    .json(&serde_json::json!({
-                        "email": format!("load{i}@example.com"),
-                        "password": "load test password",
-                        "full_name": format!("Load {i}"),
-                    }))
-                    .timeout(Duration::from_secs(60))
-                    .send()
-                    .await
-                    .expect("register")
-                    .json()
-                    .await
-                    .expect("register body");
-                body["token"].as_str().expect("token").to_owned()
+                let (email, name) = (format!("load{i}@example.com"), format!("Load {i}"));
+                server.sign_up(http, &email, &name).await
             }
         })
         .buffer_unordered(4)

@@ -82,9 +82,16 @@ impl BenchServer {
 
     /// Signs up the first account (the admin) and returns its session token.
     pub async fn sign_up_admin(&self, http: &reqwest::Client) -> String {
+        self.sign_up(http, "bench@example.com", "Bench").await
+    }
+
+    /// Signs up an account (password hashing takes a while under load: 60 s allowed)
+    /// and returns its session token.
+    pub async fn sign_up(&self, http: &reqwest::Client, email: &str, name: &str) -> String {
         let body: serde_json::Value = http
             .post(format!("{}/api/v1/users/register", self.base))
-            .json(&serde_json::json!({"email": "bench@example.com", "password": "bench password", "full_name": "Bench"}))
+            .json(&serde_json::json!({"email": email, "password": "bench password", "full_name": name}))
+            .timeout(std::time::Duration::from_secs(60))
             .send()
             .await
             .expect("register")
