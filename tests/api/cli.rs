@@ -59,31 +59,18 @@ async fn output(app: &TestApp, agent: &str, id: &str, body: Value) {
     assert_eq!(status, StatusCode::OK, "output: {answer}");
 }
 
-/// A user, an API key and a registered agent (token) on a fresh server; None (the test
-/// is skipped, saying why) while the server has no task output routes yet.
-async fn setup() -> Option<(TestApp, String, String)> {
+/// A user, an API key and a registered agent (token) on a fresh server.
+async fn setup() -> (TestApp, String, String) {
     let app = spawn_app().await;
     let user = app.new_user().await;
     let (key, _) = app.create_api_key(&user, "terminal client").await;
     let (_, agent) = app.register_agent(&user, "cli-agent", &["general"]).await;
-    let probe = format!("/tasks/{}/output", uuid::Uuid::new_v4());
-    let (status, body) = app.runtime(&agent, &probe, json!({ "text": "x" })).await;
-    let missing = status == StatusCode::NOT_FOUND
-        && body["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("no route for"));
-    if missing {
-        eprintln!("SKIPPED: the server has no POST /api/v1/runtime/tasks/{{id}}/output route yet (404 no route)");
-        return None;
-    }
-    Some((app, key, agent))
+    (app, key, agent)
 }
 
 #[tokio::test]
 async fn follow_prints_the_whole_output_then_the_result_and_exits_0() {
-    let Some((app, key, agent)) = setup().await else {
-        return;
-    };
+    let (app, key, agent) = setup().await;
     let child = cli(
         &app,
         &key,
@@ -145,9 +132,7 @@ async fn follow_prints_the_whole_output_then_the_result_and_exits_0() {
 
 #[tokio::test]
 async fn follow_exits_1_when_the_task_fails() {
-    let Some((app, key, agent)) = setup().await else {
-        return;
-    };
+    let (app, key, agent) = setup().await;
     let child = cli(
         &app,
         &key,
@@ -183,9 +168,7 @@ async fn follow_exits_1_when_the_task_fails() {
 
 #[tokio::test]
 async fn watch_replays_a_finished_task_and_a_canceled_one_exits_3() {
-    let Some((app, key, agent)) = setup().await else {
-        return;
-    };
+    let (app, key, agent) = setup().await;
     let user_task = {
         let out = finished(cli(&app, &key, &["submit", "count to two"])).await;
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -134,18 +134,6 @@ class Server:
         assert r.status_code == 201, r.text
         return User(self, token, r.json()["key"])
 
-    def missing_route(self, method: str, path: str, token: Optional[str]) -> bool:
-        """Whether the server lacks the route (404 "no route for …"), as opposed to
-        answering it (any other status, or a 404 about the object)."""
-        r = self.call(method, path, token, {} if method == "POST" else None)
-        if r.status_code == 405:
-            return True
-        if r.status_code != 404:
-            return False
-        try:
-            return str(r.json().get("message", "")).startswith("no route for")
-        except ValueError:
-            return False
 
 
 class User:
@@ -222,31 +210,6 @@ def wait_until(what: str, condition: Callable[[], Any], timeout: float = WAIT_S)
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.05)
-
-
-def require_output(server: Server, user: User) -> None:
-    """Skips the test when the server has no task output routes yet."""
-    probe = f"/api/v1/tasks/{uuid.uuid4()}/output"
-    if server.missing_route("GET", probe, user.token):
-        pytest.skip("server has no GET /api/v1/tasks/{id}/output route yet (404 no route)")
-    _, token = user.register_agent()
-    probe = f"/api/v1/runtime/tasks/{uuid.uuid4()}/output"
-    if server.missing_route("POST", probe, token):
-        pytest.skip("server has no POST /api/v1/runtime/tasks/{id}/output route yet (404 no route)")
-
-
-def require_output_stream(server: Server, user: User) -> None:
-    require_output(server, user)
-    probe = f"/api/v1/tasks/{uuid.uuid4()}/output/stream"
-    if server.missing_route("GET", probe, user.token):
-        pytest.skip("server has no GET /api/v1/tasks/{id}/output/stream route yet (404 no route)")
-
-
-def require_release(server: Server, user: User) -> None:
-    _, token = user.register_agent()
-    probe = f"/api/v1/runtime/tasks/{uuid.uuid4()}/release"
-    if server.missing_route("POST", probe, token):
-        pytest.skip("server has no POST /api/v1/runtime/tasks/{id}/release route yet (404 no route)")
 
 
 PYTHON = sys.executable
