@@ -39,7 +39,7 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// The most any Redis call may take before the caller goes on without it.
@@ -152,6 +152,7 @@ impl RedisBackplane {
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let (signals, _) = broadcast::channel(SIGNAL_BUFFER);
         let channel = format!("{prefix}:signals");
+        let (subscribed, mut is_subscribed) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(publish_signals(
                 conn.clone(),
@@ -164,8 +165,15 @@ impl RedisBackplane {
                 channel,
                 node_id.clone(),
                 signals.clone(),
+                subscribed,
             )),
         ];
+        // Signals sent before the subscription is up would be missed: give it a moment
+        // (but start anyway when Redis is down; it catches up by itself).
+        let up = tokio::time::timeout(2 * CALL_DEADLINE, is_subscribed.wait_for(|up| *up)).await;
+        if !matches!(up, Ok(Ok(_))) {
+            tracing::warn!("Redis unreachable at start: the backplane will reconnect by itself");
+        }
         tracing::info!(node_id, "cluster backplane on Redis");
         Ok(Self {
             node_id,
@@ -484,18 +492,20 @@ async fn receive_signals(
     channel: String,
     me: String,
     signals: broadcast::Sender<Signal>,
+    subscribed: watch::Sender<bool>,
 ) {
     let mut backoff = BACKOFF_FIRST;
     loop {
-        let subscribed = async {
+        let connected = async {
             let mut pubsub = within(client.get_async_pubsub()).await?;
             within(pubsub.subscribe(&channel)).await?;
             Ok::<_, BackplaneError>(pubsub)
         }
         .await;
-        match subscribed {
+        match connected {
             Ok(pubsub) => {
                 tracing::info!("subscribed to the cluster's signals");
+                subscribed.send_replace(true);
                 backoff = BACKOFF_FIRST;
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
@@ -510,6 +520,7 @@ async fn receive_signals(
                         let _ = signals.send(envelope.signal);
                     }
                 }
+                subscribed.send_replace(false);
                 tracing::warn!("the cluster's signal subscription ended: reconnecting");
             }
             Err(err) => {

@@ -223,3 +223,93 @@ async fn the_registration_limit_counts_across_nodes() {
         assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     }
 }
+
+/// Two nodes on one Redis that also share one store (an SQLite file both open, and one
+/// signing key), so a user of one is a user of the other.
+async fn two_nodes_sharing_a_store(redis: &Redis) -> (TestApp, TestApp, tempfile::TempDir) {
+    let shared = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", shared.path().join("shared.db").display());
+    let key = "a-signing-key-of-at-least-32-characters!!";
+    let node = || {
+        spawn_app_with(AppOptions {
+            extra_args: vec![
+                "--redis-url".into(),
+                redis.url(),
+                "--database-url".into(),
+                url.clone(),
+                "--signing-key".into(),
+                key.into(),
+            ],
+            ..AppOptions::default()
+        })
+    };
+    let a = node().await;
+    let b = node().await;
+    (a, b, shared)
+}
+
+#[tokio::test]
+async fn logout_on_one_node_closes_the_sessions_connections_on_the_other() {
+    let redis = Redis::start().await;
+    let (a, b, _shared) = two_nodes_sharing_a_store(&redis).await;
+    let user = a.new_user().await;
+    let (mut on_b, _) = b.ws(&user.token).await;
+    let (mut on_a, _) = a.ws(&user.token).await;
+    let (status, body) = a
+        .post("/api/v1/users/logout", Some(&user.token), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let closed = tokio::time::timeout(Duration::from_secs(30), on_b.close_code()).await;
+    assert_eq!(
+        closed,
+        Ok(Some(4001)),
+        "B closed the revoked session's connection"
+    );
+    let closed = tokio::time::timeout(Duration::from_secs(30), on_a.close_code()).await;
+    assert_eq!(closed, Ok(Some(4001)));
+    // And B refuses the session from now on.
+    let refused = b
+        .ws_try(WsAuth::Bearer(&user.token), WsOpen::default())
+        .await;
+    assert_eq!(refused.err(), Some(401));
+}
+
+#[tokio::test]
+async fn the_connection_cap_is_per_user_across_nodes() {
+    let redis = Redis::start().await;
+    let (a, b, _shared) = two_nodes_sharing_a_store(&redis).await;
+    let user = a.new_user().await;
+    let mut open = Vec::new();
+    for n in 0..100 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        let ws = node
+            .ws_try(WsAuth::Bearer(&user.token), WsOpen::default())
+            .await
+            .unwrap_or_else(|status| panic!("connection {n} refused with {status}"));
+        open.push(ws);
+    }
+    for node in [&a, &b] {
+        let refused = node
+            .ws_try(WsAuth::Bearer(&user.token), WsOpen::default())
+            .await;
+        assert_eq!(refused.err(), Some(429), "the 101st connection");
+    }
+    // Closing some on A frees places for B once A has told the backplane (a report).
+    for ws in open.drain(..10) {
+        ws.close().await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let freed = loop {
+        match b
+            .ws_try(WsAuth::Bearer(&user.token), WsOpen::default())
+            .await
+        {
+            Ok(ws) => break Some(ws),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(_) => break None,
+        }
+    };
+    assert!(freed.is_some(), "places freed on A count on B");
+}
