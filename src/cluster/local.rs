@@ -86,6 +86,8 @@ impl Backplane for LocalBackplane {
         Ok(())
     }
 
+    async fn leave(&self) {}
+
     async fn other_nodes(&self) -> Result<Vec<NodeStats>, BackplaneError> {
         Ok(Vec::new())
     }

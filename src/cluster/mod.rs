@@ -193,6 +193,10 @@ pub trait Backplane: Send + Sync + 'static {
     /// Publishes this node's figures (which also keeps it alive for [`NODE_TTL`]).
     async fn report(&self, stats: &Stats) -> Result<(), BackplaneError>;
 
+    /// Leaves the cluster at shutdown: the node drops out of the stats at once, and its
+    /// connections stop counting against the cap (a crashed node expires instead).
+    async fn leave(&self);
+
     /// The other live nodes' latest figures (not this node's).
     async fn other_nodes(&self) -> Result<Vec<NodeStats>, BackplaneError>;
 
@@ -226,7 +230,7 @@ pub trait Backplane: Send + Sync + 'static {
 /// The stats upkeep: reports this node's figures every [`REPORT_EVERY`] and keeps its
 /// share of the connection cap in step with the hub (every user whose connections
 /// ended since the last tick; every user after a failed report, since the other nodes
-/// may have dropped this node's counts meanwhile). Runs until shutdown.
+/// may have dropped this node's counts meanwhile). Runs until shutdown, then leaves.
 pub async fn run_upkeep(backplane: Arc<dyn Backplane>, hub: Hub, shutdown: Shutdown) {
     if !backplane.is_shared() {
         return;
@@ -237,7 +241,10 @@ pub async fn run_upkeep(backplane: Arc<dyn Backplane>, hub: Hub, shutdown: Shutd
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = shutdown.triggered() => break,
+            _ = shutdown.triggered() => {
+                backplane.leave().await;
+                break;
+            }
         }
         let reported = backplane.report(&hub.stats()).await;
         if let Err(err) = &reported {

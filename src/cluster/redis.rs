@@ -334,6 +334,20 @@ impl Backplane for RedisBackplane {
         self.query_pipe::<()>(&pipe).await
     }
 
+    async fn leave(&self) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("DEL")
+            .arg(self.node_key(&self.node_id))
+            .ignore()
+            .cmd("ZREM")
+            .arg(self.nodes_key())
+            .arg(&self.node_id)
+            .ignore();
+        if let Err(err) = self.query_pipe::<()>(&pipe).await {
+            tracing::warn!(error = %err, "leaving the cluster failed: this node expires instead");
+        }
+    }
+
     async fn other_nodes(&self) -> Result<Vec<NodeStats>, BackplaneError> {
         let since = now_ms() - millis(NODE_TTL) as i64;
         let ids: Vec<String> = self
@@ -453,34 +467,52 @@ impl Backplane for RedisBackplane {
     }
 }
 
+/// Signals taken from the outbox at once; claim wake-ups among them go out as one.
+const PUBLISH_BATCH: usize = 64;
+
 /// Sends queued signals, each within the deadline; one that cannot be sent is dropped
-/// (at most once) and counted.
+/// (at most once) and counted. Wake-ups queued together are sent once: a burst of
+/// submits costs one message, and one wake-up wakes every waiting claim anyway.
 async fn publish_signals(
     conn: ConnectionManager,
     channel: String,
     from: String,
     mut queued: mpsc::Receiver<Signal>,
 ) {
-    while let Some(signal) = queued.recv().await {
-        let envelope = Envelope {
-            from: from.clone(),
-            signal,
-        };
-        let Ok(json) = serde_json::to_string(&envelope) else {
-            continue;
-        };
-        let mut conn = conn.clone();
-        let sent = within(
-            redis::cmd("PUBLISH")
-                .arg(&channel)
-                .arg(json)
-                .query_async::<i64>(&mut conn),
-        )
-        .await;
-        if let Err(err) = sent {
-            metrics::counter!("zerostate_cluster_signals_dropped_total").increment(1);
-            tracing::warn!(error = %err, "a cluster signal was dropped");
+    let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+    while queued.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
+        let mut woken = false;
+        for signal in batch.drain(..) {
+            if signal == Signal::ClaimWake {
+                if woken {
+                    continue;
+                }
+                woken = true;
+            }
+            publish_one(&conn, &channel, &from, signal).await;
         }
+    }
+}
+
+async fn publish_one(conn: &ConnectionManager, channel: &str, from: &str, signal: Signal) {
+    let envelope = Envelope {
+        from: from.to_owned(),
+        signal,
+    };
+    let Ok(json) = serde_json::to_string(&envelope) else {
+        return;
+    };
+    let mut conn = conn.clone();
+    let sent = within(
+        redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(json)
+            .query_async::<i64>(&mut conn),
+    )
+    .await;
+    if let Err(err) = sent {
+        metrics::counter!("zerostate_cluster_signals_dropped_total").increment(1);
+        tracing::warn!(error = %err, "a cluster signal was dropped");
     }
 }
 
@@ -702,6 +734,26 @@ mod tests {
         assert!(gone, "a node that stopped reporting left the stats");
         let view = cluster_stats(a.as_ref(), stats(3, 11)).await;
         assert_eq!(view["current_connections"], 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_that_leaves_drops_out_at_once() {
+        let redis = RedisServer::start().await;
+        let (a, b) = (redis.node().await, redis.node().await);
+        a.report(&stats(1, 1)).await.unwrap();
+        b.report(&stats(2, 2)).await.unwrap();
+        let user = UserId::new();
+        assert!(b.admit_connection(user, 0, 1).await);
+        assert!(
+            !a.admit_connection(user, 0, 1).await,
+            "B holds the only place"
+        );
+        b.leave().await;
+        assert!(a.other_nodes().await.unwrap().is_empty());
+        assert!(
+            a.admit_connection(user, 0, 1).await,
+            "B's place went with it"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

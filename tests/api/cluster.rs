@@ -313,3 +313,32 @@ async fn the_connection_cap_is_per_user_across_nodes() {
     };
     assert!(freed.is_some(), "places freed on A count on B");
 }
+
+#[tokio::test]
+async fn live_task_output_written_on_one_node_reaches_the_owner_on_the_other() {
+    let redis = Redis::start().await;
+    let (a, b, _shared) = two_nodes_sharing_a_store(&redis).await;
+    let user = a.new_user().await;
+    let (_, agent) = a.register_agent(&user, "streamer", &["general"]).await;
+    let id = a.submit_query(&user, "stream something").await;
+    let (status, body) = a.runtime(&agent, "/claim", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "claim: {body}");
+    assert_eq!(body["task"]["id"], id.as_str());
+    let (mut on_b, _) = b.ws(&user.token).await;
+    let (status, body) = a
+        .runtime(
+            &agent,
+            &format!("/tasks/{id}/output"),
+            json!({ "text": "hello from A" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let frame = tokio::time::timeout(
+        Duration::from_secs(30),
+        on_b.next_of("task_output", |d| d["task_id"] == id.as_str()),
+    )
+    .await
+    .expect("the owner's connection on B got the output written on A");
+    assert_eq!(frame["text"], "hello from A");
+    assert_eq!(frame["seq"], 1);
+}
