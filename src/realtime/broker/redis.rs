@@ -105,6 +105,8 @@ struct Inner {
     /// publishes are pipelined on one connection.
     commands: ConnectionManager,
     keys: Keys,
+    /// About how many entries the delivery stream keeps (`MAXLEN ~`).
+    delivery_len: u64,
     publish_script: Script,
     prune_script: Script,
     health: Health,
@@ -162,6 +164,16 @@ impl RedisBroker {
     /// `prefix`, so tests and clusters can share a server. Must be called inside a tokio
     /// runtime.
     pub async fn start(client: Client, prefix: String) -> Result<RedisBroker, BrokerError> {
+        Self::start_with(client, prefix, DELIVERY_STREAM_LEN).await
+    }
+
+    /// [`RedisBroker::start`] with another delivery stream bound (tests trim it short
+    /// to make a node fall behind it).
+    async fn start_with(
+        client: Client,
+        prefix: String,
+        delivery_len: u64,
+    ) -> Result<RedisBroker, BrokerError> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(COMMAND_DEADLINE))
@@ -177,6 +189,7 @@ impl RedisBroker {
             client,
             commands,
             keys: Keys::new(&prefix),
+            delivery_len,
             publish_script: Script::new(include_str!("redis_publish.lua")),
             prune_script: Script::new(include_str!("redis_prune.lua")),
             health: Health::default(),
@@ -367,7 +380,7 @@ impl Broker for RedisBroker {
         call.arg(&stream)
             .arg(encode_body(p.created_at_ms, &p.kind, &p.data_json))
             .arg(p.origin.map(|o| o.to_string()).unwrap_or_default())
-            .arg(DELIVERY_STREAM_LEN)
+            .arg(inner.delivery_len)
             .arg(DEDUPE_TTL_SECS);
         let mut con = inner.commands.clone();
         let (seq, _earlier): (i64, i64) = inner
@@ -1067,6 +1080,186 @@ mod tests {
             if let Ok(Some(p)) = extra {
                 // Only a publish whose answer was lost with the crash may follow.
                 assert_eq!(p.seq, last + 1, "an unexpected delivery after the end");
+            }
+        }
+    }
+
+    /// A node too slow to keep up with the delivery stream (its hub does not read) is
+    /// trimmed past: the first publication after the hole names its true predecessor,
+    /// which that node never saw, so the hub detects the gap; history still has what
+    /// the node missed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_node_trimmed_past_sees_the_gap_and_history_fills_it() {
+        const TOTAL: u64 = 3_000;
+        let server = RedisServer::start().await;
+        let broker = Arc::new(
+            RedisBroker::start_with(server.client(), "trim".into(), 100)
+                .await
+                .unwrap(),
+        );
+        let mut slow = broker.subscribe().await.unwrap();
+        let user = UserId::new();
+        for n in 0..TOTAL {
+            broker
+                .publish(publication(Target::User(user), 0, n))
+                .await
+                .unwrap();
+        }
+        let mut prev = slow.start;
+        let mut holes = Vec::new();
+        while prev < TOTAL as i64 {
+            let p = next(&mut slow).await;
+            assert!(p.seq > prev, "{} after {prev}", p.seq);
+            assert_eq!(p.prev_seq, p.seq - 1);
+            if p.prev_seq != prev {
+                holes.push((prev, p.seq));
+            }
+            prev = p.seq;
+        }
+        assert!(!holes.is_empty(), "the subscription was never trimmed past");
+        for (after, upto) in holes {
+            let missed = broker
+                .history(user, after, upto - 1, TOTAL as u32)
+                .await
+                .unwrap();
+            assert_eq!(
+                missed.iter().map(|m| m.seq).collect::<Vec<_>>(),
+                (after + 1..upto).collect::<Vec<_>>(),
+                "history has everything the node missed"
+            );
+        }
+    }
+
+    /// Not a check, a measurement (run with `--ignored --nocapture`): publishes per
+    /// second through one node, concurrent publishers, a subscription drained as it
+    /// goes, on Redis and on the local broker over SQLite.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    #[ignore = "a measurement, not a check: prints publish throughput"]
+    async fn publish_throughput_redis_and_local_sqlite() {
+        const PUBLISHERS: u64 = 16;
+        const EACH: u64 = 1_000;
+        async fn measure(broker: Arc<dyn Broker>) -> f64 {
+            let mut sub = broker.subscribe().await.unwrap();
+            let user = UserId::new();
+            let started = Instant::now();
+            let drain = tokio::spawn(async move {
+                for _ in 0..PUBLISHERS * EACH {
+                    next(&mut sub).await;
+                }
+            });
+            let publishers: Vec<_> = (0..PUBLISHERS)
+                .map(|p| {
+                    let broker = broker.clone();
+                    tokio::spawn(async move {
+                        for n in 0..EACH {
+                            let new = publication(Target::User(user), p, n);
+                            broker.publish(new).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for publisher in publishers {
+                publisher.await.unwrap();
+            }
+            drain.await.unwrap();
+            (PUBLISHERS * EACH) as f64 / started.elapsed().as_secs_f64()
+        }
+        let server = RedisServer::start().await;
+        let redis = measure(server.broker("bench").await).await;
+        // The same with the usual production setting: fsync once a second.
+        let mut con = server
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        ::redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("appendfsync")
+            .arg("everysec")
+            .exec_async(&mut con)
+            .await
+            .unwrap();
+        let redis_everysec = measure(server.broker("bench2").await).await;
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("bench.db"))
+            .await
+            .unwrap();
+        let log = Arc::new(sqlite_log::SqliteLog(Arc::new(store)));
+        let local = measure(Arc::new(
+            super::super::local::LocalBroker::start(log).await.unwrap(),
+        ))
+        .await;
+        println!(
+            "publish throughput, {PUBLISHERS} concurrent publishers x {EACH}, delivered to one \
+             subscription: redis (AOF, fsync always) {redis:.0}/s, redis (AOF, fsync \
+             everysec) {redis_everysec:.0}/s, local broker on SQLite {local:.0}/s"
+        );
+    }
+
+    /// The store's message history as the local broker's log, for the measurement
+    /// (`app.rs` has the real adapter; it is private to the composition root).
+    mod sqlite_log {
+        use crate::domain::UserId;
+        use crate::realtime::history::{HistoryPolicy, MessageLog, StoredMessage, StreamPosition};
+        use crate::store::MessageStore;
+        use std::sync::Arc;
+
+        pub struct SqliteLog(pub Arc<crate::store::sqlite::SqliteStore>);
+
+        #[async_trait::async_trait]
+        impl MessageLog for SqliteLog {
+            async fn epoch(&self) -> anyhow::Result<String> {
+                Ok(self.0.message_epoch().await?)
+            }
+            async fn last_seq(&self) -> anyhow::Result<i64> {
+                Ok(self.0.last_message_seq().await?)
+            }
+            async fn append(
+                &self,
+                user: Option<UserId>,
+                kind: &str,
+                data_json: &str,
+                created_at_ms: i64,
+            ) -> anyhow::Result<i64> {
+                Ok(self
+                    .0
+                    .append_message(user, kind, data_json, created_at_ms)
+                    .await?)
+            }
+            async fn position(&self, user: UserId, upto: i64) -> anyhow::Result<StreamPosition> {
+                let p = self.0.message_position(user, upto).await?;
+                Ok(StreamPosition {
+                    latest: p.latest,
+                    pruned_through: p.pruned_through,
+                })
+            }
+            async fn replay(
+                &self,
+                user: UserId,
+                after: i64,
+                upto: i64,
+                limit: u32,
+            ) -> anyhow::Result<Vec<StoredMessage>> {
+                let rows = self.0.messages_between(user, after, upto, limit).await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|m| StoredMessage {
+                        seq: m.seq,
+                        kind: m.kind,
+                        data_json: m.data_json,
+                        created_at_ms: m.created_at_ms,
+                    })
+                    .collect())
+            }
+            async fn prune(&self, policy: HistoryPolicy, now_ms: i64) -> anyhow::Result<u64> {
+                let max_age = i64::try_from(policy.max_age.as_millis()).unwrap_or(i64::MAX);
+                Ok(self
+                    .0
+                    .prune_messages(policy.max_per_stream, now_ms.saturating_sub(max_age))
+                    .await?)
+            }
+            async fn count(&self) -> anyhow::Result<u64> {
+                Ok(self.0.message_count().await?)
             }
         }
     }
