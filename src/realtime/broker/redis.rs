@@ -1264,6 +1264,69 @@ mod tests {
         }
     }
 
+    /// The cluster as the hub sees it: two hubs, each on its own broker on one Redis. A
+    /// publication on one node reaches a connection on the other (and the publisher's
+    /// call returns), and a client that resumes on the other node with its cursor gets
+    /// exactly what it missed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_hubs_deliver_each_others_publications_and_resume_across_nodes() {
+        use crate::domain::MessageType;
+        use crate::realtime::{ConnectRequest, Connection, HistoryPolicy, Hub, TransportKind};
+        use serde_json::{json, Value};
+
+        async fn frame(conn: &mut Connection) -> Value {
+            let f = tokio::time::timeout(WAIT, conn.next_frame())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open");
+            serde_json::from_str(f.text()).unwrap()
+        }
+        let server = RedisServer::start().await;
+        let mut hubs = Vec::new();
+        for _ in 0..2 {
+            let broker: Arc<dyn Broker> = server.broker("hubs").await;
+            hubs.push(Hub::start(broker, HistoryPolicy::default()).await.unwrap());
+        }
+        let user = UserId::new();
+        let request = |since: Option<String>| ConnectRequest {
+            user,
+            credential: None,
+            transport: TransportKind::WebSocket,
+            since,
+        };
+        let note = |hub: &Hub, n: u64| {
+            let hub = hub.clone();
+            async move {
+                hub.publish(
+                    Target::User(user),
+                    MessageType::known("note"),
+                    json!({ "n": n }),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let mut on_b = hubs[1].connect(request(None)).await.unwrap();
+        assert_eq!(frame(&mut on_b).await["type"], "welcome");
+        assert_eq!(note(&hubs[0], 0).await.delivered, 0, "nobody on node A");
+        let first = frame(&mut on_b).await;
+        assert_eq!(first["data"]["n"], 0);
+        let cursor = first["cursor"].as_str().unwrap().to_owned();
+        drop(on_b);
+        for n in 1..=3 {
+            note(&hubs[1], n).await;
+        }
+        // The client comes back through the load balancer to the other node.
+        let mut on_a = hubs[0].connect(request(Some(cursor))).await.unwrap();
+        assert_eq!(frame(&mut on_a).await["type"], "welcome");
+        for n in 1..=3 {
+            assert_eq!(frame(&mut on_a).await["data"]["n"], n);
+        }
+        assert_eq!(frame(&mut on_a).await["type"], "resumed");
+        assert_eq!(note(&hubs[1], 4).await.delivered, 0, "nobody on node B now");
+        assert_eq!(frame(&mut on_a).await["data"]["n"], 4);
+    }
+
     /// Polls `cond` until it holds, at most [`WAIT`].
     async fn eventually(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + WAIT;
