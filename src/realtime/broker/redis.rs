@@ -1327,6 +1327,79 @@ mod tests {
         assert_eq!(frame(&mut on_a).await["data"]["n"], 4);
     }
 
+    /// Retention per stream: a message goes only when it is beyond the newest
+    /// `max_per_stream` of its stream AND older than `max_age`; the watermark is the
+    /// newest such message, so only a prefix goes; a user's position reports the larger
+    /// of their two streams' watermarks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pruning_is_per_stream_and_keeps_young_messages() {
+        let server = RedisServer::start().await;
+        let broker = server.broker("prune").await;
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let at = |target, n: u64, at_ms: i64| NewPublication {
+            created_at_ms: at_ms,
+            ..publication(target, 0, n)
+        };
+        // Alice: six old messages, then four young ones. Broadcasts: three old.
+        // Bob: two old ones (within his newest three: kept).
+        let mut alice_seqs = Vec::new();
+        let mut broadcast_seqs = Vec::new();
+        for n in 0..10 {
+            let when = if n < 6 { 1_000 } else { 50_000 };
+            alice_seqs.push(
+                broker
+                    .publish(at(Target::User(alice), n, when))
+                    .await
+                    .unwrap(),
+            );
+            if n < 3 {
+                broadcast_seqs.push(
+                    broker
+                        .publish(at(Target::Everyone, n, 1_000))
+                        .await
+                        .unwrap(),
+                );
+            }
+            if n < 2 {
+                broker
+                    .publish(at(Target::User(bob), n, 1_000))
+                    .await
+                    .unwrap();
+            }
+        }
+        let policy = HistoryPolicy {
+            max_per_stream: 3,
+            max_age: Duration::from_millis(10_000),
+        };
+        // As of 40 000 the cutoff is 30 000: Alice's 4 young ones stay though only 3
+        // must; of her old ones all six go; broadcasts keep their newest three (all).
+        assert_eq!(broker.history_size().await.unwrap(), 15);
+        assert_eq!(broker.prune(policy, 40_000).await.unwrap(), 6);
+        assert_eq!(broker.history_size().await.unwrap(), 9);
+        let kept: Vec<i64> = broker
+            .history(alice, 0, i64::MAX, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        let mut expected: Vec<i64> = alice_seqs[6..].to_vec();
+        expected.extend(&broadcast_seqs);
+        expected.sort_unstable();
+        assert_eq!(kept, expected);
+        let pos = broker.position(alice, i64::MAX).await.unwrap();
+        assert_eq!(pos.pruned_through, alice_seqs[5]);
+        assert_eq!(pos.latest, alice_seqs[9]);
+        let bobs = broker.position(bob, i64::MAX).await.unwrap();
+        assert_eq!(bobs.pruned_through, 0, "Bob's streams were not pruned");
+        // Much later, only the newest three of each stream stay.
+        assert_eq!(broker.prune(policy, 10_000_000).await.unwrap(), 1);
+        let pos = broker.position(alice, alice_seqs[8]).await.unwrap();
+        assert_eq!(pos.pruned_through, alice_seqs[6]);
+        assert_eq!(pos.latest, alice_seqs[8]);
+        assert_eq!(broker.prune(policy, 10_000_000).await.unwrap(), 0);
+    }
+
     /// Polls `cond` until it holds, at most [`WAIT`].
     async fn eventually(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + WAIT;
