@@ -1400,6 +1400,49 @@ mod tests {
         assert_eq!(broker.prune(policy, 10_000_000).await.unwrap(), 0);
     }
 
+    /// A Redis that comes back without its data (no AOF) is a different history: the
+    /// epoch changes (old cursors get `reset`), and a node whose subscription had read
+    /// beyond the new sequence reports itself unhealthy for good (it must restart).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_redis_that_lost_its_data_is_a_new_epoch_and_an_unhealthy_node() {
+        let mut server = RedisServer::start().await;
+        let broker = server.broker("wiped").await;
+        let mut sub = broker.subscribe().await.unwrap();
+        let epoch = broker.epoch().await.unwrap();
+        let user = UserId::new();
+        for n in 0..3 {
+            broker
+                .publish(publication(Target::User(user), 0, n))
+                .await
+                .unwrap();
+        }
+        read_gapless(&mut sub, 3).await;
+        server.kill();
+        std::fs::remove_dir_all(server.dir.path()).unwrap();
+        std::fs::create_dir(server.dir.path()).unwrap();
+        server.spawn().await;
+        eventually("the data loss is noticed", || {
+            broker.inner.health.history_lost.load(Ordering::Relaxed)
+        })
+        .await;
+        // The command connection may need a try to notice the restart.
+        let deadline = Instant::now() + WAIT;
+        let new_epoch = loop {
+            match broker.epoch().await {
+                Ok(e) => break e,
+                Err(err) => assert!(Instant::now() < deadline, "{err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_ne!(new_epoch, epoch);
+        // It stays unhealthy though Redis answers again.
+        eventually("commands work", || {
+            !broker.inner.health.commands_down.load(Ordering::Relaxed)
+        })
+        .await;
+        assert!(!broker.healthy());
+    }
+
     /// Polls `cond` until it holds, at most [`WAIT`].
     async fn eventually(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + WAIT;
