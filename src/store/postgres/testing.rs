@@ -59,7 +59,7 @@ impl PgServer {
             child: Mutex::new(Some(child)),
             dir: Mutex::new(Some(dir)),
         };
-        server.wait_listening()?;
+        server.wait_ready(&bin)?;
         Ok(server)
     }
 
@@ -68,10 +68,16 @@ impl PgServer {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
 
-    fn wait_listening(&self) -> std::io::Result<()> {
+    /// Waits until the server accepts sessions (`pg_isready`: a listening socket alone
+    /// still answers "the database system is starting up").
+    fn wait_ready(&self, bin: &Path) -> std::io::Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+            let ready = Command::new(bin.join("pg_isready"))
+                .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+                .args(["-U", "postgres", "-d", "postgres"])
+                .status()?;
+            if ready.success() {
                 return Ok(());
             }
             if let Some(child) = self.child.lock().unwrap().as_mut() {
@@ -83,7 +89,7 @@ impl PgServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(std::io::Error::other("postgres did not listen in time"))
+        Err(std::io::Error::other("postgres was not ready in time"))
     }
 
     /// Stops the server (fast shutdown, then a kill after a few seconds) and removes
