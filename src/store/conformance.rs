@@ -20,7 +20,22 @@ use std::sync::Arc;
 /// alive for the case).
 macro_rules! conformance_suite {
     ($make:path) => {
-        $crate::store::conformance::conformance_suite!(@cases $make; a_private_agent_claims_only_its_owners_tasks_and_a_shared_one_any, deleting_an_agent_requeues_its_running_tasks_and_unpins_queued_ones, lists_hold_own_and_shared_agents_unless_all_and_count_running_tasks, concurrent_claims_never_share_a_task, expired_leases_requeue_after_a_backoff_then_fail_on_the_last_attempt, a_task_is_not_claimed_before_its_backoff_or_run_at, release_gives_the_attempt_back_and_turns_the_agent_offline, at_shutdown_the_server_agents_tasks_go_back_without_using_an_attempt, parallel_submits_with_one_key_create_one_task, a_shared_agent_takes_a_second_users_task_before_the_first_users_backlog, agents_go_online_once_and_offline_when_silent, concurrent_appends_number_chunks_without_gaps_or_overlap, limits_and_ownership_refuse_without_storing);
+        $crate::store::conformance::conformance_suite!(@cases $make;
+            concurrent_first_sign_ups_make_one_admin,
+            a_private_agent_claims_only_its_owners_tasks_and_a_shared_one_any,
+            deleting_an_agent_requeues_its_running_tasks_and_unpins_queued_ones,
+            lists_hold_own_and_shared_agents_unless_all_and_count_running_tasks,
+            concurrent_claims_never_share_a_task,
+            expired_leases_requeue_after_a_backoff_then_fail_on_the_last_attempt,
+            a_task_is_not_claimed_before_its_backoff_or_run_at,
+            release_gives_the_attempt_back_and_turns_the_agent_offline,
+            at_shutdown_the_server_agents_tasks_go_back_without_using_an_attempt,
+            parallel_submits_with_one_key_create_one_task,
+            a_shared_agent_takes_a_second_users_task_before_the_first_users_backlog,
+            agents_go_online_once_and_offline_when_silent,
+            concurrent_appends_number_chunks_without_gaps_or_overlap,
+            limits_and_ownership_refuse_without_storing,
+        );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
         $(
@@ -676,4 +691,42 @@ pub async fn limits_and_ownership_refuse_without_storing(store: Arc<dyn Store>) 
         all.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
         ["12345", "abc"]
     );
+}
+
+pub async fn concurrent_first_sign_ups_make_one_admin(store: Arc<dyn Store>) {
+    let mut signups = Vec::new();
+    for i in 0..12 {
+        let store = store.clone();
+        signups.push(tokio::spawn(async move {
+            store
+                .create_user(NewUser {
+                    email: Email::parse(&format!("first{i}@b.io")).unwrap(),
+                    full_name: FullName::parse("A").unwrap(),
+                    password_hash: "x".into(),
+                    role: None,
+                })
+                .await
+                .unwrap()
+                .role
+        }));
+    }
+    let mut admins = 0;
+    for s in signups {
+        if s.await.unwrap() == crate::domain::Role::Admin {
+            admins += 1;
+        }
+    }
+    assert_eq!(admins, 1, "exactly one first account");
+    assert_eq!(store.admin_ids().await.unwrap().len(), 1);
+    assert!(matches!(
+        store
+            .create_user(NewUser {
+                email: Email::parse("first0@b.io").unwrap(),
+                full_name: FullName::parse("A").unwrap(),
+                password_hash: "x".into(),
+                role: None,
+            })
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
 }
