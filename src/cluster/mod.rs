@@ -231,6 +231,11 @@ pub trait Backplane: Send + Sync + 'static {
 /// share of the connection cap in step with the hub (every user whose connections
 /// ended since the last tick; every user after a failed report, since the other nodes
 /// may have dropped this node's counts meanwhile). Runs until shutdown, then leaves.
+///
+/// The counts written here are read outside the user's admission turn, so one that
+/// races an admission on this node can undercount the user by the connection being
+/// admitted, until that user's next disconnect here: at worst one place too many for
+/// a while, never a user locked out.
 pub async fn run_upkeep(backplane: Arc<dyn Backplane>, hub: Hub, shutdown: Shutdown) {
     if !backplane.is_shared() {
         return;

@@ -148,6 +148,7 @@ impl Hub {
                 data_json,
                 created_at_ms: Utc::now().timestamp_millis(),
                 origin: Some(waiter.token),
+                dedupe: None,
             })
             .await?;
         let delivered = waiter
