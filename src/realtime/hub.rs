@@ -423,6 +423,11 @@ impl Hub {
         let _ = self.shared.cluster.set(backplane);
     }
 
+    /// Whether the broker under this hub reaches its backend (for `/health`).
+    pub fn broker_healthy(&self) -> bool {
+        self.shared.broker.healthy()
+    }
+
     /// Sends `signal` to the other nodes, if this hub joined a cluster.
     pub fn signal_cluster(&self, signal: Signal) {
         self.signal_cluster_with(|| signal);

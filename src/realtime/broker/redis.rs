@@ -349,6 +349,10 @@ fn decode_members(members: &[String]) -> Result<Vec<StoredMessage>, BrokerError>
 
 #[async_trait]
 impl Broker for RedisBroker {
+    fn healthy(&self) -> bool {
+        RedisBroker::healthy(self)
+    }
+
     async fn epoch(&self) -> Result<String, BrokerError> {
         self.inner.epoch().await
     }
