@@ -18,8 +18,8 @@
 //! already sent something newer. Nothing is dropped silently.
 
 use super::broker::{Broker, NewPublication, Publication, Subscription};
-use super::client::{ClientQueue, ConnId, Resync, Slot, TransportKind};
-use super::connection::{Connection, Replay};
+use super::client::{ConnId, ConnState, Slot, TransportKind};
+use super::connection::Connection;
 use super::disconnect::{Disconnect, DisconnectSignal};
 use super::history::{HistoryPolicy, StreamPosition};
 use super::protocol::{self, Frame, ResetReason};
@@ -77,6 +77,8 @@ pub struct ConnectRequest {
     pub transport: TransportKind,
     /// The cursor to resume after (`?since=` or `Last-Event-ID`), as given.
     pub since: Option<String>,
+    /// When the credential stops working: the connection is closed with 4001 then.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Why the hub refused a connection.
@@ -112,8 +114,9 @@ impl Hub {
             waiters: Waiters::new(),
         });
         shared.stats.history_size(history_size);
-        // Weak: the task must not keep the hub alive once every handle is gone.
+        // Weak: the tasks must not keep the hub alive once every handle is gone.
         tokio::spawn(run_delivery(Arc::downgrade(&shared), subscription));
+        tokio::spawn(run_sweep(Arc::downgrade(&shared)));
         Ok(Self { shared })
     }
 
@@ -210,9 +213,8 @@ impl Hub {
                 .filter_map(|id| reg.conns.get(id))
             {
                 for (i, frame) in frames.iter().enumerate() {
-                    let room = slot.tx.capacity() > MAX_QUEUED_FRAMES / 2
-                        && slot.queued_bytes.load(Ordering::Acquire) + frame.len()
-                            <= MAX_QUEUED_BYTES / 2;
+                    let room = slot.free_frames() > MAX_QUEUED_FRAMES / 2
+                        && slot.queued_bytes() + frame.len() <= MAX_QUEUED_BYTES / 2;
                     // With room left, `offer` cannot overflow; a connection that is
                     // ending takes nothing more.
                     if !room || slot.offer(frame) != Offer::Queued {
@@ -233,13 +235,18 @@ impl Hub {
     /// Registers a connection and prepares what it sends first: `welcome`, then (with
     /// a cursor) the replay and `resumed`, or `reset`. Live messages queue up from the
     /// moment of registration, so nothing falls between replay and live delivery.
+    ///
+    /// The `welcome` cursor (the user's newest message at or below the registration's
+    /// delivery position) comes from the registry's position count when it knows the
+    /// user, without a history query; only the first connect of a user since start (or
+    /// since the count was forgotten) asks the broker. A resume asks the broker for the
+    /// prune watermark only when the user has missed something.
     pub async fn connect(&self, req: ConnectRequest) -> Result<Connection, ConnectError> {
         let shared = &self.shared;
-        let (tx, queue) = ClientQueue::new();
+        let state = Arc::<ConnState>::default();
         let signal = DisconnectSignal::default();
-        let resync = Arc::<Resync>::default();
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let upto = {
+        let (upto, cached) = {
             let mut reg = shared.lock();
             if reg.closed {
                 return Err(ConnectError::ShuttingDown);
@@ -253,12 +260,12 @@ impl Hub {
                 id,
                 user: req.user,
                 credential: req.credential,
-                tx,
-                queued_bytes: queue.queued_bytes.clone(),
+                transport: req.transport,
+                expires_at: req.expires_at.map(|at| at.timestamp()),
+                state: state.clone(),
                 signal: signal.clone(),
-                resync: resync.clone(),
             });
-            reg.last_delivered
+            (reg.last_delivered, reg.cached_position(req.user))
         };
         shared.stats.connection_opened(req.transport);
         // From here on, dropping the connection unregisters it.
@@ -267,46 +274,52 @@ impl Hub {
             user: req.user,
             transport: req.transport,
             shared: shared.clone(),
-            queue,
+            state,
             signal,
-            resync,
             pending: VecDeque::new(),
             replay: None,
             last_seq: upto,
         };
+        let since = req.since.as_deref().filter(|s| !s.trim().is_empty());
 
-        let position = shared
-            .broker
-            .position(req.user, upto)
-            .await
-            .map_err(anyhow::Error::from);
-        if let Err(err) = &position {
-            tracing::warn!(error = format!("{err:#}"), "reading the history failed");
+        // Known: nothing to ask, unless a resume missed messages (the prune watermark).
+        if let Some(latest) = cached {
+            conn.pending
+                .push_back(protocol::welcome(&shared.cursor(latest)));
+            let Some(raw) = since else {
+                return Ok(conn);
+            };
+            match shared.parse_resume(raw, upto) {
+                Ok(from) if from.seq >= latest => {
+                    // Nothing addressed to the user after the cursor (pruned or not):
+                    // resumed at once, nothing to read.
+                    conn.pending.push_back(protocol::resumed(&from, &from, 0));
+                    shared.stats.resumed();
+                    return Ok(conn);
+                }
+                Ok(_) => {
+                    let position = shared.position(req.user, upto).await;
+                    conn.start_resume(raw, upto, &position);
+                }
+                Err(reason) => conn.refuse_resume(reason),
+            }
+            return Ok(conn);
         }
+
+        let position = shared.position(req.user, upto).await;
         let welcome_seq = match &position {
             // A stream pruned past its newest message still has a position: the watermark.
-            Ok(p) => p.latest.max(p.pruned_through),
+            Ok(p) => {
+                let latest = p.latest.max(p.pruned_through);
+                shared.lock().learn_position(req.user, latest);
+                latest
+            }
             Err(_) => upto,
         };
         conn.pending
             .push_back(protocol::welcome(&shared.cursor(welcome_seq)));
-        if let Some(raw) = req.since.as_deref().filter(|s| !s.trim().is_empty()) {
-            match shared.check_resume(raw, upto, &position) {
-                Ok(from) => {
-                    conn.replay = Some(Replay {
-                        after: from.seq,
-                        to: from.seq,
-                        from,
-                        upto,
-                        replayed: 0,
-                        announce: true,
-                    });
-                }
-                Err(reason) => {
-                    shared.stats.reset(reason);
-                    conn.pending.push_back(protocol::reset(reason));
-                }
-            }
+        if let Some(raw) = since {
+            conn.start_resume(raw, upto, &position);
         }
         Ok(conn)
     }
@@ -418,13 +431,23 @@ impl Shared {
         Cursor::new(self.epoch.clone(), seq)
     }
 
-    /// Decides whether a resume from `raw` can be replayed up to `upto`.
-    fn check_resume(
-        &self,
-        raw: &str,
-        upto: i64,
-        position: &anyhow::Result<StreamPosition>,
-    ) -> Result<Cursor, ResetReason> {
+    /// The user's position in history as of `upto`, from the broker (logged if it
+    /// fails: the connect goes on, a resume is answered with `reset`).
+    async fn position(&self, user: UserId, upto: i64) -> anyhow::Result<StreamPosition> {
+        let position = self
+            .broker
+            .position(user, upto)
+            .await
+            .map_err(anyhow::Error::from);
+        if let Err(err) = &position {
+            tracing::warn!(error = format!("{err:#}"), "reading the history failed");
+        }
+        position
+    }
+
+    /// Parses a resume cursor and checks it belongs to this history and is not ahead
+    /// of `upto`.
+    fn parse_resume(&self, raw: &str, upto: i64) -> Result<Cursor, ResetReason> {
         let since = Cursor::parse(raw).map_err(|_| ResetReason::InvalidCursor)?;
         if since.epoch != self.epoch {
             return Err(ResetReason::EpochChanged);
@@ -432,6 +455,17 @@ impl Shared {
         if since.seq > upto {
             return Err(ResetReason::CursorAhead);
         }
+        Ok(since)
+    }
+
+    /// Decides whether a resume from `raw` can be replayed up to `upto`.
+    pub(crate) fn check_resume(
+        &self,
+        raw: &str,
+        upto: i64,
+        position: &anyhow::Result<StreamPosition>,
+    ) -> Result<Cursor, ResetReason> {
+        let since = self.parse_resume(raw, upto)?;
         let position = position
             .as_ref()
             .map_err(|_| ResetReason::HistoryUnavailable)?;
@@ -456,7 +490,8 @@ impl Shared {
             let mut reg = self.lock();
             let last = reg.last_delivered;
             if seq <= last {
-                reg.for_each_target(target, |slot| slot.resync.request(seq, last));
+                reg.for_each_target(target, |slot| slot.state.request_resync(seq, last));
+                reg.forget_positions();
                 drop(reg);
                 self.stats.out_of_order("late");
                 tracing::error!(
@@ -471,7 +506,8 @@ impl Shared {
                 let missed_from = prev_seq.min(last) + 1;
                 reg.conns
                     .values()
-                    .for_each(|slot| slot.resync.request(missed_from, seq));
+                    .for_each(|slot| slot.state.request_resync(missed_from, seq));
+                reg.forget_positions();
                 self.stats.out_of_order("gap");
                 tracing::error!(
                     seq,
@@ -481,6 +517,7 @@ impl Shared {
                 );
             }
             reg.last_delivered = seq;
+            reg.record_delivery(seq, target);
             reg.fan_out(target, frame)
         };
         self.stats.published();
@@ -515,6 +552,21 @@ async fn run_delivery(shared: Weak<Shared>, mut subscription: Subscription) {
         tracing::error!("the broker subscription ended: no more live delivery on this node");
         // Nobody will answer: waiting publishers get an error instead of waiting forever.
         shared.waiters.stop();
+    }
+}
+
+/// The shared keepalive: once a second, [`Registry::sweep`] over every connection
+/// (pings, idle and expiry closes) instead of timers in every connection task. Ends
+/// when the hub is gone.
+async fn run_sweep(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        shared.lock().sweep(Utc::now().timestamp());
     }
 }
 
@@ -616,6 +668,7 @@ mod tests {
             credential: None,
             transport: TransportKind::WebSocket,
             since,
+            expires_at: None,
         }
     }
 
