@@ -566,7 +566,8 @@ async fn run_sweep(shared: Weak<Shared>) {
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        shared.lock().sweep(Utc::now().timestamp());
+        let now = super::client::now_secs();
+        shared.lock().sweep(now, Utc::now().timestamp());
     }
 }
 
@@ -645,8 +646,10 @@ mod tests {
     use super::*;
     use crate::domain::SessionId;
     use crate::realtime::broker::local::LocalBroker;
+    use crate::realtime::broker::BrokerError;
     use crate::realtime::history::MessageLog;
     use crate::realtime::memory::MemoryLog;
+    use crate::realtime::Outgoing;
     use serde_json::{json, Value};
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -887,6 +890,155 @@ mod tests {
         assert_eq!(next(&mut other).await["type"], "welcome");
         assert_eq!(next(&mut other).await["data"]["n"], 7);
         assert_eq!(hub.shared.broker.history_size().await.unwrap(), 1);
+    }
+
+    /// A broker that counts the position queries of the local broker it wraps.
+    struct CountingBroker {
+        inner: LocalBroker,
+        positions: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Broker for CountingBroker {
+        async fn epoch(&self) -> Result<String, BrokerError> {
+            self.inner.epoch().await
+        }
+        async fn subscribe(&self) -> Result<Subscription, BrokerError> {
+            self.inner.subscribe().await
+        }
+        async fn publish(&self, p: NewPublication) -> Result<i64, BrokerError> {
+            self.inner.publish(p).await
+        }
+        async fn position(&self, user: UserId, upto: i64) -> Result<StreamPosition, BrokerError> {
+            self.positions.fetch_add(1, Ordering::Relaxed);
+            self.inner.position(user, upto).await
+        }
+        async fn history(
+            &self,
+            user: UserId,
+            after: i64,
+            upto: i64,
+            limit: u32,
+        ) -> Result<Vec<crate::realtime::history::StoredMessage>, BrokerError> {
+            self.inner.history(user, after, upto, limit).await
+        }
+        async fn prune(&self, policy: HistoryPolicy, now_ms: i64) -> Result<u64, BrokerError> {
+            self.inner.prune(policy, now_ms).await
+        }
+        async fn history_size(&self) -> Result<u64, BrokerError> {
+            self.inner.history_size().await
+        }
+    }
+
+    #[tokio::test]
+    async fn welcome_cursors_come_from_delivery_without_a_history_query_per_connect() {
+        let broker = Arc::new(CountingBroker {
+            inner: LocalBroker::start(Arc::new(MemoryLog::new("abcd")))
+                .await
+                .unwrap(),
+            positions: AtomicU64::new(0),
+        });
+        let hub = Hub::start(broker.clone(), HistoryPolicy::default())
+            .await
+            .unwrap();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        note(&hub, alice, 0).await; // seq 1
+        let welcome = |hub: Hub, user, since: Option<&str>| {
+            let since = since.map(str::to_owned);
+            async move {
+                let mut conn = hub.connect(request(user, since)).await.unwrap();
+                let w = next(&mut conn).await;
+                (conn, w["data"]["cursor"].as_str().unwrap().to_owned())
+            }
+        };
+        // The first connect of a user asks the broker; the later ones do not, and
+        // their cursor follows every delivery: own messages, broadcasts, not others'.
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-1");
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 1);
+        note(&hub, alice, 1).await; // 2
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-2");
+        hub.publish(Target::Everyone, MessageType::known("note"), json!({}))
+            .await
+            .unwrap(); // 3
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-3");
+        note(&hub, bob, 2).await; // 4
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-3");
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 1);
+        // A resume that missed nothing is answered at once; one that missed something
+        // reads the prune watermark, then replays.
+        let (mut conn, _) = welcome(hub.clone(), alice, Some("abcd-3")).await;
+        assert_eq!(next(&mut conn).await["data"]["replayed"], 0);
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 1);
+        let (mut conn, _) = welcome(hub.clone(), alice, Some("abcd-1")).await;
+        assert_eq!(next(&mut conn).await["data"]["n"], 1);
+        assert_eq!(next(&mut conn).await["type"], "note");
+        assert_eq!(next(&mut conn).await["data"]["replayed"], 2);
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 2);
+        // Bob's first connect asks; his cursor is his own message.
+        assert_eq!(welcome(hub.clone(), bob, None).await.1, "abcd-4");
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 3);
+        // After an out-of-order delivery the counts are forgotten: asked again.
+        hub.shared.handle(&publication(9, 7, bob, 3));
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-3");
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_pings_websockets_and_closes_the_silent_and_the_expired() {
+        let hub = hub().await;
+        let user = UserId::new();
+        let mut ws = hub.connect(request(user, None)).await.unwrap();
+        let sse = hub
+            .connect(ConnectRequest {
+                transport: TransportKind::Sse,
+                ..request(user, None)
+            })
+            .await
+            .unwrap();
+        let expiring = hub
+            .connect(ConnectRequest {
+                transport: TransportKind::Sse,
+                expires_at: Some(Utc::now() + chrono::Duration::seconds(30)),
+                ..request(user, None)
+            })
+            .await
+            .unwrap();
+        let t0 = ws.state.last_inbound.load(Ordering::Relaxed);
+        let now_unix = Utc::now().timestamp();
+        let sweep = |after: u32, unix: i64| hub.shared.lock().sweep(t0 + after, unix);
+        assert!(matches!(
+            next_outgoing(&mut ws).await,
+            Outgoing::Frame(f) if f.text().contains("welcome")
+        ));
+        sweep(10, now_unix);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), ws.next_outgoing(true))
+                .await
+                .is_err()
+        );
+        sweep(25, now_unix);
+        assert!(matches!(next_outgoing(&mut ws).await, Outgoing::Ping));
+        // A client that speaks is not idle; one silent for 75 s is closed (1001), an
+        // SSE stream (nothing to read from it) is not.
+        ws.state.last_inbound.store(t0 + 70, Ordering::Relaxed);
+        sweep(76, now_unix);
+        assert!(ws.reason().is_none() && expiring.reason().is_none());
+        sweep(144, now_unix);
+        assert!(ws.reason().is_none());
+        sweep(145, now_unix);
+        assert_eq!(ws.reason(), Some(Disconnect::Idle));
+        assert_eq!(sse.reason(), None);
+        // The credential's expiry closes its connection (4001), whatever its transport.
+        sweep(1, now_unix + 31);
+        assert_eq!(expiring.reason(), Some(Disconnect::Expired));
+        assert_eq!(sse.reason(), None);
+    }
+
+    async fn next_outgoing(conn: &mut Connection) -> Outgoing {
+        tokio::time::timeout(WAIT, conn.next_outgoing(true))
+            .await
+            .expect("in time")
+            .expect("open")
     }
 
     /// A publication as a broker would hand it over, for driving `deliver` by hand.

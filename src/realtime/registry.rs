@@ -6,7 +6,7 @@
 //! Everything here runs under the hub's registry lock (a std mutex held only for map
 //! updates and `try_send`s, never across an `.await`), so nothing here may wait.
 
-use super::client::{now_secs, ConnId, Offer, Slot, TransportKind};
+use super::client::{ConnId, Offer, Slot, TransportKind};
 use super::disconnect::Disconnect;
 use super::protocol::Frame;
 use super::Target;
@@ -146,9 +146,9 @@ impl Registry {
     /// connection: asks each WebSocket for a ping every [`PING_EVERY_SECS`], closes one
     /// whose client has been silent [`IDLE_AFTER_SECS`] (1001), and closes any
     /// connection whose credential expired (4001). Only atomics and the slots' signals:
-    /// no waiting under the lock. `now_unix` is the wall clock, for expiries.
-    pub fn sweep(&self, now_unix: i64) {
-        let now = now_secs();
+    /// no waiting under the lock. `now` is `client::now_secs()`, `now_unix` the wall clock (for
+    /// expiries).
+    pub fn sweep(&self, now: u32, now_unix: i64) {
         for slot in self.conns.values() {
             if slot.signal.reason().is_some() {
                 continue;
