@@ -1297,6 +1297,7 @@ mod tests {
             credential: None,
             transport: TransportKind::WebSocket,
             since,
+            expires_at: None,
         };
         let note = |hub: &Hub, n: u64| {
             let hub = hub.clone();
