@@ -9,10 +9,12 @@ use crate::config::{Settings, StorageSettings};
 use crate::http::server::Server;
 use crate::http::{self, AppState, HttpSettings, Readiness};
 use crate::realtime::broker::local::LocalBroker;
-use crate::realtime::{Disconnect, HistoryPolicy, Hub, MessageLog};
+use crate::realtime::{
+    Disconnect, HistoryPolicy, Hub, MessageLog, OutboxEntry, OutboxPort, Relay, Target,
+};
 use crate::shutdown::Shutdown;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{MessageStore, Store};
+use crate::store::{MessageStore, NewMessage, OutboxStore, Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -35,14 +37,20 @@ pub async fn open_store(storage: &StorageSettings) -> anyhow::Result<Arc<dyn Sto
     Ok(open_backends(storage).await?.0)
 }
 
-/// Opens the store and, on the same database, the real-time message history (adapted
-/// to the hub's port).
-async fn open_backends(
-    storage: &StorageSettings,
-) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn MessageLog>)> {
-    fn both<S: Store + MessageStore>(store: S) -> (Arc<dyn Store>, Arc<dyn MessageLog>) {
+/// The store, and on the same database the real-time message history and the
+/// transactional outbox (each adapted to the hub's port).
+type Backends = (Arc<dyn Store>, Arc<dyn MessageLog>, Arc<dyn OutboxPort>);
+
+/// Opens the store and, on the same database, the real-time message history and the
+/// outbox.
+async fn open_backends(storage: &StorageSettings) -> anyhow::Result<Backends> {
+    fn both<S: Store + MessageStore + OutboxStore>(store: S) -> Backends {
         let store = Arc::new(store);
-        (store.clone(), Arc::new(StoreMessageLog(store)))
+        (
+            store.clone(),
+            Arc::new(StoreMessageLog(store.clone())),
+            Arc::new(StoreOutbox(store)),
+        )
     }
     prepare_data_dir(&storage.data_dir)?;
     let backends = match storage.database_url.as_deref() {
@@ -77,7 +85,7 @@ impl Application {
         if settings.redis_url.is_some() {
             anyhow::bail!("--redis-url (several nodes) is not supported by this build yet");
         }
-        let (store, history_log) = open_backends(&settings.storage).await?;
+        let (store, history_log, outbox) = open_backends(&settings.storage).await?;
         let signer = TokenSigner::load_or_create(
             settings.signing_key.as_ref().map(|k| k.0.as_str()),
             &settings.storage.data_dir,
@@ -89,10 +97,11 @@ impl Application {
         };
         let broker = LocalBroker::start(history_log.clone()).await?;
         let hub = Hub::start(Arc::new(broker), history).await?;
+        let relay = Relay::new(outbox, hub.clone());
         let shutdown = Shutdown::new();
         let agents = crate::agents::AgentService::new(
             store.clone(),
-            hub.clone(),
+            relay.clone(),
             settings.agent_offline_after,
         );
         let queue = crate::tasks::QueueSettings {
@@ -103,6 +112,7 @@ impl Application {
         let tasks = crate::tasks::TaskService::new(
             store.clone(),
             hub.clone(),
+            relay.clone(),
             agents.clone(),
             queue,
             shutdown.clone(),
@@ -128,6 +138,7 @@ impl Application {
             messages: history_log,
             agents,
             tasks,
+            relay,
         };
         let listener = bind(&settings.addr).await?;
         let builtin_agent = settings.builtin_agent;
@@ -206,6 +217,10 @@ impl BackgroundJobs {
         let hub = state.hub.clone();
         let history = shutdown.clone();
         Self(vec![
+            // The outbox relay. It does not stop on shutdown: the shutdown sequence's
+            // own changes (the built-in agent's hand-back) are announced through it. It
+            // is aborted with the rest, which is safe at any point.
+            tokio::spawn(state.relay.clone().run()),
             // Leases, timeouts and silent agents.
             tokio::spawn(state.tasks.clone().run_reaper(shutdown.clone())),
             // Message-history retention.
@@ -365,15 +380,19 @@ impl<S: MessageStore> MessageLog for StoreMessageLog<S> {
 
     async fn append(
         &self,
-        user: Option<crate::domain::UserId>,
-        kind: &str,
-        data_json: &str,
-        created_at_ms: i64,
-    ) -> anyhow::Result<i64> {
-        Ok(self
-            .0
-            .append_message(user, kind, data_json, created_at_ms)
-            .await?)
+        batch: &[crate::realtime::history::LogEntry<'_>],
+    ) -> anyhow::Result<Vec<(i64, bool)>> {
+        let batch: Vec<NewMessage<'_>> = batch
+            .iter()
+            .map(|e| NewMessage {
+                user: e.user,
+                kind: e.kind,
+                data_json: e.data_json,
+                created_at_ms: e.created_at_ms,
+                dedupe: e.dedupe,
+            })
+            .collect();
+        Ok(self.0.append_messages(&batch).await?)
     }
 
     async fn position(
@@ -415,6 +434,30 @@ impl<S: MessageStore> MessageLog for StoreMessageLog<S> {
 
     async fn count(&self) -> anyhow::Result<u64> {
         Ok(self.0.message_count().await?)
+    }
+}
+
+/// The store's outbox seen through the relay's `OutboxPort`, like [`StoreMessageLog`].
+struct StoreOutbox<S>(Arc<S>);
+
+#[async_trait::async_trait]
+impl<S: OutboxStore> OutboxPort for StoreOutbox<S> {
+    async fn pending(&self, limit: u32) -> anyhow::Result<Vec<OutboxEntry>> {
+        let rows = self.0.outbox_pending(limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| OutboxEntry {
+                id: row.id,
+                target: row.recipient.map_or(Target::Everyone, Target::User),
+                kind: row.kind,
+                data_json: row.data_json,
+                created_at_ms: row.created_at_ms,
+            })
+            .collect())
+    }
+
+    async fn remove(&self, ids: &[i64]) -> anyhow::Result<()> {
+        Ok(self.0.outbox_remove(ids).await?)
     }
 }
 

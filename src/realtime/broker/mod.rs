@@ -49,6 +49,8 @@ pub struct NewPublication {
     /// that hub can tell its caller what its own node did with the message. Hubs draw
     /// tokens from a random 64-bit start, so another node's token never matches.
     pub origin: Option<u64>,
+    /// An idempotency key (the transactional outbox's row id): a publication whose key was already published is not published again, and publish returns the earlier one's seq.
+    pub dedupe: Option<i64>,
 }
 
 /// A publication as delivered to a hub: the message, its position, and the position of
@@ -126,6 +128,20 @@ pub trait Broker: Send + Sync + 'static {
     /// Returns the position once every subscription has it queued; an `Err` means it
     /// was neither stored nor delivered.
     async fn publish(&self, publication: NewPublication) -> Result<i64, BrokerError>;
+
+    /// Publishes the batch in order, each exactly as `publish` would (a publication
+    /// whose `dedupe` key was published before is neither stored nor delivered again,
+    /// and answers the earlier position), and returns the positions in batch order.
+    /// Not atomic as a whole: on `Err`, a prefix of the batch may have been published;
+    /// publishing the batch again with the same keys completes it without repeats.
+    /// A broker may do it in fewer round trips; this default publishes one by one.
+    async fn publish_batch(&self, batch: Vec<NewPublication>) -> Result<Vec<i64>, BrokerError> {
+        let mut seqs = Vec::with_capacity(batch.len());
+        for publication in batch {
+            seqs.push(self.publish(publication).await?);
+        }
+        Ok(seqs)
+    }
 
     /// The user's position in history: the newest publication addressed to them with
     /// `seq <= upto`, and how far their streams were pruned. Reads what was committed

@@ -6,7 +6,7 @@ use crate::domain::{
     AgentId, Capability, Email, FullName, MaxAttempts, Priority, TaskId, TaskQuery, TimeoutSecs,
     UserId,
 };
-use crate::store::{AgentStore, NewAgent, NewTask, NewUser, UserStore};
+use crate::store::{silent, AgentStore, NewAgent, NewTask, NewUser, UserStore};
 use chrono::Utc;
 
 /// Creates a user with this email; returns its id.
@@ -37,7 +37,10 @@ pub(super) async fn test_agent(store: &SqliteStore, owner: UserId, shared: bool)
         token_prefix: "zsa_test".into(),
         created_at: Utc::now(),
     };
-    store.create_agent(&new).await.expect("create agent");
+    store
+        .create_agent(&new, &silent)
+        .await
+        .expect("create agent");
     id
 }
 

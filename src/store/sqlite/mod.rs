@@ -9,6 +9,7 @@ mod agents;
 #[cfg(test)]
 mod fixtures;
 mod messages;
+mod outbox;
 mod output;
 mod tasks;
 mod users;

@@ -125,6 +125,7 @@ mod tests {
     use super::super::fixtures::{test_agent, test_task, test_user};
     use super::*;
     use crate::domain::{NewChunk, Priority};
+    use crate::store::silent;
     use crate::store::TaskStore;
     use std::sync::Arc;
 
@@ -135,12 +136,12 @@ mod tests {
         let agent = test_agent(&store, user, false).await;
         let new = test_task(user, Priority::Normal, "q");
         store
-            .insert_task(&new, chrono::Duration::hours(24))
+            .insert_task(&new, chrono::Duration::hours(24), &silent)
             .await
             .unwrap();
         let lease = Utc::now() + chrono::Duration::seconds(30);
         let claimed = store
-            .claim_tasks(agent, 1, lease, Utc::now())
+            .claim_tasks(agent, 1, lease, Utc::now(), &silent)
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1);

@@ -6,13 +6,17 @@
 //! same with `WHERE id = (SELECT id … FOR UPDATE SKIP LOCKED)`, which also lets
 //! concurrent claimers skip each other's rows instead of waiting.) The attempt history
 //! and each user's last hand-out time are written by triggers of the same statement
-//! (migration 0005), so they commit with the transition they describe.
+//! (migration 0005), so they commit with the transition they describe. So do the
+//! transition's announcements: each is a transaction whose first statement is the
+//! transition (taking the write lock at once) and whose last writes the outbox
+//! (`store::outbox`).
 
+use super::outbox::{self, announcements};
 use super::SqliteStore;
 use crate::domain::{AgentId, AttemptOutcome, Capability, Priority, TaskId, TaskStatus, UserId};
 use crate::store::{
-    from_millis, to_millis, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page, QueueGauges,
-    QueueStanding, StoreError, TaskFilter, TaskRecord, TaskStat, TaskStore,
+    from_millis, to_millis, Announce, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page,
+    QueueGauges, QueueStanding, StoreError, TaskFilter, TaskRecord, TaskStat, TaskStore,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -177,16 +181,18 @@ impl TaskStore for SqliteStore {
         &self,
         new: &NewTask,
         key_window: chrono::Duration,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Inserted, StoreError> {
         let created_at = to_millis(new.created_at);
-        let Some(key) = &new.idempotency_key else {
-            // Without a key the insert is one statement, no transaction needed.
-            let mut conn = self.pool().acquire().await?;
-            return Ok(Inserted::New(insert_row(&mut conn, new).await?));
-        };
         // The first statement writes, so the transaction holds the write lock from its
         // start: no read-then-upgrade, no BUSY between the key and the task.
         let mut tx = self.pool().begin().await?;
+        let Some(key) = &new.idempotency_key else {
+            let task = insert_row(&mut tx, new).await?;
+            outbox::write(&mut tx, &announce(&task)).await?;
+            tx.commit().await?;
+            return Ok(Inserted::New(task));
+        };
         // Takes the key, or takes over one that has outlived the window; a live key of
         // another task leaves the row alone and returns nothing.
         let taken = sqlx::query(
@@ -217,6 +223,7 @@ impl TaskStore for SqliteStore {
             return Ok(Inserted::Duplicate(task_from_row(&row)?));
         }
         let task = insert_row(&mut tx, new).await?;
+        outbox::write(&mut tx, &announce(&task)).await?;
         tx.commit().await?;
         Ok(Inserted::New(task))
     }
@@ -269,7 +276,9 @@ impl TaskStore for SqliteStore {
         id: TaskId,
         owner: Option<UserId>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE tasks SET status = 'canceled', lease_expires_at = NULL, error = NULL,
                               attempt_outcome = 'canceled', completed_at = ?3, updated_at = ?3
@@ -280,9 +289,9 @@ impl TaskStore for SqliteStore {
         .bind(id.to_string())
         .bind(owner.map(|u| u.to_string()))
         .bind(to_millis(at))
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(task_from_row).transpose()
+        finish_one(tx, row, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %agent, max))]
@@ -292,23 +301,26 @@ impl TaskStore for SqliteStore {
         max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let sql = claim_sql();
-        let mut conn = self.pool().acquire().await?;
-        if max <= 1 {
-            let claimed = claim_one(&mut conn, &sql, agent, lease_until, at).await?;
-            return Ok(claimed.into_iter().collect());
-        }
-        // A batch is one transaction: one commit for all of them, and each pick sees
-        // the previous ones running (so the fair order spreads the batch over users).
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // A batch is one transaction: one commit for all of them and their
+        // announcements, and each pick sees the previous ones running (so the fair
+        // order spreads the batch over users).
+        let mut tx = self.pool().begin().await?;
         let mut claimed = Vec::new();
-        for _ in 0..max {
+        for _ in 0..max.max(1) {
             match claim_one(&mut tx, &sql, agent, lease_until, at).await? {
                 Some(task) => claimed.push(task),
                 None => break,
             }
         }
+        if claimed.is_empty() {
+            // Nothing changed: no commit to wait for.
+            tx.rollback().await?;
+            return Ok(claimed);
+        }
+        outbox::write(&mut tx, &announcements(announce, &claimed)).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -320,9 +332,11 @@ impl TaskStore for SqliteStore {
         progress: u8,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         // First try a real change, then a plain renewal: the row the first statement
         // matches tells us whether the value changed, without a read-then-write.
+        let mut tx = self.pool().begin().await?;
         let changed = sqlx::query(&format!(
             "UPDATE tasks SET progress = ?3, lease_expires_at = ?4, updated_at = ?5
              WHERE id = ?1 AND agent_id = ?2 AND status = 'running' AND progress != ?3
@@ -333,10 +347,13 @@ impl TaskStore for SqliteStore {
         .bind(i64::from(progress))
         .bind(to_millis(lease_until))
         .bind(to_millis(at))
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = changed {
-            return Ok(Some((task_from_row(&row)?, true)));
+            let task = task_from_row(&row)?;
+            outbox::write(&mut tx, &announce(&task)).await?;
+            tx.commit().await?;
+            return Ok(Some((task, true)));
         }
         let renewed = sqlx::query(&format!(
             "UPDATE tasks SET lease_expires_at = ?3
@@ -346,8 +363,9 @@ impl TaskStore for SqliteStore {
         .bind(id.to_string())
         .bind(agent.to_string())
         .bind(to_millis(lease_until))
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(renewed
             .as_ref()
             .map(task_from_row)
@@ -363,7 +381,9 @@ impl TaskStore for SqliteStore {
         outcome: &Outcome,
         backoff: Backoff,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let row = match outcome {
             Outcome::Completed { result } => {
                 sqlx::query(&format!(
@@ -377,7 +397,7 @@ impl TaskStore for SqliteStore {
                 .bind(agent.to_string())
                 .bind(result.to_string())
                 .bind(to_millis(at))
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut *tx)
                 .await?
             }
             Outcome::Failed { error, retryable } => {
@@ -405,11 +425,11 @@ impl TaskStore for SqliteStore {
                 .bind(to_millis(at))
                 .bind(backoff.base_ms)
                 .bind(backoff.max_ms)
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut *tx)
                 .await?
             }
         };
-        row.as_ref().map(task_from_row).transpose()
+        finish_one(tx, row, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %id, agent_id = %agent))]
@@ -418,6 +438,7 @@ impl TaskStore for SqliteStore {
         id: TaskId,
         agent: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, (TaskRecord, bool)>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         let at = to_millis(at);
         let mut tx = self.pool().begin().await?;
@@ -446,14 +467,18 @@ impl TaskStore for SqliteStore {
         .await?
         .rows_affected()
             > 0;
+        let released = (task_from_row(&row)?, went_offline);
+        outbox::write(&mut tx, &announce(&released)).await?;
         tx.commit().await?;
-        Ok(Some((task_from_row(&row)?, went_offline)))
+        Ok(Some(released))
     }
 
     async fn release_server_agent_tasks(
         &self,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE tasks SET {set}
              WHERE status = 'running'
@@ -462,16 +487,18 @@ impl TaskStore for SqliteStore {
             set = release_set(1),
         ))
         .bind(to_millis(at))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
     async fn requeue_expired(
         &self,
         backoff: Backoff,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let spent = "attempts >= max_attempts";
         let rows = sqlx::query(&format!(
             "UPDATE tasks SET
@@ -493,12 +520,17 @@ impl TaskStore for SqliteStore {
         .bind(to_millis(at))
         .bind(backoff.base_ms)
         .bind(backoff.max_ms)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
-    async fn fail_timed_out(&self, at: DateTime<Utc>) -> Result<Vec<TaskRecord>, StoreError> {
+    async fn fail_timed_out(
+        &self,
+        at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE tasks SET status = 'failed',
                               error = 'timed out after ' || timeout_s || ' s',
@@ -508,9 +540,9 @@ impl TaskStore for SqliteStore {
              RETURNING {TASK_COLUMNS}"
         ))
         .bind(to_millis(at))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
     async fn task_attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
@@ -684,6 +716,37 @@ fn fair_position(rank: i64, own_turn: (i64, i64, i64), rivals: &[Rival]) -> i64 
     higher + k + others
 }
 
+/// Ends a one-row transition's transaction: writes the changed task's announcements
+/// and commits, or rolls back when the condition did not hold (`None`).
+async fn finish_one(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    row: Option<SqliteRow>,
+    announce: Announce<'_, TaskRecord>,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let task = task_from_row(&row)?;
+    outbox::write(&mut tx, &announce(&task)).await?;
+    tx.commit().await?;
+    Ok(Some(task))
+}
+
+/// [`finish_one`] for a statement that changed any number of tasks.
+async fn finish_many(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    rows: &[SqliteRow],
+    announce: Announce<'_, TaskRecord>,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let tasks = tasks_from_rows(rows)?;
+    if !tasks.is_empty() {
+        outbox::write(&mut tx, &announcements(announce, &tasks)).await?;
+    }
+    tx.commit().await?;
+    Ok(tasks)
+}
+
 /// Inserts the task row.
 async fn insert_row(
     conn: &mut sqlx::SqliteConnection,
@@ -737,6 +800,7 @@ mod tests {
     use super::super::fixtures::{test_agent, test_task as new_task, test_user};
     use super::*;
     use crate::domain::IdempotencyKey;
+    use crate::store::silent;
     use crate::store::{AgentStore, NewAgent};
     use chrono::Duration;
     use std::collections::HashSet;
@@ -771,7 +835,11 @@ mod tests {
     }
 
     async fn insert(store: &SqliteStore, new: &NewTask) -> TaskRecord {
-        match store.insert_task(new, Duration::hours(24)).await.unwrap() {
+        match store
+            .insert_task(new, Duration::hours(24), &silent)
+            .await
+            .unwrap()
+        {
             Inserted::New(task) => task,
             Inserted::Duplicate(task) => panic!("unexpected duplicate {}", task.id),
         }
@@ -779,7 +847,11 @@ mod tests {
 
     async fn claim(store: &SqliteStore, agent: AgentId, at: DateTime<Utc>) -> Option<TaskRecord> {
         let lease = at + Duration::seconds(30);
-        store.claim_tasks(agent, 1, lease, at).await.unwrap().pop()
+        store
+            .claim_tasks(agent, 1, lease, at, &silent)
+            .await
+            .unwrap()
+            .pop()
     }
 
     #[tokio::test]
@@ -800,7 +872,7 @@ mod tests {
                 loop {
                     let now = Utc::now();
                     let tasks = store
-                        .claim_tasks(agent, batch, now + Duration::seconds(30), now)
+                        .claim_tasks(agent, batch, now + Duration::seconds(30), now, &silent)
                         .await
                         .unwrap();
                     if tasks.is_empty() {
@@ -832,7 +904,7 @@ mod tests {
             let claimed = claim(&store, agent, now).await.unwrap();
             assert_eq!((claimed.id, claimed.attempts), (task.id, attempt));
             now += Duration::seconds(31);
-            let reaped = store.requeue_expired(BACKOFF, now).await.unwrap();
+            let reaped = store.requeue_expired(BACKOFF, now, &silent).await.unwrap();
             assert_eq!(reaped.len(), 1);
             if attempt < 3 {
                 assert_eq!(reaped[0].status, TaskStatus::Queued);
@@ -884,6 +956,7 @@ mod tests {
                     max_ms: 60_000,
                 },
                 now,
+                &silent,
             )
             .await
             .unwrap()
@@ -913,14 +986,14 @@ mod tests {
         let (store, _dir, user) = store().await;
         let agent = add_agent(&store, user, false).await;
         assert!(store
-            .mark_agent_seen(agent, Utc::now())
+            .mark_agent_seen(agent, Utc::now(), &silent)
             .await
             .unwrap()
             .is_some());
         let task = insert(&store, &new_task(user, Priority::Normal, "q")).await;
         claim(&store, agent, Utc::now()).await.unwrap();
         let (released, went_offline) = store
-            .release_task(task.id, agent, Utc::now())
+            .release_task(task.id, agent, Utc::now(), &silent)
             .await
             .unwrap()
             .unwrap();
@@ -931,7 +1004,7 @@ mod tests {
         );
         assert!(!store.agent(agent).await.unwrap().online);
         assert!(store
-            .release_task(task.id, agent, Utc::now())
+            .release_task(task.id, agent, Utc::now(), &silent)
             .await
             .unwrap()
             .is_none());
@@ -963,7 +1036,10 @@ mod tests {
             token_prefix: "p".into(),
             created_at: Utc::now(),
         };
-        store.upsert_system_agent("builtin", &new).await.unwrap();
+        store
+            .upsert_system_agent("builtin", &new, &silent)
+            .await
+            .unwrap();
         new.id = AgentId::new();
         let other = add_agent(&store, user, false).await;
         let a = insert(&store, &new_task(user, Priority::Normal, "builtin's")).await;
@@ -975,7 +1051,10 @@ mod tests {
             "shared"
         );
         assert_eq!(claim(&store, other, now).await.unwrap().id, b.id);
-        let back = store.release_server_agent_tasks(Utc::now()).await.unwrap();
+        let back = store
+            .release_server_agent_tasks(Utc::now(), &silent)
+            .await
+            .unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(
             (back[0].id, back[0].status, back[0].attempts),
@@ -996,7 +1075,10 @@ mod tests {
             handles.push(tokio::spawn(async move {
                 let mut new = new_task(user, Priority::Normal, "once");
                 new.idempotency_key = Some(key);
-                store.insert_task(&new, Duration::hours(24)).await.unwrap()
+                store
+                    .insert_task(&new, Duration::hours(24), &silent)
+                    .await
+                    .unwrap()
             }));
         }
         let mut created = HashSet::new();
@@ -1060,6 +1142,7 @@ mod tests {
                 },
                 BACKOFF,
                 t0 + Duration::seconds(2),
+                &silent,
             )
             .await
             .unwrap();
@@ -1092,34 +1175,38 @@ mod tests {
             token_prefix: "p".into(),
             created_at: Utc::now(),
         };
-        let agent = store.create_agent(&new).await.unwrap();
+        let agent = store.create_agent(&new, &silent).await.unwrap();
         assert!(!agent.online);
         let t0 = Utc::now();
         assert!(store
-            .mark_agent_seen(agent.id, t0)
+            .mark_agent_seen(agent.id, t0, &silent)
             .await
             .unwrap()
             .is_some_and(|a| a.online));
         assert!(
-            store.mark_agent_seen(agent.id, t0).await.unwrap().is_none(),
+            store
+                .mark_agent_seen(agent.id, t0, &silent)
+                .await
+                .unwrap()
+                .is_none(),
             "already online"
         );
         let cutoff = t0 - chrono::Duration::seconds(60);
         assert!(store
-            .mark_stale_agents_offline(cutoff, t0)
+            .mark_stale_agents_offline(cutoff, t0, &silent)
             .await
             .unwrap()
             .is_empty());
         let later = t0 + chrono::Duration::seconds(61);
         let gone = store
-            .mark_stale_agents_offline(later - chrono::Duration::seconds(60), later)
+            .mark_stale_agents_offline(later - chrono::Duration::seconds(60), later, &silent)
             .await
             .unwrap();
         assert_eq!(gone.len(), 1);
         assert!(!gone[0].online);
         assert!(
             store
-                .mark_stale_agents_offline(later, later)
+                .mark_stale_agents_offline(later, later, &silent)
                 .await
                 .unwrap()
                 .is_empty(),

@@ -1,0 +1,179 @@
+//! The transactional outbox's relay: publishes what the store committed.
+//!
+//! A store change that is announced writes its messages into an outbox in the same
+//! database transaction (`store::outbox`), so the change and its announcement can
+//! never disagree, whatever crashes. This relay, one task per node, turns the outbox
+//! into publications: it reads pending entries oldest first in batches, publishes each
+//! batch through the broker (one call, one history transaction for the local broker)
+//! with every entry's id as the publication's idempotency key (`dedupe`), and then
+//! removes them. So:
+//!
+//! - a crash before the publish loses nothing: the entries are still pending, and the
+//!   relay drains leftovers when it starts;
+//! - a crash between the publish and the remove repeats nothing: the broker answers an
+//!   already published key with the earlier position and delivers nothing again;
+//! - entries are published in id order, which is commit order, so a task's updates
+//!   reach its owner in the order they happened.
+//!
+//! The relay is woken right after each commit that wrote entries ([`Relay::flush`]),
+//! and sweeps every `SWEEP_EVERY` regardless (another process's leftovers, a missed
+//! wake-up). A service that must answer its caller only after the announcement went
+//! out on this node (an HTTP response after the `task_update`, as before the outbox)
+//! awaits [`Relay::flush`]: it returns once a relay pass that started after the call
+//! has found the outbox drained, so every entry committed before the call has been
+//! published and delivered here.
+//!
+//! One relay per outbox: with one node, the relay task is the only reader. Several
+//! nodes sharing one database must serialize their relays (the PostgreSQL store holds
+//! an advisory lock from `pending` to `remove`), or publication order would be lost.
+//!
+//! The relay knows no store: it reads through the [`OutboxPort`] port, which `app.rs`
+//! adapts to the store's `OutboxStore`.
+
+use super::broker::NewPublication;
+use super::{Hub, Target};
+use async_trait::async_trait;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+
+/// Entries read and published per batch.
+const BATCH: u32 = 256;
+/// The relay looks at the outbox at least this often, even when nobody wakes it.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// After a failed pass, the relay waits this long before the next.
+const RETRY_AFTER: Duration = Duration::from_millis(200);
+/// The longest [`Relay::flush`] waits; past it the caller goes on (the entries stay
+/// pending and go out with a later pass).
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// A pending outbox entry.
+#[derive(Debug, Clone)]
+pub struct OutboxEntry {
+    /// Its position in the outbox, and the publication's idempotency key.
+    pub id: i64,
+    /// Who it is for.
+    pub target: Target,
+    /// The message type.
+    pub kind: String,
+    /// The JSON text of the data object.
+    pub data_json: String,
+    /// When the change it announces committed, Unix milliseconds (the message's time).
+    pub created_at_ms: i64,
+}
+
+/// What the relay needs from the outbox.
+#[async_trait]
+pub trait OutboxPort: Send + Sync + 'static {
+    /// Up to `limit` pending entries, lowest id first.
+    async fn pending(&self, limit: u32) -> anyhow::Result<Vec<OutboxEntry>>;
+    /// Removes published entries.
+    async fn remove(&self, ids: &[i64]) -> anyhow::Result<()>;
+}
+
+/// The relay handle: wakes the relay task and waits for it. Cheap to clone.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    port: Arc<dyn OutboxPort>,
+    hub: Hub,
+    /// Wakes the relay task (a stored permit: a wake-up during a pass is not lost).
+    wake: Notify,
+    /// Flush requests so far.
+    requested: AtomicU64,
+    /// The newest request a pass has served: every entry committed before it was
+    /// published (and delivered on this node).
+    served: watch::Sender<u64>,
+}
+
+impl Relay {
+    /// A relay publishing `port`'s entries through `hub`. Nothing runs until [`run`].
+    ///
+    /// [`run`]: Relay::run
+    pub fn new(port: Arc<dyn OutboxPort>, hub: Hub) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                port,
+                hub,
+                wake: Notify::new(),
+                requested: AtomicU64::new(0),
+                served: watch::channel(0).0,
+            }),
+        }
+    }
+
+    /// Wakes the relay and waits (at most [`FLUSH_DEADLINE`]) until every entry
+    /// committed before this call has been published and delivered on this node. Call
+    /// it after a commit that wrote entries. Past the deadline it logs and returns:
+    /// the change is committed and its messages go out with a later pass.
+    pub async fn flush(&self) {
+        let ticket = self.inner.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut served = self.inner.served.subscribe();
+        self.inner.wake.notify_one();
+        let wait = async { served.wait_for(|s| *s >= ticket).await.map(|_| ()) };
+        match tokio::time::timeout(FLUSH_DEADLINE, wait).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => tracing::warn!("the outbox relay is gone: announcement pending"),
+            Err(_) => tracing::warn!("the outbox relay is behind: announcement still pending"),
+        }
+    }
+
+    /// The relay task: a pass at start (leftovers of an earlier run), then one per
+    /// wake-up or `SWEEP_EVERY`. Runs until aborted; an abort at any point is safe
+    /// (see the module doc).
+    pub async fn run(self) {
+        loop {
+            if let Err(err) = self.pass().await {
+                tracing::warn!(error = format!("{err:#}"), "outbox relay pass failed");
+                tokio::time::sleep(RETRY_AFTER).await;
+                continue;
+            }
+            tokio::select! {
+                _ = self.inner.wake.notified() => {}
+                _ = tokio::time::sleep(SWEEP_EVERY) => {}
+            }
+        }
+    }
+
+    /// Publishes and removes batches until a read finds fewer than `BATCH` entries,
+    /// then marks the flush requests made before that read as served.
+    async fn pass(&self) -> anyhow::Result<()> {
+        loop {
+            // Read before the outbox: every entry committed before this request was
+            // made is in the read below or was published by an earlier batch.
+            let ticket = self.inner.requested.load(Ordering::SeqCst);
+            let entries = self.inner.port.pending(BATCH).await?;
+            let drained = entries.len() < BATCH as usize;
+            if !entries.is_empty() {
+                let ids: Vec<i64> = entries.iter().map(|e| e.id).collect();
+                let batch = entries
+                    .into_iter()
+                    .map(|e| NewPublication {
+                        target: e.target,
+                        kind: e.kind,
+                        data_json: e.data_json,
+                        created_at_ms: e.created_at_ms,
+                        origin: None,
+                        dedupe: Some(e.id),
+                    })
+                    .collect();
+                self.inner.hub.publish_batch(batch).await?;
+                self.inner.port.remove(&ids).await?;
+            }
+            if drained {
+                self.inner.served.send_if_modified(|served| {
+                    let newer = ticket > *served;
+                    if newer {
+                        *served = ticket;
+                    }
+                    newer
+                });
+                return Ok(());
+            }
+        }
+    }
+}
