@@ -87,8 +87,11 @@ impl OutboxStore for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::super::fixtures::test_user;
+    use super::super::fixtures::{test_task, test_user};
     use super::*;
+    use crate::domain::Priority;
+    use crate::store::{TaskRecord, TaskStore};
+    use chrono::Utc;
 
     #[tokio::test]
     async fn rows_come_back_oldest_first_and_removed_ones_are_gone() {
@@ -112,5 +115,51 @@ mod tests {
         let rest = store.outbox_pending(300).await.unwrap();
         assert_eq!(rest.len(), 150);
         assert_eq!(rest[0].data_json, "300");
+    }
+
+    #[tokio::test]
+    async fn an_announced_change_writes_its_messages_in_its_own_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let user = test_user(&store, "o@example.com").await;
+        let announce = |t: &TaskRecord| {
+            vec![Announcement::new(
+                Some(t.user_id),
+                "task_update",
+                &t.status.as_str(),
+            )]
+        };
+        let new = test_task(user, Priority::Normal, "q");
+        let inserted = store
+            .insert_task(&new, chrono::Duration::hours(24), &announce)
+            .await
+            .unwrap();
+        let crate::store::Inserted::New(task) = inserted else {
+            panic!("a new task")
+        };
+        store
+            .cancel_task(task.id, Some(user), Utc::now(), &announce)
+            .await
+            .unwrap()
+            .expect("canceled");
+        // The condition no longer holds: nothing changes, nothing is announced.
+        assert!(store
+            .cancel_task(task.id, Some(user), Utc::now(), &announce)
+            .await
+            .unwrap()
+            .is_none());
+        let rows = store.outbox_pending(10).await.unwrap();
+        let said: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.kind.as_str(), r.data_json.as_str()))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                ("task_update", "\"queued\""),
+                ("task_update", "\"canceled\"")
+            ]
+        );
+        assert!(rows.iter().all(|r| r.recipient == Some(user)));
     }
 }
