@@ -2,8 +2,10 @@
 //! with the migrations in `migrations/sqlite` embedded in the binary and applied at start.
 //!
 //! SQLite has a single writer. Every write that must be atomic (claiming a task, the
-//! first-user-is-admin rule) is one statement, so no transaction ever has to upgrade
-//! from a read lock to a write lock, which SQLite answers with an immediate `BUSY`.
+//! first-user-is-admin rule) is one statement, and a transaction (a change with its
+//! outbox rows, see `outbox.rs`) starts with its write, so no transaction ever has to
+//! upgrade from a read lock to a write lock, which SQLite answers with an immediate
+//! `BUSY`.
 
 mod agents;
 #[cfg(test)]
