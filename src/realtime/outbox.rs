@@ -139,6 +139,17 @@ impl Relay {
         }
     }
 
+    /// Marks the flush requests up to `ticket` as served.
+    fn serve(&self, ticket: u64) {
+        self.inner.served.send_if_modified(|served| {
+            let newer = ticket > *served;
+            if newer {
+                *served = ticket;
+            }
+            newer
+        });
+    }
+
     /// Publishes and removes batches until a read finds fewer than `BATCH` entries,
     /// then marks the flush requests made before that read as served.
     async fn pass(&self) -> anyhow::Result<()> {
@@ -162,16 +173,15 @@ impl Relay {
                     })
                     .collect();
                 self.inner.hub.publish_batch(batch).await?;
+                if drained {
+                    // Published and delivered: the waiters need not wait for the
+                    // remove (a crash before it repeats nothing, see the module doc).
+                    self.serve(ticket);
+                }
                 self.inner.port.remove(&ids).await?;
             }
             if drained {
-                self.inner.served.send_if_modified(|served| {
-                    let newer = ticket > *served;
-                    if newer {
-                        *served = ticket;
-                    }
-                    newer
-                });
+                self.serve(ticket);
                 return Ok(());
             }
         }
