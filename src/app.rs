@@ -13,11 +13,13 @@ use crate::http::server::Server;
 use crate::http::{self, AppState, HttpSettings, Readiness};
 use crate::realtime::broker::local::LocalBroker;
 use crate::realtime::broker::redis::RedisBroker;
-use crate::realtime::{Disconnect, HistoryPolicy, Hub, MessageLog};
+use crate::realtime::{
+    Disconnect, HistoryPolicy, Hub, MessageLog, OutboxEntry, OutboxPort, Relay, Target,
+};
 use crate::shutdown::Shutdown;
 use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{MessageStore, SigningKeyStore, Store};
+use crate::store::{MessageStore, NewMessage, OutboxStore, SigningKeyStore, Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -43,21 +45,27 @@ pub async fn open_store(storage: &StorageSettings) -> anyhow::Result<Arc<dyn Sto
 }
 
 /// What `open_backends` opens on one database: the store, the real-time message history
-/// (adapted to the hub's port) and, for a database several nodes share, the keeper of
-/// their common signing key.
+/// and the transactional outbox (each adapted to the hub's port) and, for a database
+/// several nodes share, the keeper of their common signing key.
 type Backends = (
     Arc<dyn Store>,
     Arc<dyn MessageLog>,
+    Arc<dyn OutboxPort>,
     Option<Arc<dyn SigningKeyStore>>,
 );
 
-/// Opens the store and, on the same database, the real-time message history (adapted
-/// to the hub's port). The data directory is created in every case: a single node
-/// keeps its signing key there.
+/// Opens the store and, on the same database, the real-time message history and the
+/// outbox (adapted to the hub's ports). The data directory is created in every case: a
+/// single node keeps its signing key there.
 async fn open_backends(storage: &StorageSettings) -> anyhow::Result<Backends> {
-    fn both<S: Store + MessageStore>(store: S) -> Backends {
+    fn both<S: Store + MessageStore + OutboxStore>(store: S) -> Backends {
         let store = Arc::new(store);
-        (store.clone(), Arc::new(StoreMessageLog(store)), None)
+        (
+            store.clone(),
+            Arc::new(StoreMessageLog(store.clone())),
+            Arc::new(StoreOutbox(store)),
+            None,
+        )
     }
     prepare_data_dir(&storage.data_dir)?;
     let backends = match storage.database_url.as_deref() {
@@ -70,8 +78,8 @@ async fn open_backends(storage: &StorageSettings) -> anyhow::Result<Backends> {
             let store = PgStore::open_url(url).await?;
             // A clone shares the connection pool.
             let keys: Arc<dyn SigningKeyStore> = Arc::new(store.clone());
-            let (store, log, _) = both(store);
-            (store, log, Some(keys))
+            let (store, log, outbox, _) = both(store);
+            (store, log, outbox, Some(keys))
         }
         Some(url) => {
             let scheme = url.split(':').next().unwrap_or_default();
@@ -98,7 +106,7 @@ pub struct Application {
 impl Application {
     /// Builds everything and binds the listener, so `local_addr` is known before `run`.
     pub async fn build(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        let (store, history_log, shared_keys) = open_backends(&settings.storage).await?;
+        let (store, history_log, outbox, shared_keys) = open_backends(&settings.storage).await?;
         let given_key = settings.signing_key.as_ref().map(|k| k.0.as_str());
         let signer = match (&shared_keys, given_key) {
             // Several nodes on one database: without `--signing-key`, the key is made
@@ -132,10 +140,11 @@ impl Application {
             };
         let hub = Hub::start(broker, history).await?;
         hub.join_cluster(cluster.clone());
+        let relay = Relay::new(outbox, hub.clone());
         let shutdown = Shutdown::new();
         let agents = crate::agents::AgentService::new(
             store.clone(),
-            hub.clone(),
+            relay.clone(),
             settings.agent_offline_after,
         );
         let queue = crate::tasks::QueueSettings {
@@ -146,6 +155,7 @@ impl Application {
         let tasks = crate::tasks::TaskService::new(
             store.clone(),
             hub.clone(),
+            relay.clone(),
             agents.clone(),
             queue,
             shutdown.clone(),
@@ -175,6 +185,7 @@ impl Application {
             agents,
             tasks,
             cluster,
+            relay,
         };
         let listener = bind(&settings.addr).await?;
         let builtin_agent = settings.builtin_agent;
@@ -265,6 +276,10 @@ impl BackgroundJobs {
                 shutdown.clone(),
                 move |signal| signals.on_cluster_signal(signal),
             )),
+            // The outbox relay. It does not stop on shutdown: the shutdown sequence's
+            // own changes (the built-in agent's hand-back) are announced through it. It
+            // is aborted with the rest, which is safe at any point.
+            tokio::spawn(state.relay.clone().run()),
             // Leases, timeouts and silent agents.
             tokio::spawn(state.tasks.clone().run_reaper(shutdown.clone())),
             // Message-history retention.
@@ -424,15 +439,19 @@ impl<S: MessageStore> MessageLog for StoreMessageLog<S> {
 
     async fn append(
         &self,
-        user: Option<crate::domain::UserId>,
-        kind: &str,
-        data_json: &str,
-        created_at_ms: i64,
-    ) -> anyhow::Result<i64> {
-        Ok(self
-            .0
-            .append_message(user, kind, data_json, created_at_ms)
-            .await?)
+        batch: &[crate::realtime::history::LogEntry<'_>],
+    ) -> anyhow::Result<Vec<(i64, bool)>> {
+        let batch: Vec<NewMessage<'_>> = batch
+            .iter()
+            .map(|e| NewMessage {
+                user: e.user,
+                kind: e.kind,
+                data_json: e.data_json,
+                created_at_ms: e.created_at_ms,
+                dedupe: e.dedupe,
+            })
+            .collect();
+        Ok(self.0.append_messages(&batch).await?)
     }
 
     async fn position(
@@ -474,6 +493,30 @@ impl<S: MessageStore> MessageLog for StoreMessageLog<S> {
 
     async fn count(&self) -> anyhow::Result<u64> {
         Ok(self.0.message_count().await?)
+    }
+}
+
+/// The store's outbox seen through the relay's `OutboxPort`, like [`StoreMessageLog`].
+struct StoreOutbox<S>(Arc<S>);
+
+#[async_trait::async_trait]
+impl<S: OutboxStore> OutboxPort for StoreOutbox<S> {
+    async fn pending(&self, limit: u32) -> anyhow::Result<Vec<OutboxEntry>> {
+        let rows = self.0.outbox_pending(limit).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| OutboxEntry {
+                id: row.id,
+                target: row.recipient.map_or(Target::Everyone, Target::User),
+                kind: row.kind,
+                data_json: row.data_json,
+                created_at_ms: row.created_at_ms,
+            })
+            .collect())
+    }
+
+    async fn remove(&self, ids: &[i64]) -> anyhow::Result<()> {
+        Ok(self.0.outbox_remove(ids).await?)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Agents: the registry (register, update, delete, each announced as `agent_update` to
 //! the users who can see the agent: for a private agent its owner and the admins, for a
-//! shared one everyone), token rotation, presence (online while polling or renewing a lease; offline after `OFFLINE_AFTER` of
+//! shared one everyone; written to the store's outbox in the change's own transaction
+//! and published by the relay before the caller is answered), token rotation, presence (online while polling or renewing a lease; offline after `OFFLINE_AFTER` of
 //! silence by default, detected by a sweeper), and the agent processes themselves: the reference
 //! agent `zerostate agent run` (`runner` + `shell`) and the built-in agent (`builtin`),
 //! which talk to the server over the same HTTP runtime API.
@@ -10,9 +11,11 @@ pub mod runner;
 pub mod shell;
 
 use crate::auth::secret::{self, NewSecret, AGENT_TOKEN_PREFIX};
-use crate::domain::{AgentId, Capability, MessageType, ParseError, UserId};
-use crate::realtime::{Hub, Target};
-use crate::store::{AgentChanges, AgentRecord, NewAgent, Store, StoreError, TaskRecord};
+use crate::domain::{AgentId, Capability, ParseError, UserId};
+use crate::realtime::{Relay, Target};
+use crate::store::{
+    AgentChanges, AgentRecord, Announcement, NewAgent, Store, StoreError, TaskRecord,
+};
 use chrono::Utc;
 use serde::Serialize;
 use std::sync::Arc;
@@ -117,6 +120,53 @@ pub struct AgentUpdate<'a> {
     pub shared: bool,
 }
 
+/// Who, besides everyone for a shared agent, hears of an agent's changes: its owner and
+/// the admins, read just before a change, so that its `agent_update` can be written in
+/// the change's transaction.
+pub struct Audience {
+    admins: Vec<UserId>,
+}
+
+impl Audience {
+    /// The `agent_update` announcing `action` of `agent` to the users who can see it.
+    pub fn announce(&self, agent: &AgentRecord, action: AgentAction) -> Vec<Announcement> {
+        self.announce_to(agent, action, agent.shared)
+    }
+
+    /// The `agent_update` to everyone when `everyone` (a shared agent, or one that was
+    /// shared until this change), else to its owner and the admins. Never to anyone
+    /// else: the name is text its owner chose.
+    fn announce_to(
+        &self,
+        agent: &AgentRecord,
+        action: AgentAction,
+        everyone: bool,
+    ) -> Vec<Announcement> {
+        let update = AgentUpdate {
+            agent_id: agent.id,
+            name: &agent.name,
+            action,
+            status: AgentStatus::of(agent),
+            shared: agent.shared,
+        };
+        let targets = if everyone {
+            vec![Target::Everyone]
+        } else {
+            audience(agent.owner_id, self.admins.clone())
+        };
+        targets
+            .into_iter()
+            .map(|target| {
+                let recipient = match target {
+                    Target::User(user) => Some(user),
+                    Target::Everyone => None,
+                };
+                Announcement::new(recipient, "agent_update", &update)
+            })
+            .collect()
+    }
+}
+
 /// A validated registration.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -131,18 +181,32 @@ pub struct Registration {
 #[derive(Clone)]
 pub struct AgentService {
     store: Arc<dyn Store>,
-    hub: Hub,
+    /// Publishes what the store's outbox holds; awaited after each announced change.
+    relay: Relay,
     /// Silence after which an agent counts as offline (`OFFLINE_AFTER` unless set).
     offline_after: Duration,
 }
 
 impl AgentService {
-    /// Announces changes through `hub`; agents silent for `offline_after` go offline.
-    pub fn new(store: Arc<dyn Store>, hub: Hub, offline_after: Duration) -> Self {
+    /// Announces changes through the store's outbox and `relay`; agents silent for
+    /// `offline_after` go offline.
+    pub fn new(store: Arc<dyn Store>, relay: Relay, offline_after: Duration) -> Self {
         Self {
             store,
-            hub,
+            relay,
             offline_after,
+        }
+    }
+
+    /// The audience of agent changes as of now (see [`Audience`]). If the admins cannot
+    /// be read it is the owner alone: never widen the audience on error.
+    pub async fn audience(&self) -> Audience {
+        match self.store.admin_ids().await {
+            Ok(admins) => Audience { admins },
+            Err(err) => {
+                tracing::warn!(error = %err, "admins unknown; agent_update to the owner only");
+                Audience { admins: Vec::new() }
+            }
         }
     }
 
@@ -165,9 +229,11 @@ impl AgentService {
             token_prefix: token.prefix.clone(),
             created_at: Utc::now(),
         };
-        let agent = self.store.create_agent(&new).await?;
+        let audience = self.audience().await;
+        let announce = |a: &AgentRecord| audience.announce(a, AgentAction::Registered);
+        let agent = self.store.create_agent(&new, &announce).await?;
         tracing::info!(agent_id = %agent.id, owner_id = %owner, shared = agent.shared, "agent registered");
-        self.announce(&agent, AgentAction::Registered).await;
+        self.relay.flush().await;
         Ok((agent, token))
     }
 
@@ -188,9 +254,14 @@ impl AgentService {
             token_prefix: token.prefix.clone(),
             created_at: Utc::now(),
         };
-        let (agent, created) = self.store.upsert_system_agent(BUILTIN_KEY, &new).await?;
+        let audience = self.audience().await;
+        let announce = |a: &AgentRecord| audience.announce(a, AgentAction::Registered);
+        let (agent, created) = self
+            .store
+            .upsert_system_agent(BUILTIN_KEY, &new, &announce)
+            .await?;
         if created {
-            self.announce(&agent, AgentAction::Registered).await;
+            self.relay.flush().await;
         }
         Ok((agent, token))
     }
@@ -203,26 +274,38 @@ impl AgentService {
         before: &AgentRecord,
         changes: &AgentChanges,
     ) -> Result<AgentRecord, StoreError> {
+        let audience = self.audience().await;
+        let announce = |a: &AgentRecord| {
+            audience.announce_to(a, AgentAction::Updated, a.shared || before.shared)
+        };
         let agent = self
             .store
-            .update_agent(before.id, changes, Utc::now())
+            .update_agent(before.id, changes, Utc::now(), &announce)
             .await?;
         if agent.shared != before.shared {
             tracing::info!(agent_id = %agent.id, shared = agent.shared, "agent sharing changed");
         }
-        let everyone = agent.shared || before.shared;
-        self.announce_to(&agent, AgentAction::Updated, everyone)
-            .await;
+        self.relay.flush().await;
         Ok(agent)
     }
 
-    /// Deletes the agent and announces it (`deleted`). Its running tasks are back in the
-    /// queue when this returns (see `AgentStore::delete_agent`); they are returned for
-    /// the task service to announce, which also wakes waiting claims.
+    /// Deletes the agent and announces it (`deleted`), and the `task_update` of each of
+    /// its tasks that went back to the queue, in the deletion's transaction (see
+    /// `AgentStore::delete_agent`). They are returned for the task service to wake
+    /// waiting claims.
     pub async fn delete(&self, agent: &AgentRecord) -> Result<Vec<TaskRecord>, StoreError> {
-        let requeued = self.store.delete_agent(agent.id, Utc::now()).await?;
+        let audience = self.audience().await;
+        let announce = |tasks: &[TaskRecord]| {
+            let mut messages = audience.announce(agent, AgentAction::Deleted);
+            messages.extend(tasks.iter().flat_map(crate::tasks::task_update));
+            messages
+        };
+        let requeued = self
+            .store
+            .delete_agent(agent.id, Utc::now(), &announce)
+            .await?;
         tracing::info!(agent_id = %agent.id, requeued = requeued.len(), "agent deleted");
-        self.announce(agent, AgentAction::Deleted).await;
+        self.relay.flush().await;
         Ok(requeued)
     }
 
@@ -242,10 +325,12 @@ impl AgentService {
     /// Records a sign of life (a claim, a progress report); announces the agent coming
     /// online. Failures are logged, not returned: presence must never fail a claim.
     pub async fn seen(&self, id: AgentId) {
-        match self.store.mark_agent_seen(id, Utc::now()).await {
-            Ok(Some(agent)) => {
+        let audience = self.audience().await;
+        let announce = |a: &AgentRecord| audience.announce(a, AgentAction::Updated);
+        match self.store.mark_agent_seen(id, Utc::now(), &announce).await {
+            Ok(Some(_)) => {
                 tracing::info!(agent_id = %id, "agent online");
-                self.announce(&agent, AgentAction::Updated).await;
+                self.relay.flush().await;
             }
             Ok(None) => {}
             Err(err) => {
@@ -258,65 +343,19 @@ impl AgentService {
     pub async fn sweep_offline(&self) -> Result<(), StoreError> {
         let now = Utc::now();
         let cutoff = now - chrono::Duration::from_std(self.offline_after).unwrap_or_default();
-        for agent in self.store.mark_stale_agents_offline(cutoff, now).await? {
+        let audience = self.audience().await;
+        let announce = |a: &AgentRecord| audience.announce(a, AgentAction::Updated);
+        let gone = self
+            .store
+            .mark_stale_agents_offline(cutoff, now, &announce)
+            .await?;
+        for agent in &gone {
             tracing::info!(agent_id = %agent.id, "agent offline");
-            self.announce(&agent, AgentAction::Updated).await;
+        }
+        if !gone.is_empty() {
+            self.relay.flush().await;
         }
         Ok(())
-    }
-
-    /// Announces a change of presence made by another service (a clean stop, noted
-    /// when the agent hands a task back, turns it offline).
-    pub async fn announce_updated(&self, agent: &AgentRecord) {
-        self.announce(agent, AgentAction::Updated).await;
-    }
-
-    /// Sends `agent_update` to the users who can see the agent: everyone for a shared
-    /// agent, else its owner and the admins. Never to anyone else: the name is text its
-    /// owner chose.
-    async fn announce(&self, agent: &AgentRecord, action: AgentAction) {
-        self.announce_to(agent, action, agent.shared).await;
-    }
-
-    /// Sends `agent_update` to everyone when `everyone` (a shared agent, or one that was
-    /// shared until this change), else to its owner and the admins. A failed publish is
-    /// logged: the change itself is already stored, and clients reload lists on `reset`.
-    async fn announce_to(&self, agent: &AgentRecord, action: AgentAction, everyone: bool) {
-        let update = AgentUpdate {
-            agent_id: agent.id,
-            name: &agent.name,
-            action,
-            status: AgentStatus::of(agent),
-            shared: agent.shared,
-        };
-        let data = match serde_json::to_value(&update) {
-            Ok(data) => data,
-            Err(err) => {
-                tracing::error!(agent_id = %agent.id, error = %err, "agent_update not serializable");
-                return;
-            }
-        };
-        let targets = if everyone {
-            vec![Target::Everyone]
-        } else {
-            match self.store.admin_ids().await {
-                Ok(admins) => audience(agent.owner_id, admins),
-                Err(err) => {
-                    // Fall back to the owner alone: never widen the audience on error.
-                    tracing::warn!(agent_id = %agent.id, error = %err, "admins unknown; agent_update to the owner only");
-                    audience(agent.owner_id, Vec::new())
-                }
-            }
-        };
-        for target in targets {
-            if let Err(err) = self
-                .hub
-                .publish(target, MessageType::known("agent_update"), data.clone())
-                .await
-            {
-                tracing::warn!(agent_id = %agent.id, error = format!("{err:#}"), "agent_update not published");
-            }
-        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{AuthUser, JsonBody, SessionUser};
-use super::state::AppState;
+use super::state::{security_alert, AppState};
 use crate::auth::secret::{self, API_KEY_PREFIX};
 use crate::domain::ApiKeyId;
 use crate::store::{ApiKeyRecord, StoreError};
@@ -88,14 +88,15 @@ async fn create(
         expires_at,
         revoked_at: None,
     };
-    state.store.create_api_key(&record).await?;
-    tracing::info!(key_id = %record.id, prefix = %record.prefix, "api key created");
-    state
-        .notify_security(
-            principal.user_id,
-            format!("API key \"{}\" was created", record.name),
+    let announce = |key: &ApiKeyRecord| {
+        security_alert(
+            key.user_id,
+            &format!("API key \"{}\" was created", key.name),
         )
-        .await;
+    };
+    state.store.create_api_key(&record, &announce).await?;
+    tracing::info!(key_id = %record.id, prefix = %record.prefix, "api key created");
+    state.relay.flush().await;
     let body = json!({
         "id": record.id,
         "name": record.name,
@@ -129,16 +130,15 @@ async fn revoke(
 ) -> ApiResult<StatusCode> {
     let id = path_id(&id, ApiKeyId::parse, "api key")?;
     // The alert names the key as its owner named it (an id means nothing to a person).
-    let name = state
-        .store
-        .list_api_keys(principal.user_id)
-        .await?
-        .into_iter()
-        .find(|k| k.id == id)
-        .map(|k| k.name);
+    let announce = |key: &ApiKeyRecord| {
+        security_alert(
+            key.user_id,
+            &format!("API key \"{}\" was revoked", key.name),
+        )
+    };
     match state
         .store
-        .revoke_api_key(principal.user_id, id, Utc::now())
+        .revoke_api_key(principal.user_id, id, Utc::now(), &announce)
         .await
     {
         Ok(()) => {}
@@ -147,14 +147,6 @@ async fn revoke(
     }
     tracing::info!(key_id = %id, "api key revoked");
     state.on_credentials_revoked(&[crate::auth::Credential::ApiKey(id)]);
-    state
-        .notify_security(
-            principal.user_id,
-            match name {
-                Some(name) => format!("API key \"{name}\" was revoked"),
-                None => format!("API key {id} was revoked"),
-            },
-        )
-        .await;
+    state.relay.flush().await;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -4,7 +4,7 @@ use crate::auth::password::Hasher;
 use crate::auth::throttle::{LoginThrottle, RegistrationLimiter};
 use crate::auth::tokens::TokenSigner;
 use crate::config::TrustedProxies;
-use crate::store::Store;
+use crate::store::{Announcement, Store};
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -43,6 +43,8 @@ pub struct AppState {
     pub tasks: crate::tasks::TaskService,
     /// What the nodes of a cluster share besides the broker (one node: in memory).
     pub cluster: Arc<dyn crate::cluster::Backplane>,
+    /// The outbox relay: awaited after a change whose announcement the store wrote.
+    pub relay: crate::realtime::Relay,
 }
 
 /// HTTP-level settings from the command line.
@@ -109,20 +111,23 @@ impl AppState {
             }
         }
     }
+}
 
-    /// Sends the user a `system` message of category `security`.
-    pub async fn notify_security(&self, user: crate::domain::UserId, message: String) {
-        use crate::domain::MessageType;
-        use crate::realtime::Target;
-        let data =
-            serde_json::json!({ "message": message, "level": "warning", "category": "security" });
-        // The change itself succeeded; a failed notification is logged, not answered 500.
-        if let Err(err) = self
-            .hub
-            .publish(Target::User(user), MessageType::known("system"), data)
-            .await
-        {
-            tracing::warn!(error = format!("{err:#}"), "security notification failed");
-        }
-    }
+/// The data of a `system` message of category `security`.
+#[derive(Debug, serde::Serialize)]
+struct SecurityAlert<'a> {
+    message: &'a str,
+    level: &'static str,
+    category: &'static str,
+}
+
+/// A `system` message of category `security` to `user`: what a change to their
+/// credentials announces (written by the store in the change's transaction).
+pub fn security_alert(user: crate::domain::UserId, message: &str) -> Vec<Announcement> {
+    let alert = SecurityAlert {
+        message,
+        level: "warning",
+        category: "security",
+    };
+    vec![Announcement::new(Some(user), "system", &alert)]
 }

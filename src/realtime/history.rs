@@ -55,6 +55,21 @@ pub struct StoredMessage {
     pub created_at_ms: i64,
 }
 
+/// A message to append (see [`MessageLog::append`]).
+#[derive(Debug, Clone, Copy)]
+pub struct LogEntry<'a> {
+    /// Its recipient; `None` for a broadcast.
+    pub user: Option<UserId>,
+    /// The message type.
+    pub kind: &'a str,
+    /// The JSON text of the data object.
+    pub data_json: &'a str,
+    /// When it was published, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Its idempotency key (see `NewPublication::dedupe`).
+    pub dedupe: Option<i64>,
+}
+
 /// Where a user stands in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StreamPosition {
@@ -77,15 +92,11 @@ pub trait MessageLog: Send + Sync + 'static {
     /// messages already pruned.
     async fn last_seq(&self) -> anyhow::Result<i64>;
 
-    /// Appends a message for `user` (`None`: a broadcast) and returns its sequence
-    /// number, strictly greater than every earlier one, never reused.
-    async fn append(
-        &self,
-        user: Option<UserId>,
-        kind: &str,
-        data_json: &str,
-        created_at_ms: i64,
-    ) -> anyhow::Result<i64>;
+    /// Appends the messages in order, atomically, and returns for each its sequence
+    /// number (strictly greater than every earlier one, never reused) and `true`; for
+    /// one whose `dedupe` key the log already holds, nothing is appended and the answer
+    /// is the earlier message's sequence number and `false`.
+    async fn append(&self, batch: &[LogEntry<'_>]) -> anyhow::Result<Vec<(i64, bool)>>;
 
     /// The user's position: newest message addressed to them with `seq <= upto`, and the
     /// prune watermark of their streams.

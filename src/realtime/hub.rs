@@ -37,6 +37,9 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
+/// The longest `publish_batch` waits for this node to fan its messages out.
+const BATCH_DELIVERY_WAIT: Duration = Duration::from_secs(10);
+
 /// How long a revoked credential is remembered, to refuse a connection that
 /// authenticated just before the revocation but registers just after it.
 const REVOKED_MEMORY: Duration = Duration::from_secs(120);
@@ -159,6 +162,48 @@ impl Hub {
             .await
             .context("the real-time delivery task has stopped")?;
         Ok(Published { delivered })
+    }
+
+    /// Publishes a batch of durable messages through one broker call, in order, each
+    /// with its idempotency key (`NewPublication::dedupe`; `origin` is set here), and
+    /// returns their positions once this node has fanned out every one that was new.
+    /// For the transactional outbox's relay (`outbox.rs`).
+    ///
+    /// A publication the broker answers with a position at or below the last one this
+    /// node had delivered before the call was deduplicated: it was delivered when it was
+    /// first published and is not delivered again, so nobody waits for it. Any other
+    /// wait is bounded by `BATCH_DELIVERY_WAIT` (the message is in history regardless).
+    pub async fn publish_batch(&self, mut batch: Vec<NewPublication>) -> anyhow::Result<Vec<i64>> {
+        let mut waiters = Vec::with_capacity(batch.len());
+        for publication in &mut batch {
+            let waiter = self
+                .shared
+                .waiters
+                .register()
+                .context("the real-time delivery task has stopped")?;
+            publication.origin = Some(waiter.token);
+            waiters.push(waiter);
+        }
+        let delivered_before = self.shared.lock().last_delivered;
+        let seqs = self.shared.broker.publish_batch(batch).await?;
+        let deadline = tokio::time::Instant::now() + BATCH_DELIVERY_WAIT;
+        for (seq, waiter) in seqs.iter().zip(waiters) {
+            if *seq <= delivered_before {
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, waiter.wait()).await {
+                Ok(delivered) => {
+                    delivered.context("the real-time delivery task has stopped")?;
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        seq,
+                        "a published message was not delivered on this node in time"
+                    );
+                }
+            }
+        }
+        Ok(seqs)
     }
 
     /// Queues a transient message to the live connections of one user on this node:
@@ -1151,14 +1196,15 @@ mod tests {
         let append = |n: usize| {
             let log = log.clone();
             async move {
-                log.append(
-                    Some(user),
-                    "note",
-                    &json!({ "n": n }).to_string(),
-                    1_700_000_000_000,
-                )
-                .await
-                .unwrap()
+                let data = json!({ "n": n }).to_string();
+                let entry = crate::realtime::history::LogEntry {
+                    user: Some(user),
+                    kind: "note",
+                    data_json: &data,
+                    created_at_ms: 1_700_000_000_000,
+                    dedupe: None,
+                };
+                log.append(&[entry]).await.unwrap()[0].0
             }
         };
 

@@ -2,7 +2,7 @@
 //! tests can drive thousands of publishes and reconnects without a database. Only
 //! compiled for tests: the server always keeps its history in the store.
 
-use super::history::{HistoryPolicy, MessageLog, StoredMessage, StreamPosition};
+use super::history::{HistoryPolicy, LogEntry, MessageLog, StoredMessage, StreamPosition};
 use crate::domain::UserId;
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -21,6 +21,8 @@ struct Inner {
     messages: Vec<(Option<UserId>, StoredMessage)>,
     /// Prune watermark per stream (`None` = broadcasts).
     pruned_through: HashMap<Option<UserId>, i64>,
+    /// The seq of each idempotency key appended.
+    dedupe: HashMap<i64, i64>,
 }
 
 impl MemoryLog {
@@ -51,26 +53,31 @@ impl MessageLog for MemoryLog {
         Ok(self.lock().last_seq)
     }
 
-    async fn append(
-        &self,
-        user: Option<UserId>,
-        kind: &str,
-        data_json: &str,
-        created_at_ms: i64,
-    ) -> anyhow::Result<i64> {
+    async fn append(&self, batch: &[LogEntry<'_>]) -> anyhow::Result<Vec<(i64, bool)>> {
         let mut inner = self.lock();
-        inner.last_seq += 1;
-        let seq = inner.last_seq;
-        inner.messages.push((
-            user,
-            StoredMessage {
-                seq,
-                kind: kind.to_owned(),
-                data_json: data_json.to_owned(),
-                created_at_ms,
-            },
-        ));
-        Ok(seq)
+        let mut out = Vec::with_capacity(batch.len());
+        for entry in batch {
+            if let Some(seq) = entry.dedupe.and_then(|key| inner.dedupe.get(&key)) {
+                out.push((*seq, false));
+                continue;
+            }
+            inner.last_seq += 1;
+            let seq = inner.last_seq;
+            if let Some(key) = entry.dedupe {
+                inner.dedupe.insert(key, seq);
+            }
+            inner.messages.push((
+                entry.user,
+                StoredMessage {
+                    seq,
+                    kind: entry.kind.to_owned(),
+                    data_json: entry.data_json.to_owned(),
+                    created_at_ms: entry.created_at_ms,
+                },
+            ));
+            out.push((seq, true));
+        }
+        Ok(out)
     }
 
     async fn position(&self, user: UserId, upto: i64) -> anyhow::Result<StreamPosition> {

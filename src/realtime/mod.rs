@@ -15,6 +15,7 @@ pub mod history;
 mod hub;
 #[cfg(test)]
 mod memory;
+pub mod outbox;
 pub mod protocol;
 #[cfg(test)]
 mod protocol_props;
@@ -27,6 +28,7 @@ pub use connection::{Connection, Outgoing};
 pub use disconnect::Disconnect;
 pub use history::{HistoryPolicy, MessageLog};
 pub use hub::{ConnectError, ConnectRequest, Hub};
+pub use outbox::{OutboxEntry, OutboxPort, Relay};
 pub use stats::{Stats, TransportCounts};
 
 use crate::domain::UserId;

@@ -4,7 +4,11 @@
 //! admins and runs only its owner's tasks; a **shared** agent is seen by every user and
 //! runs everyone's tasks. [`AgentRecord::runs_tasks_of`] states the rule that the claim
 //! statement enforces in SQL, so the two can be read side by side.
+//!
+//! Every change that is announced (`agent_update`) takes an `announce` function (see
+//! `store::outbox`), called with the changed record inside the change's transaction.
 
+use super::outbox::Announce;
 use super::tasks::TaskRecord;
 use super::StoreError;
 use crate::domain::{AgentId, Capability, UserId};
@@ -98,14 +102,19 @@ pub struct Page<T> {
 #[async_trait]
 pub trait AgentStore {
     /// Inserts a new agent. `Conflict` if the id or token hash is taken.
-    async fn create_agent(&self, new: &NewAgent) -> Result<AgentRecord, StoreError>;
+    async fn create_agent(
+        &self,
+        new: &NewAgent,
+        announce: Announce<'_, AgentRecord>,
+    ) -> Result<AgentRecord, StoreError>;
     /// Creates the server-managed agent named `system_key`, or, if it exists, gives it
     /// the new token hash; one statement, so concurrent starts cannot create two. The
-    /// flag says whether it was created by this call.
+    /// flag says whether it was created by this call (only then is `announce` called).
     async fn upsert_system_agent(
         &self,
         system_key: &str,
         new: &NewAgent,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<(AgentRecord, bool), StoreError>;
     async fn agent(&self, id: AgentId) -> Result<AgentRecord, StoreError>;
     /// The agent whose token hashes to `hash`; `NotFound` otherwise.
@@ -117,6 +126,7 @@ pub trait AgentStore {
         id: AgentId,
         changes: &AgentChanges,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<AgentRecord, StoreError>;
     /// Deletes the agent and, in the same transaction, puts its running tasks back in
     /// the queue: status `queued`, no agent, the attempt handed back (it does not count
@@ -124,10 +134,13 @@ pub trait AgentStore {
     /// submitted for this agent by id lose that pin (queued or running), since no agent
     /// could ever claim them otherwise. Returns the tasks it changed, so the caller can
     /// announce them; finished tasks keep the agent's id. `NotFound` if there is none.
+    /// `announce` is called once, with those tasks, in the same transaction (it
+    /// announces the deletion and the re-queues).
     async fn delete_agent(
         &self,
         id: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, [TaskRecord]>,
     ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Gives the agent a new token (stored as its hash); the old one stops matching at
     /// once, as every runtime request looks the token up. `NotFound` if there is none.
@@ -148,6 +161,7 @@ pub trait AgentStore {
         &self,
         id: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<Option<AgentRecord>, StoreError>;
     /// Turns every online agent last seen before `seen_before` offline, returning them
     /// (one statement: each transition is reported once).
@@ -155,6 +169,7 @@ pub trait AgentStore {
         &self,
         seen_before: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<Vec<AgentRecord>, StoreError>;
     /// `(total, online)` over the agents `viewer` may see: their own and the shared ones
     /// (`None`: every agent, for admins).

@@ -7,6 +7,7 @@ use crate::domain::{
     AgentId, AttemptOutcome, Capability, ChunkBatch, Email, FullName, IdempotencyKey, MaxAttempts,
     NewChunk, OutputStream, Priority, TaskId, TaskQuery, TaskStatus, TimeoutSecs, UserId,
 };
+use crate::store::{silent, Announcement, OutboxStore};
 use crate::store::{
     AgentFilter, AgentRecord, Appended, Backoff, Inserted, NewAgent, NewTask, NewUser, Outcome,
     Page, Store, StoreError, TaskRecord,
@@ -49,6 +50,29 @@ macro_rules! conformance_suite {
 }
 pub(crate) use conformance_suite;
 
+/// The outbox cases (`store::outbox`), like [`conformance_suite`] but on a concrete
+/// store type (`$make` returns `(Arc<S>, guard)` with `S: Store + OutboxStore`), since
+/// the relay's trait is not part of `Store`.
+macro_rules! outbox_suite {
+    ($make:path) => {
+        $crate::store::conformance::outbox_suite!(@cases $make;
+            outbox_rows_come_back_oldest_first_and_removed_ones_are_gone,
+            an_announced_change_writes_its_messages_in_its_own_transaction,
+            a_change_that_does_not_happen_writes_nothing_to_the_outbox,
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = $make().await;
+                $crate::store::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+pub(crate) use outbox_suite;
+
 const BACKOFF: Backoff = Backoff {
     base_ms: 1_000,
     max_ms: 60_000,
@@ -88,7 +112,10 @@ async fn test_agent(store: &dyn Store, owner: UserId, shared: bool) -> AgentId {
         token_prefix: "zsa_test".into(),
         created_at: Utc::now(),
     };
-    let agent = store.create_agent(&new).await.expect("create agent");
+    let agent = store
+        .create_agent(&new, &silent)
+        .await
+        .expect("create agent");
     assert_eq!(agent.shared, shared);
     id
 }
@@ -115,7 +142,11 @@ fn test_task(user: UserId, priority: Priority, query: &str) -> NewTask {
 }
 
 async fn insert(store: &dyn Store, new: &NewTask) -> TaskRecord {
-    match store.insert_task(new, Duration::hours(24)).await.unwrap() {
+    match store
+        .insert_task(new, Duration::hours(24), &silent)
+        .await
+        .unwrap()
+    {
         Inserted::New(task) => task,
         Inserted::Duplicate(task) => panic!("unexpected duplicate {}", task.id),
     }
@@ -127,14 +158,22 @@ async fn submit(store: &dyn Store, user: UserId, agent: Option<AgentId>) -> Task
         agent_id: agent,
         ..test_task(user, Priority::Normal, "q")
     };
-    match store.insert_task(&new, Duration::hours(24)).await.unwrap() {
+    match store
+        .insert_task(&new, Duration::hours(24), &silent)
+        .await
+        .unwrap()
+    {
         Inserted::New(t) | Inserted::Duplicate(t) => t.id,
     }
 }
 
 async fn claim(store: &dyn Store, agent: AgentId, at: DateTime<Utc>) -> Option<TaskRecord> {
     let lease = at + Duration::seconds(30);
-    store.claim_tasks(agent, 1, lease, at).await.unwrap().pop()
+    store
+        .claim_tasks(agent, 1, lease, at, &silent)
+        .await
+        .unwrap()
+        .pop()
 }
 
 async fn claim_now(store: &dyn Store, agent: AgentId) -> Option<TaskRecord> {
@@ -207,7 +246,10 @@ pub async fn deleting_an_agent_requeues_its_running_tasks_and_unpins_queued_ones
         Some(finished)
     );
 
-    let changed = store.delete_agent(agent, Utc::now()).await.unwrap();
+    let changed = store
+        .delete_agent(agent, Utc::now(), &silent)
+        .await
+        .unwrap();
     let mut ids: Vec<TaskId> = changed.iter().map(|t| t.id).collect();
     ids.sort();
     let mut expected = vec![running, pinned];
@@ -225,7 +267,7 @@ pub async fn deleting_an_agent_requeues_its_running_tasks_and_unpins_queued_ones
         "other agents' tasks are untouched"
     );
     assert!(matches!(
-        store.delete_agent(agent, Utc::now()).await,
+        store.delete_agent(agent, Utc::now(), &silent).await,
         Err(StoreError::NotFound)
     ));
 }
@@ -281,7 +323,7 @@ pub async fn concurrent_claims_never_share_a_task(store: Arc<dyn Store>) {
             loop {
                 let now = Utc::now();
                 let tasks = store
-                    .claim_tasks(agent, batch, now + Duration::seconds(30), now)
+                    .claim_tasks(agent, batch, now + Duration::seconds(30), now, &silent)
                     .await
                     .unwrap();
                 if tasks.is_empty() {
@@ -314,7 +356,7 @@ pub async fn expired_leases_requeue_after_a_backoff_then_fail_on_the_last_attemp
         let claimed = claim(&*store, agent, now).await.unwrap();
         assert_eq!((claimed.id, claimed.attempts), (task.id, attempt));
         now += Duration::seconds(31);
-        let reaped = store.requeue_expired(BACKOFF, now).await.unwrap();
+        let reaped = store.requeue_expired(BACKOFF, now, &silent).await.unwrap();
         assert_eq!(reaped.len(), 1);
         if attempt < 3 {
             assert_eq!(reaped[0].status, TaskStatus::Queued);
@@ -365,6 +407,7 @@ pub async fn a_task_is_not_claimed_before_its_backoff_or_run_at(store: Arc<dyn S
                 max_ms: 60_000,
             },
             now,
+            &silent,
         )
         .await
         .unwrap()
@@ -393,14 +436,14 @@ pub async fn release_gives_the_attempt_back_and_turns_the_agent_offline(store: A
     let user = add_user(&*store).await;
     let agent = add_agent(&*store, user, false).await;
     assert!(store
-        .mark_agent_seen(agent, Utc::now())
+        .mark_agent_seen(agent, Utc::now(), &silent)
         .await
         .unwrap()
         .is_some());
     let task = insert(&*store, &test_task(user, Priority::Normal, "q")).await;
     claim(&*store, agent, Utc::now()).await.unwrap();
     let (released, went_offline) = store
-        .release_task(task.id, agent, Utc::now())
+        .release_task(task.id, agent, Utc::now(), &silent)
         .await
         .unwrap()
         .unwrap();
@@ -411,7 +454,7 @@ pub async fn release_gives_the_attempt_back_and_turns_the_agent_offline(store: A
     );
     assert!(!store.agent(agent).await.unwrap().online);
     assert!(store
-        .release_task(task.id, agent, Utc::now())
+        .release_task(task.id, agent, Utc::now(), &silent)
         .await
         .unwrap()
         .is_none());
@@ -444,7 +487,10 @@ pub async fn at_shutdown_the_server_agents_tasks_go_back_without_using_an_attemp
         token_prefix: "p".into(),
         created_at: Utc::now(),
     };
-    store.upsert_system_agent("builtin", &new).await.unwrap();
+    store
+        .upsert_system_agent("builtin", &new, &silent)
+        .await
+        .unwrap();
     new.id = AgentId::new();
     let other = add_agent(&*store, user, false).await;
     let a = insert(&*store, &test_task(user, Priority::Normal, "builtin's")).await;
@@ -456,7 +502,10 @@ pub async fn at_shutdown_the_server_agents_tasks_go_back_without_using_an_attemp
         "shared"
     );
     assert_eq!(claim(&*store, other, now).await.unwrap().id, b.id);
-    let back = store.release_server_agent_tasks(Utc::now()).await.unwrap();
+    let back = store
+        .release_server_agent_tasks(Utc::now(), &silent)
+        .await
+        .unwrap();
     assert_eq!(back.len(), 1);
     assert_eq!(
         (back[0].id, back[0].status, back[0].attempts),
@@ -476,7 +525,10 @@ pub async fn parallel_submits_with_one_key_create_one_task(store: Arc<dyn Store>
         handles.push(tokio::spawn(async move {
             let mut new = test_task(user, Priority::Normal, "once");
             new.idempotency_key = Some(key);
-            store.insert_task(&new, Duration::hours(24)).await.unwrap()
+            store
+                .insert_task(&new, Duration::hours(24), &silent)
+                .await
+                .unwrap()
         }));
     }
     let mut created = HashSet::new();
@@ -541,6 +593,7 @@ pub async fn a_shared_agent_takes_a_second_users_task_before_the_first_users_bac
             },
             BACKOFF,
             t0 + Duration::seconds(2),
+            &silent,
         )
         .await
         .unwrap();
@@ -572,34 +625,38 @@ pub async fn agents_go_online_once_and_offline_when_silent(store: Arc<dyn Store>
         token_prefix: "p".into(),
         created_at: Utc::now(),
     };
-    let agent = store.create_agent(&new).await.unwrap();
+    let agent = store.create_agent(&new, &silent).await.unwrap();
     assert!(!agent.online);
     let t0 = Utc::now();
     assert!(store
-        .mark_agent_seen(agent.id, t0)
+        .mark_agent_seen(agent.id, t0, &silent)
         .await
         .unwrap()
         .is_some_and(|a| a.online));
     assert!(
-        store.mark_agent_seen(agent.id, t0).await.unwrap().is_none(),
+        store
+            .mark_agent_seen(agent.id, t0, &silent)
+            .await
+            .unwrap()
+            .is_none(),
         "already online"
     );
     let cutoff = t0 - chrono::Duration::seconds(60);
     assert!(store
-        .mark_stale_agents_offline(cutoff, t0)
+        .mark_stale_agents_offline(cutoff, t0, &silent)
         .await
         .unwrap()
         .is_empty());
     let later = t0 + chrono::Duration::seconds(61);
     let gone = store
-        .mark_stale_agents_offline(later - chrono::Duration::seconds(60), later)
+        .mark_stale_agents_offline(later - chrono::Duration::seconds(60), later, &silent)
         .await
         .unwrap();
     assert_eq!(gone.len(), 1);
     assert!(!gone[0].online);
     assert!(
         store
-            .mark_stale_agents_offline(later, later)
+            .mark_stale_agents_offline(later, later, &silent)
             .await
             .unwrap()
             .is_empty(),
@@ -729,4 +786,144 @@ pub async fn concurrent_first_sign_ups_make_one_admin(store: Arc<dyn Store>) {
             .await,
         Err(StoreError::Conflict { .. })
     ));
+}
+
+/// An announcement of every task change: its status, to its owner.
+fn status_update(t: &TaskRecord) -> Vec<Announcement> {
+    vec![Announcement::new(
+        Some(t.user_id),
+        "task_update",
+        &t.status.as_str(),
+    )]
+}
+
+pub(crate) async fn outbox_rows_come_back_oldest_first_and_removed_ones_are_gone<
+    S: Store + OutboxStore,
+>(
+    store: Arc<S>,
+) {
+    let user = add_user(&*store).await;
+    // One change announcing 450 messages, alternately to the user and to everyone.
+    let many = move |_: &TaskRecord| -> Vec<Announcement> {
+        (0..450)
+            .map(|n| Announcement::new((n % 2 == 0).then_some(user), "note", &n))
+            .collect()
+    };
+    let new = test_task(user, Priority::Normal, "q");
+    store
+        .insert_task(&new, Duration::hours(24), &many)
+        .await
+        .unwrap();
+    let first = store.outbox_pending(300).await.unwrap();
+    assert_eq!(first.len(), 300);
+    assert!(first.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(first[0].recipient, Some(user));
+    assert_eq!(first[1].recipient, None);
+    assert_eq!(first[7].data_json, "7");
+    let ids: Vec<i64> = first.iter().map(|r| r.id).collect();
+    store.outbox_remove(&ids).await.unwrap();
+    let rest = store.outbox_pending(300).await.unwrap();
+    assert_eq!(rest.len(), 150);
+    assert_eq!(rest[0].data_json, "300");
+    assert!(rest[0].id > ids[299]);
+    let ids: Vec<i64> = rest.iter().map(|r| r.id).collect();
+    store.outbox_remove(&ids).await.unwrap();
+    assert!(store.outbox_pending(300).await.unwrap().is_empty());
+    // Removing ids that are gone already is fine.
+    store.outbox_remove(&ids).await.unwrap();
+}
+
+pub(crate) async fn an_announced_change_writes_its_messages_in_its_own_transaction<
+    S: Store + OutboxStore,
+>(
+    store: Arc<S>,
+) {
+    let user = add_user(&*store).await;
+    let new = test_task(user, Priority::Normal, "q");
+    let inserted = store
+        .insert_task(&new, Duration::hours(24), &status_update)
+        .await
+        .unwrap();
+    let Inserted::New(task) = inserted else {
+        panic!("a new task")
+    };
+    store
+        .cancel_task(task.id, Some(user), Utc::now(), &status_update)
+        .await
+        .unwrap()
+        .expect("canceled");
+    // The condition no longer holds: nothing changes, nothing is announced.
+    assert!(store
+        .cancel_task(task.id, Some(user), Utc::now(), &status_update)
+        .await
+        .unwrap()
+        .is_none());
+    let rows = store.outbox_pending(10).await.unwrap();
+    let said: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r.kind.as_str(), r.data_json.as_str()))
+        .collect();
+    assert_eq!(
+        said,
+        [
+            ("task_update", "\"queued\""),
+            ("task_update", "\"canceled\"")
+        ]
+    );
+    assert!(rows.iter().all(|r| r.recipient == Some(user)));
+    let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    store.outbox_remove(&ids).await.unwrap();
+}
+
+pub(crate) async fn a_change_that_does_not_happen_writes_nothing_to_the_outbox<
+    S: Store + OutboxStore,
+>(
+    store: Arc<S>,
+) {
+    let user = add_user(&*store).await;
+    let agent = add_agent(&*store, user, false).await;
+    let loud = |a: &AgentRecord| vec![Announcement::new(Some(a.owner_id), "agent_update", "x")];
+    // A second agent with the first one's token hash: the insert fails, and the
+    // announcement written after it in the same transaction goes with it.
+    let clash = NewAgent {
+        id: AgentId::new(),
+        owner_id: user,
+        name: "clash".into(),
+        description: String::new(),
+        capabilities: vec![Capability::general()],
+        shared: false,
+        token_hash: format!("hash-{agent}"),
+        token_prefix: "zsa_test".into(),
+        created_at: Utc::now(),
+    };
+    assert!(matches!(
+        store.create_agent(&clash, &loud).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    // Conditions that do not hold: no task of this agent's, no such agent.
+    let lease = Utc::now() + Duration::seconds(30);
+    assert!(store
+        .report_progress(TaskId::new(), agent, 50, lease, Utc::now(), &status_update)
+        .await
+        .unwrap()
+        .is_none());
+    let every = |ts: &[TaskRecord]| ts.iter().flat_map(status_update).collect();
+    assert!(matches!(
+        store.delete_agent(AgentId::new(), Utc::now(), &every).await,
+        Err(StoreError::NotFound)
+    ));
+    // Nothing to claim: the claim announces nothing.
+    assert!(store
+        .claim_tasks(agent, 4, lease, Utc::now(), &status_update)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store.outbox_pending(10).await.unwrap().is_empty());
+    // A change that happens does write (the case above is not vacuous).
+    insert(&*store, &test_task(user, Priority::Normal, "q")).await;
+    store
+        .claim_tasks(agent, 4, lease, Utc::now(), &status_update)
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_pending(10).await.unwrap().len(), 1);
 }

@@ -24,6 +24,22 @@ pub struct MessageRow {
     pub created_at_ms: i64,
 }
 
+/// A message to append.
+#[derive(Debug, Clone, Copy)]
+pub struct NewMessage<'a> {
+    /// Its recipient; `None` for a broadcast.
+    pub user: Option<UserId>,
+    /// The message type.
+    pub kind: &'a str,
+    /// The JSON text of the data object.
+    pub data_json: &'a str,
+    /// When it was published, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// Its idempotency key: a message whose key the log already holds is not appended
+    /// again.
+    pub dedupe: Option<i64>,
+}
+
 /// Where a user stands in the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct MessagePosition {
@@ -44,15 +60,14 @@ pub trait MessageStore: Send + Sync + 'static {
     /// messages already pruned.
     async fn last_message_seq(&self) -> Result<i64, StoreError>;
 
-    /// Appends a message for `user` (`None`: a broadcast) in one statement and returns
-    /// its sequence number, strictly greater than every earlier one, never reused.
-    async fn append_message(
+    /// Appends the messages, in order, in one transaction, and returns for each its
+    /// sequence number (strictly greater than every earlier one, never reused) and
+    /// `true`; or, for a message whose `dedupe` key the log already holds, that earlier
+    /// message's sequence number and `false` (nothing appended for it).
+    async fn append_messages(
         &self,
-        user: Option<UserId>,
-        kind: &str,
-        data_json: &str,
-        created_at_ms: i64,
-    ) -> Result<i64, StoreError>;
+        batch: &[NewMessage<'_>],
+    ) -> Result<Vec<(i64, bool)>, StoreError>;
 
     /// The newest message addressed to `user` with `seq <= upto`, and the prune
     /// watermark of their streams.

@@ -12,6 +12,7 @@ mod conformance;
 mod error;
 mod messages;
 mod models;
+mod outbox;
 mod output;
 pub mod postgres;
 pub mod sqlite;
@@ -19,8 +20,9 @@ mod tasks;
 
 pub use agents::{AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, Page};
 pub use error::StoreError;
-pub use messages::{MessagePosition, MessageRow, MessageStore};
+pub use messages::{MessagePosition, MessageRow, MessageStore, NewMessage};
 pub use models::*;
+pub use outbox::{silent, Announce, Announcement, OutboxRow, OutboxStore};
 pub use output::{Appended, OutputStore};
 pub use tasks::{
     AttemptRecord, Backoff, Inserted, NewTask, Outcome, QueueGauges, QueueStanding, TaskFilter,
@@ -90,17 +92,25 @@ pub trait UserStore {
         at: DateTime<Utc>,
     ) -> Result<Vec<SessionId>, StoreError>;
 
-    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError>;
+    /// Stores a new key; `announce` (the owner's security alert) is called with it and
+    /// written to the outbox in the same transaction.
+    async fn create_api_key(
+        &self,
+        key: &ApiKeyRecord,
+        announce: Announce<'_, ApiKeyRecord>,
+    ) -> Result<(), StoreError>;
     /// Looks a key up by the hash of its secret.
     async fn api_key_by_hash(&self, hash: &str) -> Result<ApiKeyRecord, StoreError>;
     async fn touch_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> Result<(), StoreError>;
     /// The user's keys that are not revoked, newest first.
     async fn list_api_keys(&self, user: UserId) -> Result<Vec<ApiKeyRecord>, StoreError>;
     /// Revokes a key of this user; `NotFound` if there is no such active key of theirs.
+    /// `announce` is called with the revoked key, in the same transaction.
     async fn revoke_api_key(
         &self,
         user: UserId,
         id: ApiKeyId,
         at: DateTime<Utc>,
+        announce: Announce<'_, ApiKeyRecord>,
     ) -> Result<(), StoreError>;
 }

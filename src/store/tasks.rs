@@ -6,8 +6,13 @@
 //! condition did not hold; the caller reads the task to tell the agent why. The attempt
 //! history and the fair-scheduling bookkeeping are written by the same statement (the
 //! backend keeps them with the row), so they can never disagree with the task.
+//!
+//! Every method that changes a task's status or progress takes an `announce` function
+//! (see `store::outbox`): it is called with each task the method changed, and what it
+//! returns is written to the outbox in the same transaction as the change.
 
 use super::agents::Page;
+use super::outbox::Announce;
 use super::StoreError;
 use crate::domain::{
     AgentId, AttemptOutcome, Capability, IdempotencyKey, MaxAttempts, Priority, TaskId, TaskQuery,
@@ -165,6 +170,7 @@ pub trait TaskStore {
         &self,
         new: &NewTask,
         key_window: chrono::Duration,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Inserted, StoreError>;
     async fn task(&self, id: TaskId) -> Result<TaskRecord, StoreError>;
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Page<TaskRecord>, StoreError>;
@@ -175,6 +181,7 @@ pub trait TaskStore {
         id: TaskId,
         owner: Option<UserId>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError>;
     /// Atomically takes up to `max` queued tasks the agent may run: one of its
     /// capabilities, not reserved for another agent, its owner's unless it is shared,
@@ -189,10 +196,11 @@ pub trait TaskStore {
         max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Sets the progress of the agent's running task and extends its lease. Returns the
-    /// task and whether the progress value changed; `None` if it is not this agent's
-    /// running task.
+    /// task and whether the progress value changed (only then is `announce` called);
+    /// `None` if it is not this agent's running task.
     async fn report_progress(
         &self,
         id: TaskId,
@@ -200,6 +208,7 @@ pub trait TaskStore {
         progress: u8,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError>;
     /// Ends the agent's running attempt. A retryable failure with attempts left goes
     /// back to the queue after a `backoff` delay. `None` if it is not this agent's
@@ -211,22 +220,26 @@ pub trait TaskStore {
         outcome: &Outcome,
         backoff: Backoff,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError>;
     /// Hands the agent's running task back to the queue without using an attempt
     /// (a clean stop), due at once, and turns the agent offline in the same
-    /// transaction. Returns the task and whether the agent was online until now;
-    /// `None` (and no change) if it is not this agent's running task.
+    /// transaction. Returns the task and whether the agent was online until now (both
+    /// handed to `announce`); `None` (and no change) if it is not this agent's running
+    /// task.
     async fn release_task(
         &self,
         id: TaskId,
         agent: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, (TaskRecord, bool)>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError>;
     /// Hands back every running task of the agents the server runs itself (at
     /// shutdown), without using attempts. Returns them.
     async fn release_server_agent_tasks(
         &self,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Running tasks whose lease ended before `at` go back to the queue after a
     /// backoff, or fail once they have used all their attempts. Returns them.
@@ -234,9 +247,14 @@ pub trait TaskStore {
         &self,
         backoff: Backoff,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Running tasks that have run longer than their `timeout_s` fail. Returns them.
-    async fn fail_timed_out(&self, at: DateTime<Utc>) -> Result<Vec<TaskRecord>, StoreError>;
+    async fn fail_timed_out(
+        &self,
+        at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
+    ) -> Result<Vec<TaskRecord>, StoreError>;
     /// The task's attempts, oldest first.
     async fn task_attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError>;
     /// Where a queued task that is due at `at` stands; `None` if it is not queued.

@@ -2,7 +2,10 @@
 //! leases and fair scheduling, the runtime operations agents call (claim, progress,
 //! complete, fail, release), retries with backoff, the reaper that recovers lost and
 //! overdue work, and analytics. Every change of a task's status or progress is sent to
-//! its owner as `task_update`, after the store has it.
+//! its owner as `task_update`: the store writes the message into its outbox in the
+//! change's own transaction (`store::outbox`), and the caller is answered once the
+//! relay has published it (`realtime::outbox`), so a crash can never leave a change
+//! stored and unannounced.
 //!
 //! Nothing lives only in memory: the store holds the queue, the leases, the attempts
 //! and the backoffs, so a restart loses nothing. Memory holds only shortcuts: `wake`,
@@ -14,16 +17,17 @@ pub mod analytics;
 mod metrics_gauges;
 pub mod output;
 
+use crate::agents::AgentAction;
 use crate::agents::AgentService;
 use crate::domain::{
-    AgentId, Capability, IdempotencyKey, MaxAttempts, MessageType, Priority, TaskId, TaskQuery,
-    TaskStatus, TimeoutSecs, UserId,
+    AgentId, Capability, IdempotencyKey, MaxAttempts, Priority, TaskId, TaskQuery, TaskStatus,
+    TimeoutSecs, UserId,
 };
-use crate::realtime::{Hub, Target};
+use crate::realtime::{Hub, Relay};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    AgentRecord, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page, Store, StoreError,
-    TaskFilter, TaskRecord,
+    AgentRecord, Announcement, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page, Store,
+    StoreError, TaskFilter, TaskRecord,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -189,6 +193,16 @@ pub struct TaskUpdate<'a> {
     pub result: Option<&'a serde_json::Value>,
 }
 
+/// What a change of `task` announces: `task_update` to its owner (the `announce`
+/// function the store's task methods take).
+pub fn task_update(task: &TaskRecord) -> Vec<Announcement> {
+    vec![Announcement::new(
+        Some(task.user_id),
+        "task_update",
+        &TaskUpdate::of(task),
+    )]
+}
+
 impl<'a> TaskUpdate<'a> {
     pub fn of(task: &'a TaskRecord) -> Self {
         Self {
@@ -244,7 +258,10 @@ pub struct TaskService {
 
 struct Inner {
     store: Arc<dyn Store>,
+    /// For transient output frames (see `output`).
     hub: Hub,
+    /// Publishes what the store's outbox holds; awaited after each announced change.
+    relay: Relay,
     agents: AgentService,
     settings: QueueSettings,
     /// Bumped whenever a task becomes claimable; waiting claims watch it.
@@ -265,6 +282,7 @@ impl TaskService {
     pub fn new(
         store: Arc<dyn Store>,
         hub: Hub,
+        relay: Relay,
         agents: AgentService,
         settings: QueueSettings,
         shutdown: Shutdown,
@@ -274,6 +292,7 @@ impl TaskService {
             inner: Arc::new(Inner {
                 store,
                 hub,
+                relay,
                 agents,
                 settings,
                 wake,
@@ -320,7 +339,11 @@ impl TaskService {
             run_at: sub.run_at.map(RunAt::get),
             created_at: Utc::now(),
         };
-        let task = match self.store().insert_task(&new, IDEMPOTENCY_WINDOW).await? {
+        let task = match self
+            .store()
+            .insert_task(&new, IDEMPOTENCY_WINDOW, &task_update)
+            .await?
+        {
             Inserted::New(task) => task,
             Inserted::Duplicate(task) => {
                 tracing::info!(task_id = %task.id, user_id = %user, "duplicate submit (idempotency key)");
@@ -329,7 +352,7 @@ impl TaskService {
         };
         tracing::info!(task_id = %task.id, user_id = %user, capability = %task.capability, "task submitted");
         metrics::counter!("zerostate_tasks_submitted_total").increment(1);
-        self.publish(&task).await;
+        self.announced(std::slice::from_ref(&task)).await;
         self.wake_when_due(task.available_at);
         Ok(Submitted::New(task))
     }
@@ -356,12 +379,10 @@ impl TaskService {
         }
     }
 
-    /// Announces tasks the store put back in the queue outside the queue's own paths
-    /// (their agent was deleted) and wakes waiting claims, so they run again at once.
+    /// Tasks the store put back in the queue outside the queue's own paths (their
+    /// agent was deleted; the deletion announced them): wakes waiting claims, so they
+    /// run again at once.
     pub async fn requeued(&self, tasks: &[TaskRecord]) {
-        for task in tasks {
-            self.publish(task).await;
-        }
         if !tasks.is_empty() {
             self.wake();
         }
@@ -418,11 +439,15 @@ impl TaskService {
     /// next progress or completion call (409 `canceled`).
     pub async fn cancel(&self, viewer: Viewer, id: TaskId) -> Result<TaskRecord, TaskError> {
         let owner = (!viewer.admin).then_some(viewer.user_id);
-        match self.store().cancel_task(id, owner, Utc::now()).await? {
+        match self
+            .store()
+            .cancel_task(id, owner, Utc::now(), &task_update)
+            .await?
+        {
             Some(task) => {
                 tracing::info!(task_id = %id, "task canceled");
                 count_finished(task.status);
-                self.publish(&task).await;
+                self.announced(std::slice::from_ref(&task)).await;
                 Ok(task)
             }
             None => {
@@ -451,14 +476,14 @@ impl TaskService {
             let now = Utc::now();
             let tasks = self
                 .store()
-                .claim_tasks(agent.id, max, self.lease_until(now), now)
+                .claim_tasks(agent.id, max, self.lease_until(now), now, &task_update)
                 .await?;
             if !tasks.is_empty() {
                 metrics::counter!("zerostate_tasks_claimed_total").increment(tasks.len() as u64);
                 for task in &tasks {
                     tracing::info!(task_id = %task.id, agent_id = %agent.id, attempt = task.attempts, "task claimed");
-                    self.publish(task).await;
                 }
+                self.announced(&tasks).await;
                 return Ok(tasks);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -484,12 +509,19 @@ impl TaskService {
         let now = Utc::now();
         match self
             .store()
-            .report_progress(id, agent.id, progress, self.lease_until(now), now)
+            .report_progress(
+                id,
+                agent.id,
+                progress,
+                self.lease_until(now),
+                now,
+                &task_update,
+            )
             .await?
         {
             Some((task, changed)) => {
                 if changed {
-                    self.publish(&task).await;
+                    self.announced(std::slice::from_ref(&task)).await;
                 }
                 Ok(task)
             }
@@ -513,13 +545,14 @@ impl TaskService {
                 &outcome,
                 self.inner.settings.backoff(),
                 Utc::now(),
+                &task_update,
             )
             .await?
         {
             Some(task) => {
                 tracing::info!(task_id = %id, agent_id = %agent.id, status = %task.status, "attempt finished");
                 count_finished(task.status);
-                self.publish(&task).await;
+                self.announced(std::slice::from_ref(&task)).await;
                 if task.status == TaskStatus::Queued {
                     self.wake_when_due(task.available_at);
                 }
@@ -532,21 +565,34 @@ impl TaskService {
     /// Hands the agent's running task back without using an attempt: the agent is
     /// stopping cleanly, so it is offline at once (its next call brings it back).
     pub async fn release(&self, agent: &AgentRecord, id: TaskId) -> Result<TaskRecord, TaskError> {
-        match self.store().release_task(id, agent.id, Utc::now()).await? {
+        let offline = AgentRecord {
+            online: false,
+            ..agent.clone()
+        };
+        // The agent's audience, read before the change: the announcement of it going
+        // offline is written in the release's transaction.
+        let audience = self.inner.agents.audience().await;
+        let announce = |(task, went_offline): &(TaskRecord, bool)| {
+            let mut messages = task_update(task);
+            if *went_offline {
+                messages.extend(audience.announce(&offline, AgentAction::Updated));
+            }
+            messages
+        };
+        match self
+            .store()
+            .release_task(id, agent.id, Utc::now(), &announce)
+            .await?
+        {
             Some((task, went_offline)) => {
                 tracing::info!(task_id = %id, agent_id = %agent.id, "task handed back");
                 metrics::counter!("zerostate_tasks_handed_back_total").increment(1);
                 self.forget_presence(agent.id);
-                self.publish(&task).await;
-                self.wake();
                 if went_offline {
                     tracing::info!(agent_id = %agent.id, "agent offline (stopped)");
-                    let offline = AgentRecord {
-                        online: false,
-                        ..agent.clone()
-                    };
-                    self.inner.agents.announce_updated(&offline).await;
                 }
+                self.announced(std::slice::from_ref(&task)).await;
+                self.wake();
                 Ok(task)
             }
             None => Err(self.why_not_running(agent.id, id).await),
@@ -557,12 +603,16 @@ impl TaskService {
     /// running tasks back, in-process, without using attempts. Called while the
     /// listener still serves, so the updates reach their owners.
     pub async fn hand_back_server_agents(&self) {
-        match self.store().release_server_agent_tasks(Utc::now()).await {
+        match self
+            .store()
+            .release_server_agent_tasks(Utc::now(), &task_update)
+            .await
+        {
             Ok(tasks) => {
                 for task in &tasks {
                     tracing::info!(task_id = %task.id, "task handed back at shutdown");
-                    self.publish(task).await;
                 }
+                self.announced(&tasks).await;
                 if !tasks.is_empty() {
                     self.wake();
                 }
@@ -592,20 +642,26 @@ impl TaskService {
     pub async fn reap(&self) -> Result<(), StoreError> {
         // Timeouts first, so an overdue task whose lease also ran out fails rather than
         // being retried.
-        for task in self.store().fail_timed_out(Utc::now()).await? {
+        let timed_out = self
+            .store()
+            .fail_timed_out(Utc::now(), &task_update)
+            .await?;
+        for task in &timed_out {
             tracing::info!(task_id = %task.id, "task timed out");
             count_finished(task.status);
-            self.publish(&task).await;
         }
-        for task in self
+        self.announced(&timed_out).await;
+        let expired = self
             .store()
-            .requeue_expired(self.inner.settings.backoff(), Utc::now())
-            .await?
-        {
+            .requeue_expired(self.inner.settings.backoff(), Utc::now(), &task_update)
+            .await?;
+        for task in &expired {
             tracing::warn!(task_id = %task.id, status = %task.status, attempts = task.attempts, "lease expired");
             metrics::counter!("zerostate_task_leases_expired_total").increment(1);
             count_finished(task.status);
-            self.publish(&task).await;
+        }
+        self.announced(&expired).await;
+        for task in &expired {
             if task.status == TaskStatus::Queued {
                 self.wake_when_due(task.available_at);
             }
@@ -701,31 +757,17 @@ impl TaskService {
         }
     }
 
-    /// Sends the owner `task_update`. A failed publish is logged: the change is stored,
-    /// and the owner's client reloads on reconnect.
-    async fn publish(&self, task: &TaskRecord) {
-        if task.status.is_finished() {
+    /// After the store committed changes of `tasks` (and their `task_update`s, in its
+    /// outbox): ends the output feeds of finished ones, and waits until the relay has
+    /// published the updates, so the caller's answer comes after them as it always did.
+    async fn announced(&self, tasks: &[TaskRecord]) {
+        if tasks.is_empty() {
+            return;
+        }
+        for task in tasks.iter().filter(|t| t.status.is_finished()) {
             self.inner.feeds.finished(task.id, task.status);
         }
-        let data = match serde_json::to_value(TaskUpdate::of(task)) {
-            Ok(data) => data,
-            Err(err) => {
-                tracing::error!(task_id = %task.id, error = %err, "task_update not serialized");
-                return;
-            }
-        };
-        if let Err(err) = self
-            .inner
-            .hub
-            .publish(
-                Target::User(task.user_id),
-                MessageType::known("task_update"),
-                data,
-            )
-            .await
-        {
-            tracing::warn!(task_id = %task.id, error = format!("{err:#}"), "task_update not published");
-        }
+        self.inner.relay.flush().await;
     }
 }
 

@@ -234,6 +234,18 @@ impl TestApp {
     /// Stops the server and starts it again on the same port and data directory.
     pub async fn restart(&mut self) {
         self.stop().await;
+        self.start_again().await;
+    }
+
+    /// SIGKILLs the server (a crash: no draining, nothing flushed) and starts it again
+    /// on the same port and data directory.
+    pub async fn crash_restart(&mut self) {
+        self.kill().await;
+        self.start_again().await;
+    }
+
+    /// Starts the (stopped) server again on the same port and data directory.
+    async fn start_again(&mut self) {
         let addr = format!("127.0.0.1:{}", self.port);
         let mut last = None;
         for _ in 0..50 {

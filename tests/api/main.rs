@@ -9,6 +9,7 @@ mod api_keys;
 mod authz;
 mod cli;
 mod cluster;
+mod crash;
 mod execution;
 mod hardening;
 mod health;

@@ -30,6 +30,7 @@ where
         .await;
     history_is_each_users_own_stream_plus_broadcasts_in_order(new_broker().await).await;
     pruning_keeps_the_newest_and_raises_the_watermark_first(new_broker().await).await;
+    a_publication_whose_key_was_published_is_not_published_again(new_broker().await).await;
 }
 
 fn new_publication(target: Target, publisher: usize, n: usize, at_ms: i64) -> NewPublication {
@@ -322,5 +323,54 @@ async fn pruning_keeps_the_newest_and_raises_the_watermark_first(broker: Arc<dyn
     assert_eq!(
         kept.iter().map(|m| m.seq).collect::<Vec<_>>(),
         vec![seqs[3], seqs[4]]
+    );
+}
+
+/// The idempotency key (`dedupe`, the outbox's row id): publishing a key again, alone or
+/// in a batch, stores and delivers nothing and answers the first publication's position;
+/// the chain goes on from the last publication actually delivered.
+async fn a_publication_whose_key_was_published_is_not_published_again(broker: Arc<dyn Broker>) {
+    let user = UserId::new();
+    let mut sub = broker.subscribe().await.unwrap();
+    let keyed = |n: usize, key: i64| NewPublication {
+        dedupe: Some(key),
+        ..new_publication(Target::User(user), 0, n, 1_700_000_000_000)
+    };
+    let first = broker.publish(keyed(0, 7)).await.unwrap();
+    let again = broker.publish(keyed(0, 7)).await.unwrap();
+    assert_eq!(again, first, "a repeated key answers the earlier position");
+    let batch = broker
+        .publish_batch(vec![keyed(0, 7), keyed(1, 8), keyed(2, 9)])
+        .await
+        .unwrap();
+    assert_eq!(batch[0], first);
+    assert!(first < batch[1] && batch[1] < batch[2]);
+    let retried = broker
+        .publish_batch(vec![keyed(1, 8), keyed(2, 9)])
+        .await
+        .unwrap();
+    assert_eq!(retried, batch[1..]);
+    let unkeyed = broker
+        .publish(new_publication(Target::User(user), 0, 3, 1_700_000_000_000))
+        .await
+        .unwrap();
+    let delivered = read_chain(&mut sub, 4).await;
+    let seqs: Vec<i64> = delivered.iter().map(|p| p.seq).collect();
+    assert_eq!(
+        seqs,
+        [first, batch[1], batch[2], unkeyed],
+        "each once, in order"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), sub.recv())
+            .await
+            .is_err(),
+        "nothing delivered twice"
+    );
+    let kept = broker.history(user, 0, i64::MAX, 100).await.unwrap();
+    assert_eq!(
+        kept.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        seqs,
+        "each stored once"
     );
 }

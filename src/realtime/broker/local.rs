@@ -2,16 +2,21 @@
 //! [`MessageLog`] port), delivery through in-process channels. This is what ZeroState
 //! did before the broker seam existed, behind the [`Broker`] trait.
 //!
-//! One task, the publisher, takes publish requests one at a time: it appends to the log
-//! (getting the sequence number from the log's single writer), then, under the
-//! subscriber lock, advances the chain and takes the subscriber list, then queues the
-//! publication to each subscriber. One request at a time is what makes delivery order
+//! One task, the publisher, takes publish requests one at a time (a request is one
+//! publication or a batch): it appends to the log (getting the sequence numbers from
+//! the log's single writer, a batch in one transaction), then, under the subscriber
+//! lock, advances the chain and takes the subscriber list, then queues each new
+//! publication to each subscriber. A publication whose idempotency key (`dedupe`) the
+//! log already holds is not appended, and so not delivered: the log answers the earlier
+//! one's position, which the publisher returns. One request at a time is what makes delivery order
 //! equal sequence order; doing the work in a task (not in the caller) is what makes a
 //! caller that stops waiting unable to leave a message appended but undelivered.
 
 use super::{Broker, BrokerError, NewPublication, Publication, Subscription, SUBSCRIPTION_QUEUE};
 use crate::domain::UserId;
-use crate::realtime::history::{HistoryPolicy, MessageLog, StoredMessage, StreamPosition};
+use crate::realtime::history::{
+    HistoryPolicy, LogEntry, MessageLog, StoredMessage, StreamPosition,
+};
 use crate::realtime::Target;
 use async_trait::async_trait;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,8 +47,8 @@ struct Subscribers {
 }
 
 struct Request {
-    publication: NewPublication,
-    reply: oneshot::Sender<Result<i64, BrokerError>>,
+    batch: Vec<NewPublication>,
+    reply: oneshot::Sender<Result<Vec<i64>, BrokerError>>,
 }
 
 impl LocalBroker {
@@ -70,49 +75,68 @@ impl Inner {
         self.subscribers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Appends one publication and queues it to every subscriber, in that order.
-    async fn publish_one(&self, new: NewPublication) -> Result<i64, BrokerError> {
-        let user = match new.target {
-            Target::User(user) => Some(user),
-            Target::Everyone => None,
-        };
-        let seq = self
+    /// Appends the publications (one log transaction) and queues each new one to
+    /// every subscriber, in order.
+    async fn publish_many(&self, batch: Vec<NewPublication>) -> Result<Vec<i64>, BrokerError> {
+        let entries: Vec<LogEntry<'_>> = batch
+            .iter()
+            .map(|new| LogEntry {
+                user: match new.target {
+                    Target::User(user) => Some(user),
+                    Target::Everyone => None,
+                },
+                kind: &new.kind,
+                data_json: &new.data_json,
+                created_at_ms: new.created_at_ms,
+                dedupe: new.dedupe,
+            })
+            .collect();
+        let appended = self
             .log
-            .append(user, &new.kind, &new.data_json, new.created_at_ms)
+            .append(&entries)
             .await
             .map_err(BrokerError::History)?;
-        let (prev_seq, senders) = {
-            let mut subs = self.subscribers();
-            let prev = subs.last_seq;
-            subs.last_seq = seq;
-            subs.senders.retain(|s| !s.is_closed());
-            (prev, subs.senders.clone())
-        };
-        let publication = Arc::new(Publication {
-            seq,
-            prev_seq,
-            target: new.target,
-            kind: new.kind,
-            data_json: new.data_json,
-            created_at_ms: new.created_at_ms,
-            origin: new.origin,
-        });
-        for sender in senders {
-            // Waits while a hub is behind (bounded queue); a hub that has gone away
-            // (its receiver dropped) is skipped and forgotten at the next publish.
-            let _ = sender.send(publication.clone()).await;
+        drop(entries);
+        let mut seqs = Vec::with_capacity(batch.len());
+        for (new, (seq, fresh)) in batch.into_iter().zip(appended) {
+            seqs.push(seq);
+            if !fresh {
+                // Published before (its key is in the log): not delivered again.
+                continue;
+            }
+            let (prev_seq, senders) = {
+                let mut subs = self.subscribers();
+                let prev = subs.last_seq;
+                subs.last_seq = seq;
+                subs.senders.retain(|s| !s.is_closed());
+                (prev, subs.senders.clone())
+            };
+            let publication = Arc::new(Publication {
+                seq,
+                prev_seq,
+                target: new.target,
+                kind: new.kind,
+                data_json: new.data_json,
+                created_at_ms: new.created_at_ms,
+                origin: new.origin,
+            });
+            for sender in senders {
+                // Waits while a hub is behind (bounded queue); a hub that has gone away
+                // (its receiver dropped) is skipped and forgotten at the next publish.
+                let _ = sender.send(publication.clone()).await;
+            }
         }
-        Ok(seq)
+        Ok(seqs)
     }
 }
 
 /// The publisher task: one request at a time, so delivery follows sequence order.
 async fn run_publisher(inner: Arc<Inner>, mut requests: mpsc::Receiver<Request>) {
     while let Some(req) = requests.recv().await {
-        let kind = req.publication.kind.clone();
-        let result = inner.publish_one(req.publication).await;
+        let count = req.batch.len();
+        let result = inner.publish_many(req.batch).await;
         if let Err(err) = &result {
-            tracing::error!(error = %err, kind, "publishing failed");
+            tracing::error!(error = %err, count, "publishing failed");
         }
         let _ = req.reply.send(result);
     }
@@ -133,9 +157,17 @@ impl Broker for LocalBroker {
     }
 
     async fn publish(&self, publication: NewPublication) -> Result<i64, BrokerError> {
+        let seqs = self.publish_batch(vec![publication]).await?;
+        seqs.first().copied().ok_or(BrokerError::Stopped)
+    }
+
+    async fn publish_batch(&self, batch: Vec<NewPublication>) -> Result<Vec<i64>, BrokerError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request { publication, reply })
+            .send(Request { batch, reply })
             .await
             .map_err(|_| BrokerError::Stopped)?;
         answer.await.map_err(|_| BrokerError::Stopped)?

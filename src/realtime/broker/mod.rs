@@ -130,6 +130,20 @@ pub trait Broker: Send + Sync + 'static {
     /// was neither stored nor delivered.
     async fn publish(&self, publication: NewPublication) -> Result<i64, BrokerError>;
 
+    /// Publishes the batch in order, each exactly as `publish` would (a publication
+    /// whose `dedupe` key was published before is neither stored nor delivered again,
+    /// and answers the earlier position), and returns the positions in batch order.
+    /// Not atomic as a whole: on `Err`, a prefix of the batch may have been published;
+    /// publishing the batch again with the same keys completes it without repeats.
+    /// A broker may do it in fewer round trips; this default publishes one by one.
+    async fn publish_batch(&self, batch: Vec<NewPublication>) -> Result<Vec<i64>, BrokerError> {
+        let mut seqs = Vec::with_capacity(batch.len());
+        for publication in batch {
+            seqs.push(self.publish(publication).await?);
+        }
+        Ok(seqs)
+    }
+
     /// The user's position in history: the newest publication addressed to them with
     /// `seq <= upto`, and how far their streams were pruned. Reads what was committed
     /// by publishes that have returned (or been delivered).

@@ -1220,15 +1220,19 @@ mod tests {
             }
             async fn append(
                 &self,
-                user: Option<UserId>,
-                kind: &str,
-                data_json: &str,
-                created_at_ms: i64,
-            ) -> anyhow::Result<i64> {
-                Ok(self
-                    .0
-                    .append_message(user, kind, data_json, created_at_ms)
-                    .await?)
+                batch: &[crate::realtime::history::LogEntry<'_>],
+            ) -> anyhow::Result<Vec<(i64, bool)>> {
+                let batch: Vec<crate::store::NewMessage<'_>> = batch
+                    .iter()
+                    .map(|e| crate::store::NewMessage {
+                        user: e.user,
+                        kind: e.kind,
+                        data_json: e.data_json,
+                        created_at_ms: e.created_at_ms,
+                        dedupe: e.dedupe,
+                    })
+                    .collect();
+                Ok(self.0.append_messages(&batch).await?)
             }
             async fn position(&self, user: UserId, upto: i64) -> anyhow::Result<StreamPosition> {
                 let p = self.0.message_position(user, upto).await?;

@@ -2,12 +2,13 @@
 //! searched with `jsonb_array_elements_text`; the running/completed/failed counters are
 //! counted from `tasks` on read.
 
+use super::outbox::{self, announcements};
 use super::tasks::{tasks_from_rows, TASK_COLUMNS};
 use super::PgStore;
 use crate::domain::{AgentId, Capability, UserId};
 use crate::store::{
-    from_millis, to_millis, AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, Page,
-    StoreError, TaskRecord,
+    from_millis, to_millis, AgentChanges, AgentFilter, AgentRecord, AgentStore, Announce, NewAgent,
+    Page, StoreError, TaskRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -61,12 +62,14 @@ fn caps_json(caps: &[Capability]) -> String {
 impl PgStore {
     /// Inserts an agent; for a system agent (`system_key` set) that already exists, only
     /// its token rotates (and it stays shared, as the contract makes the built-in agent),
-    /// so an operator's edits to name or capabilities survive restarts.
+    /// so an operator's edits to name or capabilities survive restarts. Says whether the
+    /// row was created (only then is `announce` called).
     async fn insert_agent(
         &self,
         new: &NewAgent,
         system_key: Option<&str>,
-    ) -> Result<AgentRecord, StoreError> {
+        announce: Announce<'_, AgentRecord>,
+    ) -> Result<(AgentRecord, bool), StoreError> {
         let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
             "INSERT INTO agents (id, owner_id, name, description, capabilities, token_hash,
@@ -89,17 +92,26 @@ impl PgStore {
         .bind(new.shared)
         .fetch_one(&mut *tx)
         .await?;
+        let agent = agent_from_row(&row)?;
+        let created = agent.id == new.id;
+        if created {
+            outbox::write(&mut tx, &announce(&agent)).await?;
+        }
         tx.commit().await?;
-        agent_from_row(&row)
+        Ok((agent, created))
     }
 }
 
 #[async_trait]
 impl AgentStore for PgStore {
     #[tracing::instrument(skip_all, fields(agent_id = %new.id))]
-    async fn create_agent(&self, new: &NewAgent) -> Result<AgentRecord, StoreError> {
+    async fn create_agent(
+        &self,
+        new: &NewAgent,
+        announce: Announce<'_, AgentRecord>,
+    ) -> Result<AgentRecord, StoreError> {
         // A NULL system key never conflicts, so this is always a plain insert.
-        self.insert_agent(new, None).await
+        Ok(self.insert_agent(new, None, announce).await?.0)
     }
 
     #[tracing::instrument(skip_all, fields(system_key))]
@@ -107,10 +119,9 @@ impl AgentStore for PgStore {
         &self,
         system_key: &str,
         new: &NewAgent,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<(AgentRecord, bool), StoreError> {
-        let agent = self.insert_agent(new, Some(system_key)).await?;
-        let created = agent.id == new.id;
-        Ok((agent, created))
+        self.insert_agent(new, Some(system_key), announce).await
     }
 
     async fn agent(&self, id: AgentId) -> Result<AgentRecord, StoreError> {
@@ -164,6 +175,7 @@ impl AgentStore for PgStore {
         id: AgentId,
         changes: &AgentChanges,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<AgentRecord, StoreError> {
         let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
@@ -183,8 +195,10 @@ impl AgentStore for PgStore {
         .bind(changes.shared)
         .fetch_one(&mut *tx)
         .await?;
+        let agent = agent_from_row(&row)?;
+        outbox::write(&mut tx, &announce(&agent)).await?;
         tx.commit().await?;
-        agent_from_row(&row)
+        Ok(agent)
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %id))]
@@ -192,6 +206,7 @@ impl AgentStore for PgStore {
         &self,
         id: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, [TaskRecord]>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         // The DELETE comes first: once the row is gone the agent can claim nothing more
         // (the claim joins on it) and its token answers 401. A claim holds a key-share
@@ -231,9 +246,11 @@ impl AgentStore for PgStore {
         .bind(to_millis(at))
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
         requeued.extend(unpinned);
-        tasks_from_rows(&requeued)
+        let changed = tasks_from_rows(&requeued)?;
+        outbox::write(&mut tx, &announce(&changed)).await?;
+        tx.commit().await?;
+        Ok(changed)
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %id))]
@@ -273,6 +290,7 @@ impl AgentStore for PgStore {
         &self,
         id: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<Option<AgentRecord>, StoreError> {
         let at = to_millis(at);
         let mut tx = self.pool().begin().await?;
@@ -289,8 +307,10 @@ impl AgentStore for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = came_online {
+            let agent = agent_from_row(&row)?;
+            outbox::write(&mut tx, &announce(&agent)).await?;
             tx.commit().await?;
-            return Ok(Some(agent_from_row(&row)?));
+            return Ok(Some(agent));
         }
         sqlx::query(
             "UPDATE agents SET last_seen_at = $2
@@ -309,6 +329,7 @@ impl AgentStore for PgStore {
         &self,
         seen_before: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<Vec<AgentRecord>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
@@ -320,8 +341,13 @@ impl AgentStore for PgStore {
         .bind(to_millis(at))
         .fetch_all(&mut *tx)
         .await?;
+        let agents = rows
+            .iter()
+            .map(agent_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        outbox::write(&mut tx, &announcements(announce, &agents)).await?;
         tx.commit().await?;
-        rows.iter().map(agent_from_row).collect()
+        Ok(agents)
     }
 
     async fn count_agents(&self, viewer: Option<UserId>) -> Result<(i64, i64), StoreError> {

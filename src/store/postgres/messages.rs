@@ -15,7 +15,7 @@
 
 use super::PgStore;
 use crate::domain::UserId;
-use crate::store::{MessagePosition, MessageRow, MessageStore, StoreError};
+use crate::store::{MessagePosition, MessageRow, MessageStore, NewMessage, StoreError};
 use async_trait::async_trait;
 use rand::RngCore;
 use sqlx::Row;
@@ -55,25 +55,44 @@ impl MessageStore for PgStore {
         Ok(seq)
     }
 
-    #[tracing::instrument(skip_all, fields(kind))]
-    async fn append_message(
+    #[tracing::instrument(skip_all, fields(count = batch.len()))]
+    async fn append_messages(
         &self,
-        user: Option<UserId>,
-        kind: &str,
-        data_json: &str,
-        created_at_ms: i64,
-    ) -> Result<i64, StoreError> {
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (user_id, type, data, created_at) VALUES ($1, $2, $3, $4)
-             RETURNING seq",
-        )
-        .bind(user.map(|u| u.to_string()))
-        .bind(kind)
-        .bind(data_json)
-        .bind(created_at_ms)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(seq)
+        batch: &[NewMessage<'_>],
+    ) -> Result<Vec<(i64, bool)>, StoreError> {
+        // One transaction: the batch is appended whole or not at all. A key another
+        // transaction is inserting at the same moment makes `ON CONFLICT` wait for it;
+        // once it commits, the SELECT (read committed) sees its row.
+        let mut tx = self.pool().begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let seq: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO messages (user_id, type, data, created_at, dedupe)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT DO NOTHING
+                 RETURNING seq",
+            )
+            .bind(m.user.map(|u| u.to_string()))
+            .bind(m.kind)
+            .bind(m.data_json)
+            .bind(m.created_at_ms)
+            .bind(m.dedupe)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match seq {
+                Some(seq) => out.push((seq, true)),
+                None => {
+                    // Only the dedupe key can conflict (`seq` comes from the sequence).
+                    let seq: i64 = sqlx::query_scalar("SELECT seq FROM messages WHERE dedupe = $1")
+                        .bind(m.dedupe)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    out.push((seq, false));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn message_position(

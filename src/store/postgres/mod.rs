@@ -20,6 +20,7 @@
 
 mod agents;
 mod messages;
+mod outbox;
 mod output;
 mod tasks;
 #[cfg(test)]
@@ -40,6 +41,10 @@ const SIGNING_KEY: &str = "signing_key";
 #[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// How to connect: the outbox relay keeps a connection of its own (`outbox.rs`).
+    options: PgConnectOptions,
+    /// The outbox relay's connection, shared by clones.
+    relay: std::sync::Arc<outbox::RelayConn>,
 }
 
 impl PgStore {
@@ -49,13 +54,17 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(15))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         sqlx::migrate!("./migrations/postgres")
             .run(&pool)
             .await
             .map_err(|e| StoreError::Database(e.into()))?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            options,
+            relay: std::sync::Arc::default(),
+        })
     }
 
     /// The pool, for the area modules.
@@ -104,12 +113,83 @@ mod tests {
 
     crate::store::conformance::conformance_suite!(fresh);
 
+    /// A fresh database, as the concrete store (the outbox cases need `OutboxStore`).
+    async fn fresh_outbox() -> (Arc<PgStore>, ()) {
+        let url = super::testing::fresh_database().await;
+        (Arc::new(PgStore::open_url(&url).await.unwrap()), ())
+    }
+
+    crate::store::conformance::outbox_suite!(fresh_outbox);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn relays_of_two_nodes_take_turns_on_the_outbox() {
+        use crate::store::{Announcement, OutboxStore, TaskRecord, TaskStore, UserStore};
+        let url = super::testing::fresh_database().await;
+        let (a, b) = (
+            PgStore::open_url(&url).await.unwrap(),
+            PgStore::open_url(&url).await.unwrap(),
+        );
+        let user = a
+            .create_user(crate::store::NewUser {
+                email: crate::domain::Email::parse("r@b.io").unwrap(),
+                full_name: crate::domain::FullName::parse("R").unwrap(),
+                password_hash: "x".into(),
+                role: None,
+            })
+            .await
+            .unwrap()
+            .id;
+        let two = |_: &TaskRecord| {
+            vec![
+                Announcement::new(Some(user), "note", &1),
+                Announcement::new(Some(user), "note", &2),
+            ]
+        };
+        let new = crate::store::NewTask {
+            id: crate::domain::TaskId::new(),
+            user_id: user,
+            query: crate::domain::TaskQuery::parse("q".into()).unwrap(),
+            capability: crate::domain::Capability::general(),
+            priority: crate::domain::Priority::Normal,
+            agent_id: None,
+            timeout: crate::domain::TimeoutSecs::DEFAULT,
+            max_attempts: crate::domain::MaxAttempts::DEFAULT,
+            idempotency_key: None,
+            run_at: None,
+            created_at: chrono::Utc::now(),
+        };
+        a.insert_task(&new, chrono::Duration::hours(24), &two)
+            .await
+            .unwrap();
+        // Node A's relay reads the first row and holds the lock while it publishes.
+        let first = a.outbox_pending(1).await.unwrap();
+        assert_eq!(first.len(), 1);
+        let b2 = b.clone();
+        let waiting = tokio::spawn(async move { b2.outbox_pending(10).await.unwrap() });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        assert!(!waiting.is_finished(), "node B waits for node A's turn");
+        a.outbox_remove(&[first[0].id]).await.unwrap();
+        let rest = tokio::time::timeout(std::time::Duration::from_secs(10), waiting)
+            .await
+            .expect("B gets its turn once A removed its batch")
+            .unwrap();
+        assert_eq!(rest.len(), 1, "B sees only what A has not published");
+        assert!(rest[0].id > first[0].id);
+        b.outbox_remove(&[rest[0].id]).await.unwrap();
+        // An empty read releases the lock at once: B can read right after.
+        let held = a.outbox_pending(1).await.unwrap();
+        assert!(
+            held.is_empty(),
+            "nothing left; the lock is released at once"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_claim_skips_a_task_another_transaction_holds_instead_of_waiting() {
         use crate::domain::{
             Capability, Email, FullName, MaxAttempts, Priority, TaskId, TaskQuery, TimeoutSecs,
         };
-        use crate::store::{AgentStore, NewAgent, NewTask, NewUser, TaskStore, UserStore};
+        use crate::store::{silent, AgentStore, NewAgent, NewTask, NewUser, TaskStore, UserStore};
         use chrono::{Duration, Utc};
         let url = super::testing::fresh_database().await;
         let store = PgStore::open_url(&url).await.unwrap();
@@ -125,17 +205,20 @@ mod tests {
             .id;
         let agent = crate::domain::AgentId::new();
         store
-            .create_agent(&NewAgent {
-                id: agent,
-                owner_id: user,
-                name: "a".into(),
-                description: String::new(),
-                capabilities: vec![Capability::general()],
-                shared: false,
-                token_hash: "h".into(),
-                token_prefix: "p".into(),
-                created_at: Utc::now(),
-            })
+            .create_agent(
+                &NewAgent {
+                    id: agent,
+                    owner_id: user,
+                    name: "a".into(),
+                    description: String::new(),
+                    capabilities: vec![Capability::general()],
+                    shared: false,
+                    token_hash: "h".into(),
+                    token_prefix: "p".into(),
+                    created_at: Utc::now(),
+                },
+                &silent,
+            )
             .await
             .unwrap();
         let t0 = Utc::now();
@@ -154,7 +237,10 @@ mod tests {
                 run_at: None,
                 created_at: t0 + Duration::milliseconds(i),
             };
-            store.insert_task(&new, Duration::hours(24)).await.unwrap();
+            store
+                .insert_task(&new, Duration::hours(24), &silent)
+                .await
+                .unwrap();
             ids.push(new.id);
         }
         // Another claimer (here a bare transaction) holds the oldest task's row.
@@ -168,7 +254,7 @@ mod tests {
         // A claim that waited for the lock would never end while `holder` is open.
         let claimed = tokio::time::timeout(
             std::time::Duration::from_secs(30),
-            store.claim_tasks(agent, 1, now + Duration::seconds(30), now),
+            store.claim_tasks(agent, 1, now + Duration::seconds(30), now, &silent),
         )
         .await
         .expect("the claim skipped the locked row instead of waiting")
@@ -176,7 +262,7 @@ mod tests {
         assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[1]]);
         holder.rollback().await.unwrap();
         let next = store
-            .claim_tasks(agent, 1, now + Duration::seconds(30), now)
+            .claim_tasks(agent, 1, now + Duration::seconds(30), now, &silent)
             .await
             .unwrap();
         assert_eq!(next.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[0]]);

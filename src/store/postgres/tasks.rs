@@ -17,12 +17,13 @@
 //! Two batch claims writing the same users' hand-out rows in opposite orders can
 //! deadlock; PostgreSQL then aborts one, and the claim retries it.
 
+use super::outbox::{self, announcements};
 use super::PgStore;
 use crate::domain::{AgentId, AttemptOutcome, Capability, Priority, TaskId, TaskStatus, UserId};
 use crate::store::tasks::{fair_position, Rival};
 use crate::store::{
-    from_millis, to_millis, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page, QueueGauges,
-    QueueStanding, StoreError, TaskFilter, TaskRecord, TaskStat, TaskStore,
+    from_millis, to_millis, Announce, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page,
+    QueueGauges, QueueStanding, StoreError, TaskFilter, TaskRecord, TaskStat, TaskStore,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -204,7 +205,8 @@ impl PgStore {
         max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-    ) -> Result<Vec<PgRow>, sqlx::Error> {
+        announce: Announce<'_, TaskRecord>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let mut rows = Vec::new();
         for _ in 0..max.max(1) {
@@ -219,8 +221,7 @@ impl PgStore {
                 None => break,
             }
         }
-        tx.commit().await?;
-        Ok(rows)
+        finish_many(tx, &rows, announce).await
     }
 }
 
@@ -231,11 +232,13 @@ impl TaskStore for PgStore {
         &self,
         new: &NewTask,
         key_window: chrono::Duration,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Inserted, StoreError> {
         let created_at = to_millis(new.created_at);
         let mut tx = self.pool().begin().await?;
         let Some(key) = &new.idempotency_key else {
             let task = insert_row(&mut tx, new).await?;
+            outbox::write(&mut tx, &announce(&task)).await?;
             tx.commit().await?;
             return Ok(Inserted::New(task));
         };
@@ -270,6 +273,7 @@ impl TaskStore for PgStore {
             return Ok(Inserted::Duplicate(task_from_row(&row)?));
         }
         let task = insert_row(&mut tx, new).await?;
+        outbox::write(&mut tx, &announce(&task)).await?;
         tx.commit().await?;
         Ok(Inserted::New(task))
     }
@@ -322,6 +326,7 @@ impl TaskStore for PgStore {
         id: TaskId,
         owner: Option<UserId>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
@@ -336,8 +341,7 @@ impl TaskStore for PgStore {
         .bind(to_millis(at))
         .fetch_optional(&mut *tx)
         .await?;
-        tx.commit().await?;
-        row.as_ref().map(task_from_row).transpose()
+        finish_one(tx, row, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %agent, max))]
@@ -347,16 +351,20 @@ impl TaskStore for PgStore {
         max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let sql = claim_sql();
         let mut tries = 0;
         loop {
-            match self.claim_batch(&sql, agent, max, lease_until, at).await {
-                Err(err) if is_retryable(&err) && tries < CLAIM_RETRIES => {
+            match self
+                .claim_batch(&sql, agent, max, lease_until, at, announce)
+                .await
+            {
+                Err(StoreError::Database(err)) if is_retryable(&err) && tries < CLAIM_RETRIES => {
                     tries += 1;
                     tracing::debug!(error = %err, tries, "claim aborted by the database; retrying");
                 }
-                done => return tasks_from_rows(&done?),
+                done => return done,
             }
         }
     }
@@ -368,6 +376,7 @@ impl TaskStore for PgStore {
         progress: u8,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         let mut tx = self.pool().begin().await?;
         // First try a real change, then a plain renewal: the row the first statement
@@ -385,8 +394,10 @@ impl TaskStore for PgStore {
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = changed {
+            let task = task_from_row(&row)?;
+            outbox::write(&mut tx, &announce(&task)).await?;
             tx.commit().await?;
-            return Ok(Some((task_from_row(&row)?, true)));
+            return Ok(Some((task, true)));
         }
         let renewed = sqlx::query(&format!(
             "UPDATE tasks SET lease_expires_at = $3
@@ -414,6 +425,7 @@ impl TaskStore for PgStore {
         outcome: &Outcome,
         backoff: Backoff,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let row = match outcome {
@@ -461,8 +473,7 @@ impl TaskStore for PgStore {
                 .await?
             }
         };
-        tx.commit().await?;
-        row.as_ref().map(task_from_row).transpose()
+        finish_one(tx, row, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %id, agent_id = %agent))]
@@ -471,6 +482,7 @@ impl TaskStore for PgStore {
         id: TaskId,
         agent: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, (TaskRecord, bool)>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         let at = to_millis(at);
         let mut tx = self.pool().begin().await?;
@@ -499,13 +511,16 @@ impl TaskStore for PgStore {
         .await?
         .rows_affected()
             > 0;
+        let released = (task_from_row(&row)?, went_offline);
+        outbox::write(&mut tx, &announce(&released)).await?;
         tx.commit().await?;
-        Ok(Some((task_from_row(&row)?, went_offline)))
+        Ok(Some(released))
     }
 
     async fn release_server_agent_tasks(
         &self,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
@@ -518,14 +533,14 @@ impl TaskStore for PgStore {
         .bind(to_millis(at))
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
     async fn requeue_expired(
         &self,
         backoff: Backoff,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let spent = "attempts >= max_attempts";
         let mut tx = self.pool().begin().await?;
@@ -551,11 +566,14 @@ impl TaskStore for PgStore {
         .bind(backoff.max_ms)
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
-    async fn fail_timed_out(&self, at: DateTime<Utc>) -> Result<Vec<TaskRecord>, StoreError> {
+    async fn fail_timed_out(
+        &self,
+        at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE tasks SET status = 'failed',
@@ -568,8 +586,7 @@ impl TaskStore for PgStore {
         .bind(to_millis(at))
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
     async fn task_attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
@@ -706,6 +723,35 @@ fn release_set(now: usize) -> String {
          attempt_outcome = 'handed_back', available_at = ${now}, lease_expires_at = NULL,
          updated_at = ${now}"
     )
+}
+
+/// Ends a one-row transition's transaction: writes the changed task's announcements
+/// and commits, or rolls back when the condition did not hold (`None`).
+async fn finish_one(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    row: Option<PgRow>,
+    announce: Announce<'_, TaskRecord>,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let task = task_from_row(&row)?;
+    outbox::write(&mut tx, &announce(&task)).await?;
+    tx.commit().await?;
+    Ok(Some(task))
+}
+
+/// [`finish_one`] for statements that changed any number of tasks.
+async fn finish_many(
+    mut tx: sqlx::Transaction<'_, sqlx::Postgres>,
+    rows: &[PgRow],
+    announce: Announce<'_, TaskRecord>,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let tasks = tasks_from_rows(rows)?;
+    outbox::write(&mut tx, &announcements(announce, &tasks)).await?;
+    tx.commit().await?;
+    Ok(tasks)
 }
 
 /// Inserts the task row.

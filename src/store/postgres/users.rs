@@ -1,9 +1,10 @@
 //! Accounts, sessions and API keys on PostgreSQL.
 
+use super::outbox;
 use super::PgStore;
 use crate::domain::{ApiKeyId, Email, FullName, Role, SessionId, UserId};
 use crate::store::{
-    from_millis, to_millis, ApiKeyRecord, NewUser, SessionRecord, StoreError, User,
+    from_millis, to_millis, Announce, ApiKeyRecord, NewUser, SessionRecord, StoreError, User,
     UserCredentials, UserStore,
 };
 use async_trait::async_trait;
@@ -221,7 +222,12 @@ impl UserStore for PgStore {
             .collect()
     }
 
-    async fn create_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
+    async fn create_api_key(
+        &self,
+        key: &ApiKeyRecord,
+        announce: Announce<'_, ApiKeyRecord>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
         sqlx::query(&format!(
             "INSERT INTO api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
         ))
@@ -234,8 +240,10 @@ impl UserStore for PgStore {
         .bind(key.last_used_at.map(to_millis))
         .bind(key.expires_at.map(to_millis))
         .bind(key.revoked_at.map(to_millis))
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await?;
+        outbox::write(&mut tx, &announce(key)).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -274,18 +282,25 @@ impl UserStore for PgStore {
         user: UserId,
         id: ApiKeyId,
         at: DateTime<Utc>,
+        announce: Announce<'_, ApiKeyRecord>,
     ) -> Result<(), StoreError> {
-        let done = sqlx::query(
-            "UPDATE api_keys SET revoked_at = $3 WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL",
-        )
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE api_keys SET revoked_at = $3
+             WHERE id = $1 AND user_id = $2 AND revoked_at IS NULL
+             RETURNING {KEY_COLUMNS}"
+        ))
         .bind(id.to_string())
         .bind(user.to_string())
         .bind(to_millis(at))
-        .execute(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
-        if done.rows_affected() == 0 {
+        let Some(row) = row else {
+            tx.rollback().await?;
             return Err(StoreError::NotFound);
-        }
+        };
+        outbox::write(&mut tx, &announce(&key_from_row(&row)?)).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

@@ -2,12 +2,13 @@
 //! with `json_each`; the running/completed/failed counters are counted from `tasks` on
 //! read.
 
+use super::outbox::{self, announcements};
 use super::tasks::{tasks_from_rows, TASK_COLUMNS};
 use super::SqliteStore;
 use crate::domain::{AgentId, Capability, UserId};
 use crate::store::{
-    from_millis, to_millis, AgentChanges, AgentFilter, AgentRecord, AgentStore, NewAgent, Page,
-    StoreError, TaskRecord,
+    from_millis, to_millis, AgentChanges, AgentFilter, AgentRecord, AgentStore, Announce, NewAgent,
+    Page, StoreError, TaskRecord,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -61,12 +62,15 @@ fn caps_json(caps: &[Capability]) -> String {
 impl SqliteStore {
     /// Inserts an agent; for a system agent (`system_key` set) that already exists, only
     /// its token rotates (and it stays shared, as the contract makes the built-in agent),
-    /// so an operator's edits to name or capabilities survive restarts.
+    /// so an operator's edits to name or capabilities survive restarts. A new agent is
+    /// announced in the same transaction.
     async fn insert_agent(
         &self,
         new: &NewAgent,
         system_key: Option<&str>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<AgentRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
             "INSERT INTO agents (id, owner_id, name, description, capabilities, token_hash,
                                  token_prefix, system_key, created_at, updated_at, shared)
@@ -86,18 +90,27 @@ impl SqliteStore {
         .bind(system_key)
         .bind(to_millis(new.created_at))
         .bind(new.shared)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await?;
-        agent_from_row(&row)
+        let agent = agent_from_row(&row)?;
+        if agent.id == new.id {
+            outbox::write(&mut tx, &announce(&agent)).await?;
+        }
+        tx.commit().await?;
+        Ok(agent)
     }
 }
 
 #[async_trait]
 impl AgentStore for SqliteStore {
     #[tracing::instrument(skip_all, fields(agent_id = %new.id))]
-    async fn create_agent(&self, new: &NewAgent) -> Result<AgentRecord, StoreError> {
+    async fn create_agent(
+        &self,
+        new: &NewAgent,
+        announce: Announce<'_, AgentRecord>,
+    ) -> Result<AgentRecord, StoreError> {
         // A NULL system key never conflicts, so this is always a plain insert.
-        self.insert_agent(new, None).await
+        self.insert_agent(new, None, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(system_key))]
@@ -105,8 +118,9 @@ impl AgentStore for SqliteStore {
         &self,
         system_key: &str,
         new: &NewAgent,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<(AgentRecord, bool), StoreError> {
-        let agent = self.insert_agent(new, Some(system_key)).await?;
+        let agent = self.insert_agent(new, Some(system_key), announce).await?;
         let created = agent.id == new.id;
         Ok((agent, created))
     }
@@ -161,7 +175,9 @@ impl AgentStore for SqliteStore {
         id: AgentId,
         changes: &AgentChanges,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<AgentRecord, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE agents SET name = COALESCE(?2, name),
                                description = COALESCE(?3, description),
@@ -177,9 +193,12 @@ impl AgentStore for SqliteStore {
         .bind(changes.capabilities.as_deref().map(caps_json))
         .bind(to_millis(at))
         .bind(changes.shared)
-        .fetch_one(self.pool())
+        .fetch_one(&mut *tx)
         .await?;
-        agent_from_row(&row)
+        let agent = agent_from_row(&row)?;
+        outbox::write(&mut tx, &announce(&agent)).await?;
+        tx.commit().await?;
+        Ok(agent)
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %id))]
@@ -187,6 +206,7 @@ impl AgentStore for SqliteStore {
         &self,
         id: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, [TaskRecord]>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         // The DELETE comes first, so the transaction holds the write lock from its first
         // statement (it never upgrades from a read lock, see the module doc). Once the
@@ -225,9 +245,11 @@ impl AgentStore for SqliteStore {
         .bind(to_millis(at))
         .fetch_all(&mut *tx)
         .await?;
-        tx.commit().await?;
         requeued.extend(unpinned);
-        tasks_from_rows(&requeued)
+        let tasks = tasks_from_rows(&requeued)?;
+        outbox::write(&mut tx, &announce(&tasks)).await?;
+        tx.commit().await?;
+        Ok(tasks)
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %id))]
@@ -265,10 +287,12 @@ impl AgentStore for SqliteStore {
         &self,
         id: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<Option<AgentRecord>, StoreError> {
         let at = to_millis(at);
         // The `online = 0` condition makes the transition a compare-and-set: of two
         // concurrent calls only one sees the row change and announces it.
+        let mut tx = self.pool().begin().await?;
         let came_online = sqlx::query(&format!(
             "UPDATE agents SET online = 1, last_seen_at = ?2, updated_at = ?2
              WHERE id = ?1 AND online = 0
@@ -276,11 +300,15 @@ impl AgentStore for SqliteStore {
         ))
         .bind(id.to_string())
         .bind(at)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = came_online {
-            return Ok(Some(agent_from_row(&row)?));
+            let agent = agent_from_row(&row)?;
+            outbox::write(&mut tx, &announce(&agent)).await?;
+            tx.commit().await?;
+            return Ok(Some(agent));
         }
+        tx.rollback().await?;
         sqlx::query(
             "UPDATE agents SET last_seen_at = ?2
              WHERE id = ?1 AND (last_seen_at IS NULL OR last_seen_at < ?2 - ?3)",
@@ -297,7 +325,9 @@ impl AgentStore for SqliteStore {
         &self,
         seen_before: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
     ) -> Result<Vec<AgentRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE agents SET online = 0, updated_at = ?2
              WHERE online = 1 AND (last_seen_at IS NULL OR last_seen_at < ?1)
@@ -305,9 +335,15 @@ impl AgentStore for SqliteStore {
         ))
         .bind(to_millis(seen_before))
         .bind(to_millis(at))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        rows.iter().map(agent_from_row).collect()
+        let agents = rows
+            .iter()
+            .map(agent_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        outbox::write(&mut tx, &announcements(announce, &agents)).await?;
+        tx.commit().await?;
+        Ok(agents)
     }
 
     async fn count_agents(&self, viewer: Option<UserId>) -> Result<(i64, i64), StoreError> {

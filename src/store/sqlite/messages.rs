@@ -7,7 +7,7 @@
 
 use super::SqliteStore;
 use crate::domain::UserId;
-use crate::store::{MessagePosition, MessageRow, MessageStore, StoreError};
+use crate::store::{MessagePosition, MessageRow, MessageStore, NewMessage, StoreError};
 use async_trait::async_trait;
 use rand::RngCore;
 use sqlx::Row;
@@ -16,6 +16,90 @@ use sqlx::Row;
 const EPOCH_KEY: &str = "message_epoch";
 /// The stream name of broadcasts in `message_streams`.
 const BROADCAST_STREAM: &str = "*";
+
+/// Rows per multi-row INSERT (5 parameters each).
+const ROWS_PER_INSERT: usize = 100;
+
+/// Appends a batch in which every message has an idempotency key, with one multi-row
+/// INSERT per `ROWS_PER_INSERT` (rows get their `seq` in VALUES order) and one read of
+/// the earlier positions of keys already present.
+async fn append_keyed(
+    conn: &mut sqlx::SqliteConnection,
+    batch: &[NewMessage<'_>],
+) -> Result<Vec<(i64, bool)>, StoreError> {
+    let mut fresh = std::collections::HashMap::with_capacity(batch.len());
+    for chunk in batch.chunks(ROWS_PER_INSERT) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let p = i * 5;
+                format!(
+                    "(?{}, ?{}, ?{}, ?{}, ?{})",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO messages (user_id, type, data, created_at, dedupe) VALUES {values}
+             ON CONFLICT DO NOTHING RETURNING seq, dedupe"
+        );
+        let mut query = sqlx::query(&sql);
+        for m in chunk {
+            query = query
+                .bind(m.user.map(|u| u.to_string()))
+                .bind(m.kind)
+                .bind(m.data_json)
+                .bind(m.created_at_ms)
+                .bind(m.dedupe);
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            fresh.insert(
+                row.try_get::<i64, _>("dedupe")?,
+                row.try_get::<i64, _>("seq")?,
+            );
+        }
+    }
+    let mut earlier = std::collections::HashMap::new();
+    if fresh.len() < batch.len() {
+        // Only the dedupe key can conflict (`seq` is generated).
+        let keys = batch
+            .iter()
+            .filter_map(|m| m.dedupe)
+            .filter(|k| !fresh.contains_key(k))
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = sqlx::query(
+            "SELECT seq, dedupe FROM messages WHERE dedupe IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(format!("[{keys}]"))
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            earlier.insert(
+                row.try_get::<i64, _>("dedupe")?,
+                row.try_get::<i64, _>("seq")?,
+            );
+        }
+    }
+    batch
+        .iter()
+        .map(|m| {
+            let key = m.dedupe.unwrap_or_default();
+            match (fresh.get(&key), earlier.get(&key)) {
+                (Some(seq), _) => Ok((*seq, true)),
+                (None, Some(seq)) => Ok((*seq, false)),
+                (None, None) => Err(StoreError::Corrupt(format!(
+                    "message with key {key} neither appended nor found"
+                ))),
+            }
+        })
+        .collect()
+}
 
 #[async_trait]
 impl MessageStore for SqliteStore {
@@ -47,25 +131,49 @@ impl MessageStore for SqliteStore {
         Ok(seq)
     }
 
-    #[tracing::instrument(skip_all, fields(kind))]
-    async fn append_message(
+    #[tracing::instrument(skip_all, fields(count = batch.len()))]
+    async fn append_messages(
         &self,
-        user: Option<UserId>,
-        kind: &str,
-        data_json: &str,
-        created_at_ms: i64,
-    ) -> Result<i64, StoreError> {
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO messages (user_id, type, data, created_at) VALUES (?1, ?2, ?3, ?4)
-             RETURNING seq",
-        )
-        .bind(user.map(|u| u.to_string()))
-        .bind(kind)
-        .bind(data_json)
-        .bind(created_at_ms)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(seq)
+        batch: &[NewMessage<'_>],
+    ) -> Result<Vec<(i64, bool)>, StoreError> {
+        // Every statement's first step is the INSERT, so the transaction holds the
+        // write lock from its start (no read-then-upgrade).
+        let mut tx = self.pool().begin().await?;
+        if batch.len() > 1 && batch.iter().all(|m| m.dedupe.is_some()) {
+            // The relay's batches: few statements, so the write lock is held briefly.
+            let out = append_keyed(&mut tx, batch).await?;
+            tx.commit().await?;
+            return Ok(out);
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let seq: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO messages (user_id, type, data, created_at, dedupe)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT DO NOTHING
+                 RETURNING seq",
+            )
+            .bind(m.user.map(|u| u.to_string()))
+            .bind(m.kind)
+            .bind(m.data_json)
+            .bind(m.created_at_ms)
+            .bind(m.dedupe)
+            .fetch_optional(&mut *tx)
+            .await?;
+            match seq {
+                Some(seq) => out.push((seq, true)),
+                None => {
+                    // Only the dedupe key can conflict (`seq` is generated).
+                    let seq: i64 = sqlx::query_scalar("SELECT seq FROM messages WHERE dedupe = ?1")
+                        .bind(m.dedupe)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                    out.push((seq, false));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(out)
     }
 
     async fn message_position(

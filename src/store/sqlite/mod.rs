@@ -2,11 +2,14 @@
 //! with the migrations in `migrations/sqlite` embedded in the binary and applied at start.
 //!
 //! SQLite has a single writer. Every write that must be atomic (claiming a task, the
-//! first-user-is-admin rule) is one statement, so no transaction ever has to upgrade
-//! from a read lock to a write lock, which SQLite answers with an immediate `BUSY`.
+//! first-user-is-admin rule) is one statement, and a transaction (a change with its
+//! outbox rows, see `outbox.rs`) starts with its write, so no transaction ever has to
+//! upgrade from a read lock to a write lock, which SQLite answers with an immediate
+//! `BUSY`.
 
 mod agents;
 mod messages;
+mod outbox;
 mod output;
 mod tasks;
 mod users;
@@ -89,4 +92,13 @@ mod tests {
     }
 
     crate::store::conformance::conformance_suite!(fresh);
+
+    /// A fresh database, as the concrete store (the outbox cases need `OutboxStore`).
+    async fn fresh_outbox() -> (Arc<SqliteStore>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        (Arc::new(store), dir)
+    }
+
+    crate::store::conformance::outbox_suite!(fresh_outbox);
 }

@@ -6,14 +6,18 @@
 //! same with `WHERE id = (SELECT id … FOR UPDATE SKIP LOCKED)`, which also lets
 //! concurrent claimers skip each other's rows instead of waiting.) The attempt history
 //! and each user's last hand-out time are written by triggers of the same statement
-//! (migration 0005), so they commit with the transition they describe.
+//! (migration 0005), so they commit with the transition they describe. So do the
+//! transition's announcements: each is a transaction whose first statement is the
+//! transition (taking the write lock at once) and whose last writes the outbox
+//! (`store::outbox`).
 
+use super::outbox::{self, announcements};
 use super::SqliteStore;
 use crate::domain::{AgentId, AttemptOutcome, Capability, Priority, TaskId, TaskStatus, UserId};
 use crate::store::tasks::{fair_position, Rival};
 use crate::store::{
-    from_millis, to_millis, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page, QueueGauges,
-    QueueStanding, StoreError, TaskFilter, TaskRecord, TaskStat, TaskStore,
+    from_millis, to_millis, Announce, AttemptRecord, Backoff, Inserted, NewTask, Outcome, Page,
+    QueueGauges, QueueStanding, StoreError, TaskFilter, TaskRecord, TaskStat, TaskStore,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -178,16 +182,18 @@ impl TaskStore for SqliteStore {
         &self,
         new: &NewTask,
         key_window: chrono::Duration,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Inserted, StoreError> {
         let created_at = to_millis(new.created_at);
-        let Some(key) = &new.idempotency_key else {
-            // Without a key the insert is one statement, no transaction needed.
-            let mut conn = self.pool().acquire().await?;
-            return Ok(Inserted::New(insert_row(&mut conn, new).await?));
-        };
         // The first statement writes, so the transaction holds the write lock from its
         // start: no read-then-upgrade, no BUSY between the key and the task.
         let mut tx = self.pool().begin().await?;
+        let Some(key) = &new.idempotency_key else {
+            let task = insert_row(&mut tx, new).await?;
+            outbox::write(&mut tx, &announce(&task)).await?;
+            tx.commit().await?;
+            return Ok(Inserted::New(task));
+        };
         // Takes the key, or takes over one that has outlived the window; a live key of
         // another task leaves the row alone and returns nothing.
         let taken = sqlx::query(
@@ -218,6 +224,7 @@ impl TaskStore for SqliteStore {
             return Ok(Inserted::Duplicate(task_from_row(&row)?));
         }
         let task = insert_row(&mut tx, new).await?;
+        outbox::write(&mut tx, &announce(&task)).await?;
         tx.commit().await?;
         Ok(Inserted::New(task))
     }
@@ -270,7 +277,9 @@ impl TaskStore for SqliteStore {
         id: TaskId,
         owner: Option<UserId>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(&format!(
             "UPDATE tasks SET status = 'canceled', lease_expires_at = NULL, error = NULL,
                               attempt_outcome = 'canceled', completed_at = ?3, updated_at = ?3
@@ -281,9 +290,9 @@ impl TaskStore for SqliteStore {
         .bind(id.to_string())
         .bind(owner.map(|u| u.to_string()))
         .bind(to_millis(at))
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
-        row.as_ref().map(task_from_row).transpose()
+        finish_one(tx, row, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(agent_id = %agent, max))]
@@ -293,23 +302,26 @@ impl TaskStore for SqliteStore {
         max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let sql = claim_sql();
-        let mut conn = self.pool().acquire().await?;
-        if max <= 1 {
-            let claimed = claim_one(&mut conn, &sql, agent, lease_until, at).await?;
-            return Ok(claimed.into_iter().collect());
-        }
-        // A batch is one transaction: one commit for all of them, and each pick sees
-        // the previous ones running (so the fair order spreads the batch over users).
-        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        // A batch is one transaction: one commit for all of them and their
+        // announcements, and each pick sees the previous ones running (so the fair
+        // order spreads the batch over users).
+        let mut tx = self.pool().begin().await?;
         let mut claimed = Vec::new();
-        for _ in 0..max {
+        for _ in 0..max.max(1) {
             match claim_one(&mut tx, &sql, agent, lease_until, at).await? {
                 Some(task) => claimed.push(task),
                 None => break,
             }
         }
+        if claimed.is_empty() {
+            // Nothing changed: no commit to wait for.
+            tx.rollback().await?;
+            return Ok(claimed);
+        }
+        outbox::write(&mut tx, &announcements(announce, &claimed)).await?;
         tx.commit().await?;
         Ok(claimed)
     }
@@ -321,9 +333,11 @@ impl TaskStore for SqliteStore {
         progress: u8,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         // First try a real change, then a plain renewal: the row the first statement
         // matches tells us whether the value changed, without a read-then-write.
+        let mut tx = self.pool().begin().await?;
         let changed = sqlx::query(&format!(
             "UPDATE tasks SET progress = ?3, lease_expires_at = ?4, updated_at = ?5
              WHERE id = ?1 AND agent_id = ?2 AND status = 'running' AND progress != ?3
@@ -334,10 +348,13 @@ impl TaskStore for SqliteStore {
         .bind(i64::from(progress))
         .bind(to_millis(lease_until))
         .bind(to_millis(at))
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
         if let Some(row) = changed {
-            return Ok(Some((task_from_row(&row)?, true)));
+            let task = task_from_row(&row)?;
+            outbox::write(&mut tx, &announce(&task)).await?;
+            tx.commit().await?;
+            return Ok(Some((task, true)));
         }
         let renewed = sqlx::query(&format!(
             "UPDATE tasks SET lease_expires_at = ?3
@@ -347,8 +364,9 @@ impl TaskStore for SqliteStore {
         .bind(id.to_string())
         .bind(agent.to_string())
         .bind(to_millis(lease_until))
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         Ok(renewed
             .as_ref()
             .map(task_from_row)
@@ -364,7 +382,9 @@ impl TaskStore for SqliteStore {
         outcome: &Outcome,
         backoff: Backoff,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let row = match outcome {
             Outcome::Completed { result } => {
                 sqlx::query(&format!(
@@ -378,7 +398,7 @@ impl TaskStore for SqliteStore {
                 .bind(agent.to_string())
                 .bind(result.to_string())
                 .bind(to_millis(at))
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut *tx)
                 .await?
             }
             Outcome::Failed { error, retryable } => {
@@ -406,11 +426,11 @@ impl TaskStore for SqliteStore {
                 .bind(to_millis(at))
                 .bind(backoff.base_ms)
                 .bind(backoff.max_ms)
-                .fetch_optional(self.pool())
+                .fetch_optional(&mut *tx)
                 .await?
             }
         };
-        row.as_ref().map(task_from_row).transpose()
+        finish_one(tx, row, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %id, agent_id = %agent))]
@@ -419,6 +439,7 @@ impl TaskStore for SqliteStore {
         id: TaskId,
         agent: AgentId,
         at: DateTime<Utc>,
+        announce: Announce<'_, (TaskRecord, bool)>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         let at = to_millis(at);
         let mut tx = self.pool().begin().await?;
@@ -447,14 +468,18 @@ impl TaskStore for SqliteStore {
         .await?
         .rows_affected()
             > 0;
+        let released = (task_from_row(&row)?, went_offline);
+        outbox::write(&mut tx, &announce(&released)).await?;
         tx.commit().await?;
-        Ok(Some((task_from_row(&row)?, went_offline)))
+        Ok(Some(released))
     }
 
     async fn release_server_agent_tasks(
         &self,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE tasks SET {set}
              WHERE status = 'running'
@@ -463,16 +488,18 @@ impl TaskStore for SqliteStore {
             set = release_set(1),
         ))
         .bind(to_millis(at))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
     async fn requeue_expired(
         &self,
         backoff: Backoff,
         at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let spent = "attempts >= max_attempts";
         let rows = sqlx::query(&format!(
             "UPDATE tasks SET
@@ -494,12 +521,17 @@ impl TaskStore for SqliteStore {
         .bind(to_millis(at))
         .bind(backoff.base_ms)
         .bind(backoff.max_ms)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
-    async fn fail_timed_out(&self, at: DateTime<Utc>) -> Result<Vec<TaskRecord>, StoreError> {
+    async fn fail_timed_out(
+        &self,
+        at: DateTime<Utc>,
+        announce: Announce<'_, TaskRecord>,
+    ) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(&format!(
             "UPDATE tasks SET status = 'failed',
                               error = 'timed out after ' || timeout_s || ' s',
@@ -509,9 +541,9 @@ impl TaskStore for SqliteStore {
              RETURNING {TASK_COLUMNS}"
         ))
         .bind(to_millis(at))
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        tasks_from_rows(&rows)
+        finish_many(tx, &rows, announce).await
     }
 
     async fn task_attempts(&self, id: TaskId) -> Result<Vec<AttemptRecord>, StoreError> {
@@ -648,6 +680,37 @@ fn release_set(now: usize) -> String {
          attempt_outcome = 'handed_back', available_at = ?{now}, lease_expires_at = NULL,
          updated_at = ?{now}"
     )
+}
+
+/// Ends a one-row transition's transaction: writes the changed task's announcements
+/// and commits, or rolls back when the condition did not hold (`None`).
+async fn finish_one(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    row: Option<SqliteRow>,
+    announce: Announce<'_, TaskRecord>,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let task = task_from_row(&row)?;
+    outbox::write(&mut tx, &announce(&task)).await?;
+    tx.commit().await?;
+    Ok(Some(task))
+}
+
+/// [`finish_one`] for a statement that changed any number of tasks.
+async fn finish_many(
+    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
+    rows: &[SqliteRow],
+    announce: Announce<'_, TaskRecord>,
+) -> Result<Vec<TaskRecord>, StoreError> {
+    let tasks = tasks_from_rows(rows)?;
+    if !tasks.is_empty() {
+        outbox::write(&mut tx, &announcements(announce, &tasks)).await?;
+    }
+    tx.commit().await?;
+    Ok(tasks)
 }
 
 /// Inserts the task row.
