@@ -518,6 +518,10 @@ impl<S: OutboxStore> OutboxPort for StoreOutbox<S> {
     async fn remove(&self, ids: &[i64]) -> anyhow::Result<()> {
         Ok(self.0.outbox_remove(ids).await?)
     }
+
+    async fn abandon(&self) -> anyhow::Result<()> {
+        Ok(self.0.outbox_abandon().await?)
+    }
 }
 
 #[cfg(test)]

@@ -70,6 +70,12 @@ pub trait OutboxPort: Send + Sync + 'static {
     async fn pending(&self, limit: u32) -> anyhow::Result<Vec<OutboxEntry>>;
     /// Removes published entries.
     async fn remove(&self, ids: &[i64]) -> anyhow::Result<()>;
+    /// Gives up the entries `pending` returned without removing them (their publish
+    /// failed): they stay pending, and an outbox shared by several relays lets the
+    /// others have a turn meanwhile.
+    async fn abandon(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The relay handle: wakes the relay task and waits for it. Cheap to clone.
@@ -172,7 +178,12 @@ impl Relay {
                         dedupe: Some(e.id),
                     })
                     .collect();
-                self.inner.hub.publish_batch(batch).await?;
+                if let Err(err) = self.inner.hub.publish_batch(batch).await {
+                    if let Err(also) = self.inner.port.abandon().await {
+                        tracing::warn!(error = format!("{also:#}"), "outbox abandon failed");
+                    }
+                    return Err(err);
+                }
                 if drained {
                     // Published and delivered: the waiters need not wait for the
                     // remove (a crash before it repeats nothing, see the module doc).

@@ -84,4 +84,10 @@ pub trait OutboxStore: Send + Sync + 'static {
 
     /// Removes these rows (published); ids that are gone already are ignored.
     async fn outbox_remove(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// Ends a read whose rows were not published (and so not removed): they stay
+    /// pending. A store whose relays take turns (PostgreSQL) lets the next one in.
+    async fn outbox_abandon(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

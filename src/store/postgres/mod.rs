@@ -176,6 +176,28 @@ mod tests {
         assert_eq!(rest.len(), 1, "B sees only what A has not published");
         assert!(rest[0].id > first[0].id);
         b.outbox_remove(&[rest[0].id]).await.unwrap();
+        // A failed publish hands the turn over at once (`outbox_abandon`).
+        a.insert_task(
+            &crate::store::NewTask {
+                id: crate::domain::TaskId::new(),
+                ..new
+            },
+            chrono::Duration::hours(24),
+            &two,
+        )
+        .await
+        .unwrap();
+        let kept = a.outbox_pending(10).await.unwrap();
+        assert_eq!(kept.len(), 2);
+        a.outbox_abandon().await.unwrap();
+        let again = tokio::time::timeout(std::time::Duration::from_secs(1), b.outbox_pending(10))
+            .await
+            .expect("B's turn without waiting")
+            .unwrap();
+        assert_eq!(again, kept, "abandoned rows stay pending");
+        b.outbox_remove(&kept.iter().map(|r| r.id).collect::<Vec<_>>())
+            .await
+            .unwrap();
         // An empty read releases the lock at once: B can read right after.
         let held = a.outbox_pending(1).await.unwrap();
         assert!(

@@ -6,7 +6,9 @@
 //! overlapping batches at once would interleave them. `outbox_pending` takes a
 //! session-level advisory lock (`pg_advisory_lock` on `RELAY_LOCK`) on a connection the
 //! store keeps for the relay alone, and `outbox_remove` (or a read that found nothing)
-//! releases it, so each read-publish-remove runs on one node at a time. Every relay
+//! releases it, so each read-publish-remove runs on one node at a time. A publish that
+//! fails releases it too (`outbox_abandon`): a node cut off from the broker does not
+//! keep the turn through its retries. Every relay
 //! publishes every node's rows, so whichever node holds the lock serves the others.
 //!
 //! Deadlines, so that a dead or stuck node never blocks the others:
@@ -183,6 +185,13 @@ impl OutboxStore for PgStore {
             .bind(ids)
             .execute(&mut conn)
             .await?;
+        self.release_relay_lock(conn).await
+    }
+
+    async fn outbox_abandon(&self) -> Result<(), StoreError> {
+        // The publish failed (the broker is out of reach): hand the turn over, or this
+        // node would keep it across its retries while another might publish.
+        let conn = self.relay_conn().await?;
         self.release_relay_lock(conn).await
     }
 }
