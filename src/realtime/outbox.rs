@@ -12,8 +12,9 @@
 //!   relay drains leftovers when it starts;
 //! - a crash between the publish and the remove repeats nothing: the broker answers an
 //!   already published key with the earlier position and delivers nothing again;
-//! - entries are published in id order, which is commit order, so a task's updates
-//!   reach its owner in the order they happened.
+//! - entries are published in id order, which is commit order for the changes of one
+//!   task or agent (on SQLite for all of them), so a task's updates reach its owner in
+//!   the order they happened.
 //!
 //! The relay is woken right after each commit that wrote entries ([`Relay::flush`]),
 //! and sweeps every `SWEEP_EVERY` regardless (another process's leftovers, a missed
@@ -25,7 +26,8 @@
 //!
 //! One relay per outbox: with one node, the relay task is the only reader. Several
 //! nodes sharing one database must serialize their relays (the PostgreSQL store holds
-//! an advisory lock from `pending` to `remove`), or publication order would be lost.
+//! an advisory lock from `pending` to `remove` or `abandon`, with deadlines; see
+//! `store::postgres::outbox`), or publication order would be lost.
 //!
 //! The relay knows no store: it reads through the [`OutboxPort`] port, which `app.rs`
 //! adapts to the store's `OutboxStore`.

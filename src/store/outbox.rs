@@ -77,9 +77,11 @@ pub struct OutboxRow {
 /// The outbox, as the relay sees it.
 #[async_trait]
 pub trait OutboxStore: Send + Sync + 'static {
-    /// Up to `limit` pending rows, oldest (lowest id) first. Ids are assigned in commit
-    /// order, so every row committed before this call is either returned or behind
-    /// the last one returned.
+    /// Up to `limit` pending rows, oldest (lowest id) first. On SQLite ids are assigned
+    /// in commit order, so every row committed before this call is either returned or
+    /// behind the last one returned; on PostgreSQL that holds for the rows of changes
+    /// to one task or agent (their row lock orders them), while unrelated rows may
+    /// commit out of id order (see `store::postgres::outbox`).
     async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
 
     /// Removes these rows (published); ids that are gone already are ignored.
