@@ -5,14 +5,19 @@
 use crate::auth::password::Hasher;
 use crate::auth::throttle::{LoginThrottle, RegistrationLimiter};
 use crate::auth::tokens::TokenSigner;
+use crate::cluster::local::LocalBackplane;
+use crate::cluster::redis::RedisBackplane;
+use crate::cluster::Backplane;
 use crate::config::{Settings, StorageSettings};
 use crate::http::server::Server;
 use crate::http::{self, AppState, HttpSettings, Readiness};
 use crate::realtime::broker::local::LocalBroker;
+use crate::realtime::broker::redis::RedisBroker;
 use crate::realtime::{Disconnect, HistoryPolicy, Hub, MessageLog};
 use crate::shutdown::Shutdown;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{MessageStore, Store};
+use crate::store::{MessageStore, SigningKeyStore, Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -28,6 +33,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before `accept`.
 const LISTEN_BACKLOG: u32 = 1024;
+/// The prefix of every Redis key (and channel) the nodes share.
+const REDIS_PREFIX: &str = "zerostate";
 
 /// Opens the store named by the storage settings, creating the data directory `0700`
 /// and keeping every file in it `0600`.
@@ -35,14 +42,22 @@ pub async fn open_store(storage: &StorageSettings) -> anyhow::Result<Arc<dyn Sto
     Ok(open_backends(storage).await?.0)
 }
 
+/// What `open_backends` opens on one database: the store, the real-time message history
+/// (adapted to the hub's port) and, for a database several nodes share, the keeper of
+/// their common signing key.
+type Backends = (
+    Arc<dyn Store>,
+    Arc<dyn MessageLog>,
+    Option<Arc<dyn SigningKeyStore>>,
+);
+
 /// Opens the store and, on the same database, the real-time message history (adapted
-/// to the hub's port).
-async fn open_backends(
-    storage: &StorageSettings,
-) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn MessageLog>)> {
-    fn both<S: Store + MessageStore>(store: S) -> (Arc<dyn Store>, Arc<dyn MessageLog>) {
+/// to the hub's port). The data directory is created in every case: a single node
+/// keeps its signing key there.
+async fn open_backends(storage: &StorageSettings) -> anyhow::Result<Backends> {
+    fn both<S: Store + MessageStore>(store: S) -> Backends {
         let store = Arc::new(store);
-        (store.clone(), Arc::new(StoreMessageLog(store)))
+        (store.clone(), Arc::new(StoreMessageLog(store)), None)
     }
     prepare_data_dir(&storage.data_dir)?;
     let backends = match storage.database_url.as_deref() {
@@ -51,9 +66,18 @@ async fn open_backends(
             both(SqliteStore::open(&path).await?)
         }
         Some(url) if url.starts_with("sqlite:") => both(SqliteStore::open_url(url).await?),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PgStore::open_url(url).await?;
+            // A clone shares the connection pool.
+            let keys: Arc<dyn SigningKeyStore> = Arc::new(store.clone());
+            let (store, log, _) = both(store);
+            (store, log, Some(keys))
+        }
         Some(url) => {
             let scheme = url.split(':').next().unwrap_or_default();
-            anyhow::bail!("unsupported database URL scheme {scheme:?}: this build supports sqlite:")
+            anyhow::bail!(
+                "unsupported database URL scheme {scheme:?}: this build supports sqlite:, postgres:// and postgresql://"
+            )
         }
     };
     // Files made by an older version (or before the umask was set) are tightened too.
@@ -74,21 +98,40 @@ pub struct Application {
 impl Application {
     /// Builds everything and binds the listener, so `local_addr` is known before `run`.
     pub async fn build(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        if settings.redis_url.is_some() {
-            anyhow::bail!("--redis-url (several nodes) is not supported by this build yet");
-        }
-        let (store, history_log) = open_backends(&settings.storage).await?;
-        let signer = TokenSigner::load_or_create(
-            settings.signing_key.as_ref().map(|k| k.0.as_str()),
-            &settings.storage.data_dir,
-        )?;
+        let (store, history_log, shared_keys) = open_backends(&settings.storage).await?;
+        let given_key = settings.signing_key.as_ref().map(|k| k.0.as_str());
+        let signer = match (&shared_keys, given_key) {
+            // Several nodes on one database: without `--signing-key`, the key is made
+            // once and kept in the database, so every node signs with the same one.
+            (Some(keys), None) => {
+                let key = keys.signing_key(&TokenSigner::generate_key()).await?;
+                TokenSigner::from_key(&key)?
+            }
+            _ => TokenSigner::load_or_create(given_key, &settings.storage.data_dir)?,
+        };
         let readiness = Readiness::default();
         let history = HistoryPolicy {
             max_per_stream: settings.history_max_per_user,
             max_age: settings.history_max_age,
         };
-        let broker = LocalBroker::start(history_log.clone()).await?;
-        let hub = Hub::start(Arc::new(broker), history).await?;
+        // One node: everything in this process. Several (`--redis-url`): Redis.
+        let (cluster, broker): (Arc<dyn Backplane>, Arc<dyn crate::realtime::Broker>) =
+            match settings.redis_url.as_deref() {
+                None => (
+                    Arc::new(LocalBackplane::default()),
+                    Arc::new(LocalBroker::start(history_log.clone()).await?),
+                ),
+                Some(url) => {
+                    let client = redis::Client::open(url).context("reading --redis-url")?;
+                    let backplane =
+                        RedisBackplane::start(client.clone(), REDIS_PREFIX.to_owned()).await?;
+                    // Publish-plus-history and delivery for every node, on the same Redis.
+                    let broker = RedisBroker::start(client, REDIS_PREFIX.to_owned()).await?;
+                    (Arc::new(backplane), Arc::new(broker))
+                }
+            };
+        let hub = Hub::start(broker, history).await?;
+        hub.join_cluster(cluster.clone());
         let shutdown = Shutdown::new();
         let agents = crate::agents::AgentService::new(
             store.clone(),
@@ -110,8 +153,11 @@ impl Application {
         let state = AppState {
             store,
             signer: Arc::new(signer),
-            throttle: Arc::new(LoginThrottle::default()),
-            registrations: Arc::new(RegistrationLimiter::new(settings.limits.registration_limit)),
+            throttle: Arc::new(LoginThrottle::new(cluster.clone())),
+            registrations: Arc::new(RegistrationLimiter::new(
+                settings.limits.registration_limit,
+                cluster.clone(),
+            )),
             realtime_admission: Arc::default(),
             hasher: Hasher::new(),
             http: Arc::new(HttpSettings {
@@ -128,6 +174,7 @@ impl Application {
             messages: history_log,
             agents,
             tasks,
+            cluster,
         };
         let listener = bind(&settings.addr).await?;
         let builtin_agent = settings.builtin_agent;
@@ -205,7 +252,19 @@ impl BackgroundJobs {
     fn start(state: &AppState, shutdown: &Shutdown) -> Self {
         let hub = state.hub.clone();
         let history = shutdown.clone();
+        let signals = state.clone();
         Self(vec![
+            // The cluster: this node's stats and connection counts, other nodes' signals.
+            tokio::spawn(crate::cluster::run_upkeep(
+                state.cluster.clone(),
+                state.hub.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::cluster::run_signals(
+                state.cluster.clone(),
+                shutdown.clone(),
+                move |signal| signals.on_cluster_signal(signal),
+            )),
             // Leases, timeouts and silent agents.
             tokio::spawn(state.tasks.clone().run_reaper(shutdown.clone())),
             // Message-history retention.
@@ -435,6 +494,17 @@ mod tests {
                 let log: Arc<dyn MessageLog> = Arc::new(StoreMessageLog(store));
                 Arc::new(LocalBroker::start(log).await.unwrap()) as Arc<dyn Broker>
             }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_local_broker_on_postgres_keeps_the_broker_contract() {
+        crate::realtime::broker::contract::run_all(|| async {
+            let url = crate::store::postgres::testing::fresh_database().await;
+            let store = Arc::new(PgStore::open_url(&url).await.unwrap());
+            let log: Arc<dyn MessageLog> = Arc::new(StoreMessageLog(store));
+            Arc::new(LocalBroker::start(log).await.unwrap()) as Arc<dyn Broker>
         })
         .await;
     }
