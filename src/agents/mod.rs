@@ -12,6 +12,7 @@ pub mod shell;
 pub mod tokens;
 
 use crate::auth::secret::{self, NewSecret, AGENT_TOKEN_PREFIX};
+use crate::cluster::Signal;
 use crate::domain::{AgentId, Capability, MessageType, ParseError, UserId};
 use crate::realtime::{Hub, Target};
 use crate::store::{AgentChanges, AgentRecord, NewAgent, Store, StoreError, TaskRecord};
@@ -218,7 +219,7 @@ impl AgentService {
         };
         let (agent, created) = self.store.upsert_system_agent(BUILTIN_KEY, &new).await?;
         // The previous start's token is void.
-        self.tokens.revoke(agent.id);
+        self.revoke_tokens(agent.id);
         if created {
             self.announce(&agent, AgentAction::Registered).await;
         }
@@ -238,6 +239,8 @@ impl AgentService {
             .update_agent(before.id, changes, Utc::now())
             .await?;
         self.tokens.changed(agent.id);
+        self.hub
+            .signal_cluster(Signal::AgentChanged { agent: agent.id });
         if agent.shared != before.shared {
             tracing::info!(agent_id = %agent.id, shared = agent.shared, "agent sharing changed");
         }
@@ -252,10 +255,17 @@ impl AgentService {
     /// the task service to announce, which also wakes waiting claims.
     pub async fn delete(&self, agent: &AgentRecord) -> Result<Vec<TaskRecord>, StoreError> {
         let requeued = self.store.delete_agent(agent.id, Utc::now()).await?;
-        self.tokens.revoke(agent.id);
+        self.revoke_tokens(agent.id);
         tracing::info!(agent_id = %agent.id, requeued = requeued.len(), "agent deleted");
         self.announce(agent, AgentAction::Deleted).await;
         Ok(requeued)
+    }
+
+    /// Forgets the agent's verified tokens and ends its waiting claims, on this node
+    /// and (through the backplane) on every other.
+    fn revoke_tokens(&self, agent: AgentId) {
+        self.tokens.revoke(agent);
+        self.hub.signal_cluster(Signal::AgentRevoked { agent });
     }
 
     /// Gives the agent a new token, returned once; the old one stops working at once,
@@ -267,7 +277,7 @@ impl AgentService {
             .store
             .set_agent_token(id, &token.hash, &token.prefix, Utc::now())
             .await?;
-        self.tokens.revoke(id);
+        self.revoke_tokens(id);
         tracing::info!(agent_id = %id, "agent token rotated");
         Ok((agent, token))
     }

@@ -357,3 +357,35 @@ async fn live_task_output_written_on_one_node_reaches_the_owner_on_the_other() {
     assert_eq!(frame["text"], "hello from A");
     assert_eq!(frame["seq"], 1);
 }
+
+#[tokio::test]
+async fn a_token_rotated_on_one_node_is_refused_on_the_other_before_its_cache_ages_out() {
+    if on_postgres() {
+        // These share one SQLite file between the nodes; on PostgreSQL each app gets
+        // a database of its own, and the multi-node suite covers the shared case.
+        return;
+    }
+    let redis = Redis::start().await;
+    let (a, b, _shared) = two_nodes_sharing_a_store(&redis).await;
+    let owner = a.new_user().await;
+    let (agent, old) = a.register_agent(&owner, "rotated", &["rotated"]).await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    // B verifies the token now, so B remembers it (for up to 10 s).
+    let (status, body) = b.runtime(&old, "/claim", json!({ "wait_s": 0 })).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = a
+        .post(
+            &format!("/api/v1/agents/{id}/token"),
+            Some(&owner.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The backplane tells B at once; without it B would accept the old token until its
+    // cache entry ages out 10 s after the claim.
+    let refused = eventually(Duration::from_secs(5), || async {
+        b.runtime(&old, "/claim", json!({ "wait_s": 0 })).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(refused, "B refused the rotated token well before 10 s");
+}
