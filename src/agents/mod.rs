@@ -200,12 +200,15 @@ impl AgentService {
         Ok((agent, token))
     }
 
-    /// Creates the built-in agent on first start, or gives it a fresh token on later
-    /// starts; the raw token lives only in this process's memory. It is shared (it runs
-    /// every user's tasks, so a new user's first task completes), and made shared again
-    /// at every start should it have been changed.
-    pub async fn ensure_builtin(&self) -> Result<(AgentRecord, NewSecret), StoreError> {
-        let token = secret::generate(AGENT_TOKEN_PREFIX);
+    /// Creates the built-in agent on first start, or sets its token on later starts
+    /// (the token is derived from the signing key: every node of a cluster runs the
+    /// one built-in agent with the same token, and a changed key voids the old one). It
+    /// is shared (it runs every user's tasks, so a new user's first task completes),
+    /// and made shared again at every start should it have been changed.
+    pub async fn ensure_builtin(
+        &self,
+        token: NewSecret,
+    ) -> Result<(AgentRecord, NewSecret), StoreError> {
         let new = NewAgent {
             id: AgentId::new(),
             owner_id: SYSTEM_OWNER,
@@ -218,8 +221,11 @@ impl AgentService {
             created_at: Utc::now(),
         };
         let (agent, created) = self.store.upsert_system_agent(BUILTIN_KEY, &new).await?;
-        // The previous start's token is void.
-        self.revoke_tokens(agent.id);
+        // Tokens remembered for it are read again (a changed key changed the token);
+        // claims waiting with the same token on other nodes go on.
+        self.tokens.changed(agent.id);
+        self.hub
+            .signal_cluster(Signal::AgentChanged { agent: agent.id });
         if created {
             self.announce(&agent, AgentAction::Registered).await;
         }

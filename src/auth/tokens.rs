@@ -33,6 +33,9 @@ pub struct TokenSigner {
     decoding: DecodingKey,
     validation: Validation,
     sessions: Arc<SessionCache>,
+    /// Derived from the key: the seed of the built-in agent's token, so every node of a
+    /// cluster (one key) gives the one built-in agent the same token.
+    builtin_agent_seed: [u8; 32],
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -61,7 +64,24 @@ impl TokenSigner {
             decoding: DecodingKey::from_secret(secret),
             validation,
             sessions: Arc::default(),
+            builtin_agent_seed: {
+                use sha2::Digest;
+                let mut seed = sha2::Sha256::new();
+                seed.update(b"zerostate built-in agent token\0");
+                seed.update(secret);
+                seed.finalize().into()
+            },
         }
+    }
+
+    /// The built-in agent's token: derived from the signing key, so every node that
+    /// shares the key runs the one built-in agent with the same token (a random token
+    /// per start would void the other nodes' at every start).
+    pub fn builtin_agent_token(&self) -> crate::auth::secret::NewSecret {
+        crate::auth::secret::derived(
+            crate::auth::secret::AGENT_TOKEN_PREFIX,
+            &self.builtin_agent_seed,
+        )
     }
 
     /// The sessions this server verified lately.
