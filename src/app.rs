@@ -171,7 +171,6 @@ impl Application {
             metrics,
             started_at: Instant::now(),
             hub,
-            messages: history_log,
             agents,
             tasks,
             cluster,

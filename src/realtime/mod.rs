@@ -26,7 +26,7 @@ pub use client::TransportKind;
 pub use connection::{Connection, Outgoing};
 pub use disconnect::Disconnect;
 pub use history::{HistoryPolicy, MessageLog};
-pub use hub::{ConnectError, ConnectRequest, Hub};
+pub use hub::{ConnectError, ConnectRequest, HistoryPage, Hub};
 pub use stats::{Stats, TransportCounts};
 
 use crate::domain::UserId;
