@@ -11,6 +11,7 @@
 mod auth;
 mod cluster;
 mod delivery;
+mod harness;
 mod nginx;
 mod node;
 mod ops;

@@ -442,7 +442,7 @@ pub fn nginx_config(dir: &Path, listen_port: u16, node_ports: &[u16]) -> String 
     let d = dir.display();
     let servers: String = node_ports
         .iter()
-        .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=2s;\n"))
+        .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
         .collect();
     // As root the workers would run as `nobody`, which cannot write our temp dir.
     // SAFETY: getuid has no preconditions.
