@@ -213,6 +213,10 @@ start)
   dir="$(cd "$dir" && pwd)"
   [ -e "$dir/node_count" ] && die "$dir already holds a cluster (stop it, or use start-nodes)"
   echo "$dir" > "$LAST"
+  # A start that fails half-way stops what it had started (the directory stays, with
+  # the logs).
+  started=0
+  trap 'if [ "$started" != 1 ]; then echo "cluster.sh: start failed; stopping what was started (logs in $dir)" >&2; "$0" stop --dir "$dir" >/dev/null 2>&1 || true; fi' EXIT
   echo "$bin" > "$dir/bin"
   echo "$nodes" > "$dir/node_count"
   : > "$dir/serve_args"
@@ -222,7 +226,11 @@ start)
 
   echo "== PostgreSQL"
   mkdir -p "$dir/pg"
-  if [ "$(id -u)" -eq 0 ]; then chown postgres: "$dir/pg"; fi
+  if [ "$(id -u)" -eq 0 ]; then
+    # PostgreSQL runs as `postgres`: it must reach its own directory inside ours.
+    chmod o+x "$dir"
+    chown postgres: "$dir/pg"
+  fi
   pg_port="$(free_port)"
   as_pg "$PG/initdb" -D "$dir/pg/data" -U postgres -A trust -E UTF8 >"$dir/pg/initdb.log" 2>&1 \
     || { cat "$dir/pg/initdb.log" >&2; die "initdb failed"; }
@@ -257,6 +265,7 @@ start)
   echo "redis:    $(cat "$dir/redis_url")"
   echo "stop with: $0 stop --dir $dir"
   echo "ZEROSTATE_CLUSTER_URL=http://127.0.0.1:$lb_port"
+  started=1
   ;;
 stop-nodes)
   stop_nodes

@@ -134,12 +134,15 @@ async fn a_client_resumes_on_other_nodes_with_nothing_lost_or_repeated_while_two
                 total(s) >= target && (hops == 0 || s.resumes > resumes_before)
             })
             .await;
-        if let Next::Closed(code) = ended {
-            panic!(
+        match ended {
+            // Too slow for the flow: the contract's answer is to resume at once.
+            Next::Closed(Some(4008)) => {}
+            Next::Closed(code) => panic!(
                 "node {} closed the client ({code:?})\n{}",
                 cluster.node(on).name,
                 cluster.logs()
-            );
+            ),
+            _ => {}
         }
         drop(ws);
         on = (on + 1) % 3;
@@ -230,7 +233,13 @@ async fn sigkill_of_a_node_loses_no_acknowledged_task_or_message_for_clients_res
     let acked_a = on_a.await.expect("publisher on A");
     let acked_tasks = submitter.await.expect("submitter on A");
     let acked_b = on_b.await.expect("publisher on B");
-    assert!(acked_a.len() >= 40 && acked_tasks.len() >= 10);
+    assert!(
+        acked_a.len() >= 40 && acked_tasks.len() >= 10,
+        "before the crash A acknowledged only {} messages and {} tasks\n{}",
+        acked_a.len(),
+        acked_tasks.len(),
+        cluster.logs()
+    );
     // The old connection ends with A; whatever it still delivered counts as seen.
     seen.read(&mut ws, Duration::from_secs(5), |_| false).await;
     drop(ws);

@@ -141,7 +141,14 @@ async function startCluster({ dataDir, builtinAgent, extraArgs }) {
   const dir = dataDir || mkdtempSync(path.join(tmpdir(), 'zs-e2e-cluster-'));
   const serveArgs = [...extraArgs];
   if (!builtinAgent) serveArgs.push('--no-builtin-agent');
-  const out = await clusterScript(['start', '--dir', dir, '--nodes', CLUSTER_NODES, '--bin', BIN, '--', ...serveArgs]);
+  let out;
+  try {
+    out = await clusterScript(['start', '--dir', dir, '--nodes', CLUSTER_NODES, '--bin', BIN, '--', ...serveArgs]);
+  } catch (err) {
+    // The script stopped what it had started; its output (in err) has the logs' tails.
+    if (ownDir) rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
   const m = /^ZEROSTATE_CLUSTER_URL=(http:\/\/127\.0\.0\.1:(\d+))$/m.exec(out);
   if (!m) throw new Error(`cluster.sh printed no URL:\n${out}`);
   let running = true;
