@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Runs every test: Rust unit and integration tests, the browser tests in real Chromium,
+# Runs every test: Rust unit and integration tests (single node on SQLite and on
+# PostgreSQL, and clusters of several nodes on PostgreSQL and Redis), the browser tests in real Chromium,
 # the Python SDK's tests and schemathesis against the served OpenAPI document, all
 # against the real server binary. Installs what a fresh Debian machine lacks (Chromium,
-# Node.js, Python's venv, the npm packages of package.json, the PyPI packages of the SDK
+# Node.js, Python's venv, PostgreSQL, Redis, nginx, the npm packages of package.json, the PyPI packages of the SDK
 # and of schemathesis) first; installing system packages needs root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,10 @@ command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-venv)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The store and cluster tests start their own PostgreSQL, Redis and nginx on loopback.
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need_apt+=(nginx-light)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   if [ "$(id -u)" -ne 0 ]; then
