@@ -55,6 +55,11 @@ pg_bin() {
   echo "$best"
 }
 
+# nginx lives in /usr/sbin, which is not on every user's PATH.
+nginx_path() {
+  command -v nginx 2>/dev/null || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; }
+}
+
 # Runs a PostgreSQL program as `postgres` when we are root.
 as_pg() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
@@ -206,7 +211,7 @@ start)
   fi
   [ -x "$bin" ] || die "no binary at $bin (cargo build --release)"
   command -v redis-server >/dev/null || die "redis-server is not installed (apt-get install redis-server)"
-  command -v nginx >/dev/null || die "nginx is not installed (apt-get install nginx-light)"
+  nginx_bin="$(nginx_path)" || die "nginx is not installed (apt-get install nginx-light)"
   PG="$(pg_bin)"
   if [ -z "$dir" ]; then dir="$(mktemp -d "${TMPDIR:-/tmp}/zerostate-cluster.XXXXXX")"; fi
   mkdir -p "$dir"
@@ -256,7 +261,7 @@ start)
   mkdir -p "$dir/nginx/tmp"
   chmod 0777 "$dir/nginx" "$dir/nginx/tmp"
   write_nginx_conf
-  nginx -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
+  "$nginx_bin" -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
   wait_port "$lb_port" nginx "$dir/nginx/error.log"
   echo "http://127.0.0.1:$lb_port" > "$dir/url"
 

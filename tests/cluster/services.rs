@@ -113,6 +113,23 @@ pub fn signal(pid: u32, sig: libc::c_int) {
     }
 }
 
+/// A program by name: `$env_var` if set, else the first of `name` on `PATH` or the
+/// given fallbacks (`/usr/sbin` is not on every user's `PATH`), else `name` itself.
+fn program(env_var: &str, name: &str, fallbacks: &[&str]) -> PathBuf {
+    if let Some(path) = std::env::var_os(env_var) {
+        return PathBuf::from(path);
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|dir| dir.join(name));
+    on_path
+        .chain(fallbacks.iter().map(PathBuf::from))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
 fn read_log(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -339,9 +356,11 @@ impl Redis {
     }
 
     async fn spawn(dir: &Path, port: u16) -> Daemon {
-        let child = Command::new(
-            std::env::var("ZEROSTATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
-        )
+        let child = Command::new(program(
+            "ZEROSTATE_REDIS_SERVER",
+            "redis-server",
+            &["/usr/bin/redis-server", "/usr/sbin/redis-server"],
+        ))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .arg("--dir")
         .arg(dir)
@@ -509,8 +528,7 @@ impl Nginx {
         let port = free_port();
         let conf = dir.path().join("nginx.conf");
         std::fs::write(&conf, nginx_config(dir.path(), port, node_ports)).expect("write conf");
-        let program = std::env::var("ZEROSTATE_NGINX").unwrap_or_else(|_| "nginx".into());
-        let child = Command::new(program)
+        let child = Command::new(program("ZEROSTATE_NGINX", "nginx", &["/usr/sbin/nginx"]))
             .arg("-p")
             .arg(dir.path())
             .arg("-c")
