@@ -143,6 +143,7 @@ impl Hub {
                 data_json,
                 created_at_ms: Utc::now().timestamp_millis(),
                 origin: Some(waiter.token),
+                dedupe: None,
             })
             .await?;
         let delivered = waiter

@@ -39,6 +39,7 @@ fn new_publication(target: Target, publisher: usize, n: usize, at_ms: i64) -> Ne
         data_json: format!(r#"{{"p":{publisher},"n":{n}}}"#),
         created_at_ms: at_ms,
         origin: Some((publisher * 1_000_000 + n) as u64),
+        dedupe: None,
     }
 }
 

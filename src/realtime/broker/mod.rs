@@ -15,10 +15,11 @@
 //! resyncing the affected connections from history (never dropped silently).
 //!
 //! Implementations: [`local::LocalBroker`] (one process, history in the store's message
-//! log). A cluster broker (Redis) must pass the same contract tests
-//! (`broker::contract`, test-only).
+//! log) and [`redis::RedisBroker`] (a cluster: every node on one Redis, one sequence
+//! for all of them). Both pass the same contract tests (`broker::contract`, test-only).
 
 pub mod local;
+pub mod redis;
 
 #[cfg(test)]
 pub(crate) mod contract;
@@ -49,6 +50,8 @@ pub struct NewPublication {
     /// that hub can tell its caller what its own node did with the message. Hubs draw
     /// tokens from a random 64-bit start, so another node's token never matches.
     pub origin: Option<u64>,
+    /// An idempotency key (the transactional outbox's row id): a publication whose key was already published is not published again, and publish returns the earlier one's seq.
+    pub dedupe: Option<i64>,
 }
 
 /// A publication as delivered to a hub: the message, its position, and the position of
