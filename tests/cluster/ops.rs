@@ -142,9 +142,19 @@ async fn health_turns_degraded_while_redis_is_down_and_healthy_when_it_is_back()
     // (this first account of the cluster is its admin).
     let admin = cluster.node(0).new_user().await;
     let (mut ws, _) = cluster.node(2).ws(&admin.token).await;
-    cluster
+    let (status, body) = cluster
         .node(0)
-        .publish_ok(&admin, &admin.id, "hello", json!({}))
+        .post(
+            &format!("/api/v1/ws/user/{}", admin.id),
+            Some(&admin.token),
+            json!({ "type": "hello", "data": {} }),
+        )
         .await;
+    assert_eq!(
+        status,
+        202,
+        "publish after recovery: {body}\n{}",
+        cluster.logs()
+    );
     ws.next_of("hello", |_| true).await;
 }
