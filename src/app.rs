@@ -11,8 +11,9 @@ use crate::http::{self, AppState, HttpSettings, Readiness};
 use crate::realtime::broker::local::LocalBroker;
 use crate::realtime::{Disconnect, HistoryPolicy, Hub, MessageLog};
 use crate::shutdown::Shutdown;
+use crate::store::postgres::PgStore;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{MessageStore, Store};
+use crate::store::{MessageStore, SigningKeyStore, Store};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use std::net::SocketAddr;
@@ -35,14 +36,22 @@ pub async fn open_store(storage: &StorageSettings) -> anyhow::Result<Arc<dyn Sto
     Ok(open_backends(storage).await?.0)
 }
 
+/// What `open_backends` opens on one database: the store, the real-time message history
+/// (adapted to the hub's port) and, for a database several nodes share, the keeper of
+/// their common signing key.
+type Backends = (
+    Arc<dyn Store>,
+    Arc<dyn MessageLog>,
+    Option<Arc<dyn SigningKeyStore>>,
+);
+
 /// Opens the store and, on the same database, the real-time message history (adapted
-/// to the hub's port).
-async fn open_backends(
-    storage: &StorageSettings,
-) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn MessageLog>)> {
-    fn both<S: Store + MessageStore>(store: S) -> (Arc<dyn Store>, Arc<dyn MessageLog>) {
+/// to the hub's port). The data directory is created in every case: a single node
+/// keeps its signing key there.
+async fn open_backends(storage: &StorageSettings) -> anyhow::Result<Backends> {
+    fn both<S: Store + MessageStore>(store: S) -> Backends {
         let store = Arc::new(store);
-        (store.clone(), Arc::new(StoreMessageLog(store)))
+        (store.clone(), Arc::new(StoreMessageLog(store)), None)
     }
     prepare_data_dir(&storage.data_dir)?;
     let backends = match storage.database_url.as_deref() {
@@ -51,9 +60,18 @@ async fn open_backends(
             both(SqliteStore::open(&path).await?)
         }
         Some(url) if url.starts_with("sqlite:") => both(SqliteStore::open_url(url).await?),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let store = PgStore::open_url(url).await?;
+            // A clone shares the connection pool.
+            let keys: Arc<dyn SigningKeyStore> = Arc::new(store.clone());
+            let (store, log, _) = both(store);
+            (store, log, Some(keys))
+        }
         Some(url) => {
             let scheme = url.split(':').next().unwrap_or_default();
-            anyhow::bail!("unsupported database URL scheme {scheme:?}: this build supports sqlite:")
+            anyhow::bail!(
+                "unsupported database URL scheme {scheme:?}: this build supports sqlite:, postgres:// and postgresql://"
+            )
         }
     };
     // Files made by an older version (or before the umask was set) are tightened too.
@@ -77,11 +95,17 @@ impl Application {
         if settings.redis_url.is_some() {
             anyhow::bail!("--redis-url (several nodes) is not supported by this build yet");
         }
-        let (store, history_log) = open_backends(&settings.storage).await?;
-        let signer = TokenSigner::load_or_create(
-            settings.signing_key.as_ref().map(|k| k.0.as_str()),
-            &settings.storage.data_dir,
-        )?;
+        let (store, history_log, shared_keys) = open_backends(&settings.storage).await?;
+        let given_key = settings.signing_key.as_ref().map(|k| k.0.as_str());
+        let signer = match (&shared_keys, given_key) {
+            // Several nodes on one database: without `--signing-key`, the key is made
+            // once and kept in the database, so every node signs with the same one.
+            (Some(keys), None) => {
+                let key = keys.signing_key(&TokenSigner::generate_key()).await?;
+                TokenSigner::from_key(&key)?
+            }
+            _ => TokenSigner::load_or_create(given_key, &settings.storage.data_dir)?,
+        };
         let readiness = Readiness::default();
         let history = HistoryPolicy {
             max_per_stream: settings.history_max_per_user,
@@ -435,6 +459,17 @@ mod tests {
                 let log: Arc<dyn MessageLog> = Arc::new(StoreMessageLog(store));
                 Arc::new(LocalBroker::start(log).await.unwrap()) as Arc<dyn Broker>
             }
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn the_local_broker_on_postgres_keeps_the_broker_contract() {
+        crate::realtime::broker::contract::run_all(|| async {
+            let url = crate::store::postgres::testing::fresh_database().await;
+            let store = Arc::new(PgStore::open_url(&url).await.unwrap());
+            let log: Arc<dyn MessageLog> = Arc::new(StoreMessageLog(store));
+            Arc::new(LocalBroker::start(log).await.unwrap()) as Arc<dyn Broker>
         })
         .await;
     }

@@ -35,7 +35,8 @@ pub struct StorageArgs {
     /// Directory for the SQLite database and the token signing key.
     #[arg(long, env = "ZEROSTATE_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
-    /// Database URL (`sqlite:…`); default: SQLite in the data directory.
+    /// Database URL (`sqlite:…`, or `postgres://…` for several nodes sharing one
+    /// database); default: SQLite in the data directory.
     #[arg(long, env = "ZEROSTATE_DATABASE_URL")]
     pub database_url: Option<String>,
 }

@@ -6,7 +6,8 @@
 //! the server (logout, password change) forgets them at once.
 //!
 //! The signing key is never a constant: it is generated at first start and kept in the
-//! data directory (mode 0600), or given by `--signing-key`.
+//! data directory (mode 0600), or in a database several nodes share, or given by
+//! `--signing-key`.
 
 use crate::domain::{Credential, Role, SessionId, UserId};
 use anyhow::Context;
@@ -67,15 +68,28 @@ impl TokenSigner {
         &self.sessions
     }
 
+    /// A key given as text (`--signing-key`, or the one a shared database keeps): at
+    /// least 32 bytes.
+    pub fn from_key(key: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            key.len() >= 32,
+            "the signing key must be at least 32 characters"
+        );
+        Ok(Self::from_secret(key.as_bytes()))
+    }
+
+    /// A new random key as text (64 random bytes, hex), for a store to keep.
+    pub fn generate_key() -> String {
+        let mut bytes = [0u8; 64];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        hex::encode(bytes)
+    }
+
     /// Uses `given` when set (at least 32 bytes), else the key file in `data_dir`,
     /// creating it with fresh random bytes and mode 0600 on first start.
     pub fn load_or_create(given: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
         if let Some(secret) = given {
-            anyhow::ensure!(
-                secret.len() >= 32,
-                "the signing key must be at least 32 characters"
-            );
-            return Ok(Self::from_secret(secret.as_bytes()));
+            return Self::from_key(secret);
         }
         let path = data_dir.join(KEY_FILE);
         match std::fs::read(&path) {

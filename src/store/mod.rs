@@ -1,15 +1,19 @@
 //! Persistence. The rest of the program sees one `Store` trait, assembled from one trait
-//! per area (accounts, …), so that a SQLite and a PostgreSQL side can stand behind it.
-//! Only `app.rs` chooses the concrete backend, from the database URL.
+//! per area (accounts, …), with a SQLite side (`sqlite/`, one node) and a PostgreSQL
+//! side (`postgres/`, several nodes) behind it. Only `app.rs` chooses the concrete
+//! backend, from the database URL. `conformance.rs` (tests) holds the cases both pass.
 //!
 //! Times are stored as Unix milliseconds and ids as UUID text: both sort and compare
 //! the same way on every backend.
 
 mod agents;
+#[cfg(test)]
+mod conformance;
 mod error;
 mod messages;
 mod models;
 mod output;
+pub mod postgres;
 pub mod sqlite;
 mod tasks;
 
@@ -38,6 +42,17 @@ pub trait Store:
 impl<T: UserStore + AgentStore + TaskStore + OutputStore + HealthCheck + Send + Sync + 'static>
     Store for T
 {
+}
+
+/// A store that several nodes share keeps the token signing key, so that every node
+/// signs and checks sessions with the same one (contract, Running: without
+/// `--signing-key` "the key is then generated once and kept in the database"). The
+/// single-node SQLite store does not implement it: its key stays in the data directory.
+#[async_trait]
+pub trait SigningKeyStore: Send + Sync {
+    /// The stored key; when there is none yet, stores `candidate` first. Race-free: of
+    /// nodes starting together, the first insert wins and every node gets that one.
+    async fn signing_key(&self, candidate: &str) -> Result<String, StoreError>;
 }
 
 /// Lets `/health` and `/ready` ask whether the database answers.

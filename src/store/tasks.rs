@@ -153,9 +153,9 @@ pub enum Outcome {
     },
 }
 
-/// The queue. PostgreSQL will implement the claim with
-/// `SELECT … FOR UPDATE SKIP LOCKED` inside the `UPDATE`; SQLite has one writer, so the
-/// single `UPDATE … WHERE id = (SELECT …)` statement is already exclusive.
+/// The queue. PostgreSQL implements the claim with `SELECT … FOR UPDATE SKIP LOCKED`
+/// inside the `UPDATE`; SQLite has one writer, so the single
+/// `UPDATE … WHERE id = (SELECT …)` statement is already exclusive.
 #[async_trait]
 pub trait TaskStore {
     /// Queues a task. With an idempotency key that the user already used for a task
@@ -253,4 +253,39 @@ pub trait TaskStore {
         user: Option<UserId>,
         since: DateTime<Utc>,
     ) -> Result<Vec<TaskStat>, StoreError>;
+}
+
+/// One user's due tasks at one priority, as a backend's `queue_standing` weighs them.
+pub(crate) struct Rival {
+    pub rank: i64,
+    /// The task's own user.
+    pub mine: bool,
+    pub queued: i64,
+    /// Of those, how many come before the task (its own user's only matter).
+    pub before: i64,
+    /// The claim's turn order: running tasks, last hand-out (0 = never), oldest task.
+    pub turn: (i64, i64, i64),
+}
+
+/// The task's place in the fair order (1 = next): every task of a higher priority, then
+/// a round robin over the users at its priority, where it is its owner's k-th task: each
+/// other user gets k-1 turns before it, and a k-th too when their turn comes first in a
+/// round (the claim's order of fewest running, longest since a hand-out, oldest task).
+/// An estimate in one respect: the turn order is today's, while the real one shifts as
+/// tasks are handed out.
+pub(crate) fn fair_position(rank: i64, own_turn: (i64, i64, i64), rivals: &[Rival]) -> i64 {
+    let higher: i64 = rivals
+        .iter()
+        .filter(|r| r.rank > rank)
+        .map(|r| r.queued)
+        .sum();
+    let own = rivals.iter().find(|r| r.rank == rank && r.mine);
+    let k = own.map_or(0, |r| r.before) + 1;
+    let own_turn = own.map_or(own_turn, |r| (r.turn.0, r.turn.1, r.turn.2.min(own_turn.2)));
+    let others: i64 = rivals
+        .iter()
+        .filter(|r| r.rank == rank && !r.mine)
+        .map(|r| r.queued.min(k - 1 + i64::from(r.turn < own_turn)))
+        .sum();
+    higher + k + others
 }

@@ -35,8 +35,46 @@ pub struct TestApp {
     /// A client without a cookie jar: tests pass credentials explicitly.
     pub client: reqwest::Client,
     data_dir: Arc<tempfile::TempDir>,
+    /// `Some` when the suite runs on PostgreSQL: this app's own database.
+    database_url: Option<String>,
     options: AppOptions,
     process: Spawned,
+}
+
+/// The variable that switches the suite to PostgreSQL: a server URL such as
+/// `postgres://postgres@127.0.0.1:PORT/postgres` (see `scripts/test-postgres.sh`).
+pub const POSTGRES_URL_VAR: &str = "ZEROSTATE_TEST_POSTGRES_URL";
+
+/// Whether the suite runs on PostgreSQL (tests that look at SQLite's files skip that
+/// part).
+pub fn on_postgres() -> bool {
+    std::env::var_os(POSTGRES_URL_VAR).is_some()
+}
+
+/// On PostgreSQL, a fresh database for one app (`CREATE DATABASE` on the server the
+/// variable names) and its URL; `None` on SQLite.
+async fn fresh_database() -> Option<String> {
+    use sqlx::Connection;
+    let server = std::env::var(POSTGRES_URL_VAR).ok()?;
+    let name = format!("api_{}", uuid::Uuid::new_v4().simple());
+    let mut conn = sqlx::PgConnection::connect(&server)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {POSTGRES_URL_VAR}={server}: {e}"));
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create a test database");
+    let _ = conn.close().await;
+    // The same server, this database: replace the path of the URL.
+    let (base, _) = server
+        .split_once('?')
+        .map_or((server.as_str(), ""), |(b, q)| (b, q));
+    let authority_end = base
+        .find("://")
+        .map(|i| i + 3)
+        .and_then(|start| base[start..].find('/').map(|j| start + j))
+        .unwrap_or(base.len());
+    Some(format!("{}/{name}", &base[..authority_end]))
 }
 
 /// Starts a server with default options.
@@ -47,7 +85,14 @@ pub async fn spawn_app() -> TestApp {
 /// Starts a server with the given options.
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-    let (child, port) = start(data_dir.path(), &options, "127.0.0.1:0").await;
+    let database_url = fresh_database().await;
+    let (child, port) = start(
+        data_dir.path(),
+        database_url.as_deref(),
+        &options,
+        "127.0.0.1:0",
+    )
+    .await;
     TestApp {
         address: format!("http://127.0.0.1:{port}"),
         port,
@@ -57,12 +102,18 @@ pub async fn spawn_app_with(options: AppOptions) -> TestApp {
             .build()
             .expect("client"),
         data_dir,
+        database_url,
         options,
         process: Spawned(Some(child)),
     }
 }
 
-async fn start(data_dir: &Path, options: &AppOptions, addr: &str) -> (Child, u16) {
+async fn start(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    options: &AppOptions,
+    addr: &str,
+) -> (Child, u16) {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -81,6 +132,9 @@ async fn start(data_dir: &Path, options: &AppOptions, addr: &str) -> (Child, u16
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
+    if let Some(url) = database_url {
+        cmd.arg("--database-url").arg(url);
+    }
     if !options.builtin_agent {
         cmd.arg("--no-builtin-agent");
     }
@@ -116,6 +170,16 @@ async fn start(data_dir: &Path, options: &AppOptions, addr: &str) -> (Child, u16
 impl TestApp {
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.path().to_owned()
+    }
+
+    /// The flags that point an operator command (`zerostate users …`) at this app's
+    /// data: its data directory, and its database when the suite runs on PostgreSQL.
+    pub fn storage_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--data-dir".into(), self.data_dir.path().into()];
+        if let Some(url) = &self.database_url {
+            args.extend(["--database-url".into(), url.into()]);
+        }
+        args
     }
 
     /// `ws://127.0.0.1:PORT`
@@ -166,7 +230,12 @@ impl TestApp {
             // The port can stay busy for a moment after the old process exits.
             match tokio::time::timeout(
                 Duration::from_secs(30),
-                start_checked(self.data_dir.path(), &self.options, &addr),
+                start_checked(
+                    self.data_dir.path(),
+                    self.database_url.as_deref(),
+                    &self.options,
+                    &addr,
+                ),
             )
             .await
             {
@@ -286,11 +355,17 @@ impl TestApp {
     }
 }
 
-async fn start_checked(data_dir: &Path, options: &AppOptions, addr: &str) -> Option<Child> {
+async fn start_checked(
+    data_dir: &Path,
+    database_url: Option<&str>,
+    options: &AppOptions,
+    addr: &str,
+) -> Option<Child> {
     // `start` panics when the process exits early (port still busy): catch that by
     // running it in a task.
     let (dir, opts, addr) = (data_dir.to_owned(), options.clone(), addr.to_owned());
-    tokio::spawn(async move { start(&dir, &opts, &addr).await.0 })
+    let url = database_url.map(str::to_owned);
+    tokio::spawn(async move { start(&dir, url.as_deref(), &opts, &addr).await.0 })
         .await
         .ok()
 }

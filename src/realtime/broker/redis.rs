@@ -1264,6 +1264,185 @@ mod tests {
         }
     }
 
+    /// The cluster as the hub sees it: two hubs, each on its own broker on one Redis. A
+    /// publication on one node reaches a connection on the other (and the publisher's
+    /// call returns), and a client that resumes on the other node with its cursor gets
+    /// exactly what it missed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_hubs_deliver_each_others_publications_and_resume_across_nodes() {
+        use crate::domain::MessageType;
+        use crate::realtime::{ConnectRequest, Connection, HistoryPolicy, Hub, TransportKind};
+        use serde_json::{json, Value};
+
+        async fn frame(conn: &mut Connection) -> Value {
+            let f = tokio::time::timeout(WAIT, conn.next_frame())
+                .await
+                .expect("a frame in time")
+                .expect("the connection is open");
+            serde_json::from_str(f.text()).unwrap()
+        }
+        let server = RedisServer::start().await;
+        let mut hubs = Vec::new();
+        for _ in 0..2 {
+            let broker: Arc<dyn Broker> = server.broker("hubs").await;
+            hubs.push(Hub::start(broker, HistoryPolicy::default()).await.unwrap());
+        }
+        let user = UserId::new();
+        let request = |since: Option<String>| ConnectRequest {
+            user,
+            credential: None,
+            transport: TransportKind::WebSocket,
+            since,
+        };
+        let note = |hub: &Hub, n: u64| {
+            let hub = hub.clone();
+            async move {
+                hub.publish(
+                    Target::User(user),
+                    MessageType::known("note"),
+                    json!({ "n": n }),
+                )
+                .await
+                .unwrap()
+            }
+        };
+        let mut on_b = hubs[1].connect(request(None)).await.unwrap();
+        assert_eq!(frame(&mut on_b).await["type"], "welcome");
+        assert_eq!(note(&hubs[0], 0).await.delivered, 0, "nobody on node A");
+        let first = frame(&mut on_b).await;
+        assert_eq!(first["data"]["n"], 0);
+        let cursor = first["cursor"].as_str().unwrap().to_owned();
+        drop(on_b);
+        for n in 1..=3 {
+            note(&hubs[1], n).await;
+        }
+        // The client comes back through the load balancer to the other node.
+        let mut on_a = hubs[0].connect(request(Some(cursor))).await.unwrap();
+        assert_eq!(frame(&mut on_a).await["type"], "welcome");
+        for n in 1..=3 {
+            assert_eq!(frame(&mut on_a).await["data"]["n"], n);
+        }
+        assert_eq!(frame(&mut on_a).await["type"], "resumed");
+        assert_eq!(note(&hubs[1], 4).await.delivered, 0, "nobody on node B now");
+        assert_eq!(frame(&mut on_a).await["data"]["n"], 4);
+    }
+
+    /// Retention per stream: a message goes only when it is beyond the newest
+    /// `max_per_stream` of its stream AND older than `max_age`; the watermark is the
+    /// newest such message, so only a prefix goes; a user's position reports the larger
+    /// of their two streams' watermarks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn pruning_is_per_stream_and_keeps_young_messages() {
+        let server = RedisServer::start().await;
+        let broker = server.broker("prune").await;
+        let (alice, bob) = (UserId::new(), UserId::new());
+        let at = |target, n: u64, at_ms: i64| NewPublication {
+            created_at_ms: at_ms,
+            ..publication(target, 0, n)
+        };
+        // Alice: six old messages, then four young ones. Broadcasts: three old.
+        // Bob: two old ones (within his newest three: kept).
+        let mut alice_seqs = Vec::new();
+        let mut broadcast_seqs = Vec::new();
+        for n in 0..10 {
+            let when = if n < 6 { 1_000 } else { 50_000 };
+            alice_seqs.push(
+                broker
+                    .publish(at(Target::User(alice), n, when))
+                    .await
+                    .unwrap(),
+            );
+            if n < 3 {
+                broadcast_seqs.push(
+                    broker
+                        .publish(at(Target::Everyone, n, 1_000))
+                        .await
+                        .unwrap(),
+                );
+            }
+            if n < 2 {
+                broker
+                    .publish(at(Target::User(bob), n, 1_000))
+                    .await
+                    .unwrap();
+            }
+        }
+        let policy = HistoryPolicy {
+            max_per_stream: 3,
+            max_age: Duration::from_millis(10_000),
+        };
+        // As of 40 000 the cutoff is 30 000: Alice's 4 young ones stay though only 3
+        // must; of her old ones all six go; broadcasts keep their newest three (all).
+        assert_eq!(broker.history_size().await.unwrap(), 15);
+        assert_eq!(broker.prune(policy, 40_000).await.unwrap(), 6);
+        assert_eq!(broker.history_size().await.unwrap(), 9);
+        let kept: Vec<i64> = broker
+            .history(alice, 0, i64::MAX, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.seq)
+            .collect();
+        let mut expected: Vec<i64> = alice_seqs[6..].to_vec();
+        expected.extend(&broadcast_seqs);
+        expected.sort_unstable();
+        assert_eq!(kept, expected);
+        let pos = broker.position(alice, i64::MAX).await.unwrap();
+        assert_eq!(pos.pruned_through, alice_seqs[5]);
+        assert_eq!(pos.latest, alice_seqs[9]);
+        let bobs = broker.position(bob, i64::MAX).await.unwrap();
+        assert_eq!(bobs.pruned_through, 0, "Bob's streams were not pruned");
+        // Much later, only the newest three of each stream stay.
+        assert_eq!(broker.prune(policy, 10_000_000).await.unwrap(), 1);
+        let pos = broker.position(alice, alice_seqs[8]).await.unwrap();
+        assert_eq!(pos.pruned_through, alice_seqs[6]);
+        assert_eq!(pos.latest, alice_seqs[8]);
+        assert_eq!(broker.prune(policy, 10_000_000).await.unwrap(), 0);
+    }
+
+    /// A Redis that comes back without its data (no AOF) is a different history: the
+    /// epoch changes (old cursors get `reset`), and a node whose subscription had read
+    /// beyond the new sequence reports itself unhealthy for good (it must restart).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_redis_that_lost_its_data_is_a_new_epoch_and_an_unhealthy_node() {
+        let mut server = RedisServer::start().await;
+        let broker = server.broker("wiped").await;
+        let mut sub = broker.subscribe().await.unwrap();
+        let epoch = broker.epoch().await.unwrap();
+        let user = UserId::new();
+        for n in 0..3 {
+            broker
+                .publish(publication(Target::User(user), 0, n))
+                .await
+                .unwrap();
+        }
+        read_gapless(&mut sub, 3).await;
+        server.kill();
+        std::fs::remove_dir_all(server.dir.path()).unwrap();
+        std::fs::create_dir(server.dir.path()).unwrap();
+        server.spawn().await;
+        eventually("the data loss is noticed", || {
+            broker.inner.health.history_lost.load(Ordering::Relaxed)
+        })
+        .await;
+        // The command connection may need a try to notice the restart.
+        let deadline = Instant::now() + WAIT;
+        let new_epoch = loop {
+            match broker.epoch().await {
+                Ok(e) => break e,
+                Err(err) => assert!(Instant::now() < deadline, "{err}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_ne!(new_epoch, epoch);
+        // It stays unhealthy though Redis answers again.
+        eventually("commands work", || {
+            !broker.inner.health.commands_down.load(Ordering::Relaxed)
+        })
+        .await;
+        assert!(!broker.healthy());
+    }
+
     /// Polls `cond` until it holds, at most [`WAIT`].
     async fn eventually(what: &str, cond: impl Fn() -> bool) {
         let deadline = Instant::now() + WAIT;

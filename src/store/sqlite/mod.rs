@@ -6,8 +6,6 @@
 //! from a read lock to a write lock, which SQLite answers with an immediate `BUSY`.
 
 mod agents;
-#[cfg(test)]
-mod fixtures;
 mod messages;
 mod output;
 mod tasks;
@@ -75,4 +73,20 @@ impl HealthCheck for SqliteStore {
         sqlx::query("SELECT 1").execute(self.pool()).await?;
         Ok(())
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SqliteStore;
+    use crate::store::Store;
+    use std::sync::Arc;
+
+    /// A fresh database file in a temporary directory (the guard).
+    async fn fresh() -> (Arc<dyn Store>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        (Arc::new(store), dir)
+    }
+
+    crate::store::conformance::conformance_suite!(fresh);
 }

@@ -1,0 +1,732 @@
+//! The store's conformance suite: every case is a function taking a fresh, empty store,
+//! and `conformance_suite!` turns the list into one `#[tokio::test]` per case for a
+//! backend (SQLite in `sqlite/mod.rs`, PostgreSQL in `postgres/mod.rs`). A behaviour
+//! the rest of the program relies on is pinned here once, for both.
+
+use crate::domain::{
+    AgentId, AttemptOutcome, Capability, ChunkBatch, Email, FullName, IdempotencyKey, MaxAttempts,
+    NewChunk, OutputStream, Priority, TaskId, TaskQuery, TaskStatus, TimeoutSecs, UserId,
+};
+use crate::store::{
+    AgentFilter, AgentRecord, Appended, Backoff, Inserted, NewAgent, NewTask, NewUser, Outcome,
+    Page, Store, StoreError, TaskRecord,
+};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Defines one test per conformance case, each on a fresh store made by `$make`, an
+/// async function returning `(Arc<dyn Store>, guard)` (the guard keeps the database
+/// alive for the case).
+macro_rules! conformance_suite {
+    ($make:path) => {
+        $crate::store::conformance::conformance_suite!(@cases $make;
+            concurrent_first_sign_ups_make_one_admin,
+            a_private_agent_claims_only_its_owners_tasks_and_a_shared_one_any,
+            deleting_an_agent_requeues_its_running_tasks_and_unpins_queued_ones,
+            lists_hold_own_and_shared_agents_unless_all_and_count_running_tasks,
+            concurrent_claims_never_share_a_task,
+            expired_leases_requeue_after_a_backoff_then_fail_on_the_last_attempt,
+            a_task_is_not_claimed_before_its_backoff_or_run_at,
+            release_gives_the_attempt_back_and_turns_the_agent_offline,
+            at_shutdown_the_server_agents_tasks_go_back_without_using_an_attempt,
+            parallel_submits_with_one_key_create_one_task,
+            a_shared_agent_takes_a_second_users_task_before_the_first_users_backlog,
+            agents_go_online_once_and_offline_when_silent,
+            concurrent_appends_number_chunks_without_gaps_or_overlap,
+            limits_and_ownership_refuse_without_storing,
+        );
+    };
+    (@cases $make:path; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (store, _guard) = $make().await;
+                $crate::store::conformance::$case(store).await;
+            }
+        )*
+    };
+}
+pub(crate) use conformance_suite;
+
+const BACKOFF: Backoff = Backoff {
+    base_ms: 1_000,
+    max_ms: 60_000,
+};
+
+/// Creates a user with this email; returns its id.
+async fn test_user(store: &dyn Store, email: &str) -> UserId {
+    store
+        .create_user(NewUser {
+            email: Email::parse(email).unwrap(),
+            full_name: FullName::parse("A").unwrap(),
+            password_hash: "x".into(),
+            role: None,
+        })
+        .await
+        .unwrap()
+        .id
+}
+
+/// A user with a fresh email.
+async fn add_user(store: &dyn Store) -> UserId {
+    test_user(store, &format!("{}@b.io", uuid::Uuid::new_v4().simple())).await
+}
+
+/// Registers an agent with the `general` capability; `shared` makes it run everyone's
+/// tasks.
+async fn test_agent(store: &dyn Store, owner: UserId, shared: bool) -> AgentId {
+    let id = AgentId::new();
+    let new = NewAgent {
+        id,
+        owner_id: owner,
+        name: "test".into(),
+        description: String::new(),
+        capabilities: vec![Capability::general()],
+        shared,
+        token_hash: format!("hash-{id}"),
+        token_prefix: "zsa_test".into(),
+        created_at: Utc::now(),
+    };
+    let agent = store.create_agent(&new).await.expect("create agent");
+    assert_eq!(agent.shared, shared);
+    id
+}
+
+async fn add_agent(store: &dyn Store, owner: UserId, shared: bool) -> AgentId {
+    test_agent(store, owner, shared).await
+}
+
+/// A `general` task of `user` for any agent, with default timeout and attempts.
+fn test_task(user: UserId, priority: Priority, query: &str) -> NewTask {
+    NewTask {
+        id: TaskId::new(),
+        user_id: user,
+        query: TaskQuery::parse(query.into()).unwrap(),
+        capability: Capability::general(),
+        priority,
+        agent_id: None,
+        timeout: TimeoutSecs::DEFAULT,
+        max_attempts: MaxAttempts::DEFAULT,
+        idempotency_key: None,
+        run_at: None,
+        created_at: Utc::now(),
+    }
+}
+
+async fn insert(store: &dyn Store, new: &NewTask) -> TaskRecord {
+    match store.insert_task(new, Duration::hours(24)).await.unwrap() {
+        Inserted::New(task) => task,
+        Inserted::Duplicate(task) => panic!("unexpected duplicate {}", task.id),
+    }
+}
+
+/// Submits a normal task of `user`, pinned to `agent` when given.
+async fn submit(store: &dyn Store, user: UserId, agent: Option<AgentId>) -> TaskId {
+    let new = NewTask {
+        agent_id: agent,
+        ..test_task(user, Priority::Normal, "q")
+    };
+    match store.insert_task(&new, Duration::hours(24)).await.unwrap() {
+        Inserted::New(t) | Inserted::Duplicate(t) => t.id,
+    }
+}
+
+async fn claim(store: &dyn Store, agent: AgentId, at: DateTime<Utc>) -> Option<TaskRecord> {
+    let lease = at + Duration::seconds(30);
+    store.claim_tasks(agent, 1, lease, at).await.unwrap().pop()
+}
+
+async fn claim_now(store: &dyn Store, agent: AgentId) -> Option<TaskRecord> {
+    claim(store, agent, Utc::now()).await
+}
+
+/// A running task (claimed by a fresh private agent of a fresh user) and its agent.
+async fn running_task(store: &dyn Store) -> (TaskId, AgentId) {
+    let user = add_user(store).await;
+    let agent = test_agent(store, user, false).await;
+    insert(store, &test_task(user, Priority::Normal, "q")).await;
+    let claimed = claim_now(store, agent).await.expect("claimed");
+    (claimed.id, agent)
+}
+
+fn batch(texts: &[&str]) -> ChunkBatch {
+    ChunkBatch::parse(
+        texts
+            .iter()
+            .map(|t| NewChunk {
+                stream: OutputStream::Output,
+                text: (*t).into(),
+            })
+            .collect(),
+    )
+    .unwrap()
+}
+
+pub async fn a_private_agent_claims_only_its_owners_tasks_and_a_shared_one_any(
+    store: Arc<dyn Store>,
+) {
+    let (alice, mallory) = (
+        test_user(&*store, "a@b.io").await,
+        test_user(&*store, "m@b.io").await,
+    );
+    let alices_task = submit(&*store, alice, None).await;
+    let mallorys_agent = test_agent(&*store, mallory, false).await;
+    assert!(
+        claim_now(&*store, mallorys_agent).await.is_none(),
+        "another user's private agent never gets the task"
+    );
+    let shared = test_agent(&*store, mallory, true).await;
+    let claimed = claim_now(&*store, shared)
+        .await
+        .expect("a shared agent runs it");
+    assert_eq!(claimed.id, alices_task);
+    let mallorys_task = submit(&*store, mallory, None).await;
+    assert_eq!(
+        claim_now(&*store, mallorys_agent).await.map(|t| t.id),
+        Some(mallorys_task)
+    );
+    assert!(
+        claim_now(&*store, AgentId::new()).await.is_none(),
+        "an agent that is not registered claims nothing"
+    );
+}
+
+pub async fn deleting_an_agent_requeues_its_running_tasks_and_unpins_queued_ones(
+    store: Arc<dyn Store>,
+) {
+    let owner = test_user(&*store, "a@b.io").await;
+    let agent = test_agent(&*store, owner, false).await;
+    let running = submit(&*store, owner, None).await;
+    assert_eq!(claim_now(&*store, agent).await.map(|t| t.id), Some(running));
+    let pinned = submit(&*store, owner, Some(agent)).await;
+    let finished = submit(&*store, owner, None).await;
+    let other = test_agent(&*store, owner, false).await;
+    assert_eq!(
+        claim_now(&*store, other).await.map(|t| t.id),
+        Some(finished)
+    );
+
+    let changed = store.delete_agent(agent, Utc::now()).await.unwrap();
+    let mut ids: Vec<TaskId> = changed.iter().map(|t| t.id).collect();
+    ids.sort();
+    let mut expected = vec![running, pinned];
+    expected.sort();
+    assert_eq!(ids, expected);
+    for t in &changed {
+        assert_eq!(t.status, TaskStatus::Queued);
+        assert_eq!((t.agent_id, t.requested_agent_id), (None, None));
+        assert_eq!(t.attempts, 0, "the handed-back attempt does not count");
+        assert!(t.lease_expires_at.is_none());
+    }
+    assert_eq!(
+        store.task(finished).await.unwrap().agent_id,
+        Some(other),
+        "other agents' tasks are untouched"
+    );
+    assert!(matches!(
+        store.delete_agent(agent, Utc::now()).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+pub async fn lists_hold_own_and_shared_agents_unless_all_and_count_running_tasks(
+    store: Arc<dyn Store>,
+) {
+    let (a, b) = (
+        test_user(&*store, "a@b.io").await,
+        test_user(&*store, "b@b.io").await,
+    );
+    let mine = test_agent(&*store, a, false).await;
+    let theirs = test_agent(&*store, b, false).await;
+    let shared = test_agent(&*store, b, true).await;
+    let list = |visible_to| AgentFilter {
+        visible_to,
+        limit: 50,
+        ..AgentFilter::default()
+    };
+    let ids = |page: Page<AgentRecord>| page.items.iter().map(|x| x.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_agents(&list(Some(a))).await.unwrap()),
+        [shared, mine]
+    );
+    assert_eq!(
+        ids(store.list_agents(&list(None)).await.unwrap()),
+        [shared, theirs, mine]
+    );
+    submit(&*store, a, None).await;
+    claim_now(&*store, mine).await.expect("claimed");
+    assert_eq!(store.agent(mine).await.unwrap().current_tasks, 1);
+    assert_eq!(store.agent(theirs).await.unwrap().current_tasks, 0);
+}
+
+pub async fn concurrent_claims_never_share_a_task(store: Arc<dyn Store>) {
+    let user = add_user(&*store).await;
+    let mut ids = HashSet::new();
+    for i in 0..100 {
+        let task = insert(
+            &*store,
+            &test_task(user, Priority::Normal, &format!("t{i}")),
+        )
+        .await;
+        ids.insert(task.id);
+    }
+    let mut claimers = Vec::new();
+    for n in 0..16 {
+        let store = store.clone();
+        let agent = add_agent(&*store, user, false).await;
+        claimers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            let batch = if n % 2 == 0 { 1 } else { 5 };
+            loop {
+                let now = Utc::now();
+                let tasks = store
+                    .claim_tasks(agent, batch, now + Duration::seconds(30), now)
+                    .await
+                    .unwrap();
+                if tasks.is_empty() {
+                    break;
+                }
+                for task in tasks {
+                    assert_eq!((task.status, task.attempts), (TaskStatus::Running, 1));
+                    got.push(task.id);
+                }
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for c in claimers {
+        claimed.extend(c.await.unwrap());
+    }
+    assert_eq!(claimed.len(), 100, "every task claimed exactly once");
+    assert_eq!(claimed.into_iter().collect::<HashSet<_>>(), ids);
+}
+
+pub async fn expired_leases_requeue_after_a_backoff_then_fail_on_the_last_attempt(
+    store: Arc<dyn Store>,
+) {
+    let user = add_user(&*store).await;
+    let agent = add_agent(&*store, user, false).await;
+    let task = insert(&*store, &test_task(user, Priority::High, "q")).await;
+    let mut now = Utc::now();
+    for attempt in 1..=3u32 {
+        let claimed = claim(&*store, agent, now).await.unwrap();
+        assert_eq!((claimed.id, claimed.attempts), (task.id, attempt));
+        now += Duration::seconds(31);
+        let reaped = store.requeue_expired(BACKOFF, now).await.unwrap();
+        assert_eq!(reaped.len(), 1);
+        if attempt < 3 {
+            assert_eq!(reaped[0].status, TaskStatus::Queued);
+            let cap = Duration::milliseconds(1_000 << (attempt - 1));
+            let due = reaped[0].available_at;
+            assert!(due >= now && due <= now + cap, "backoff {:?}", due - now);
+            now += cap + Duration::milliseconds(1);
+        } else {
+            assert_eq!(reaped[0].status, TaskStatus::Failed);
+        }
+    }
+    let failed = store.task(task.id).await.unwrap();
+    assert_eq!(failed.error.as_deref(), Some("agent lost the task 3 times"));
+    assert!(claim(&*store, agent, now).await.is_none());
+    let attempts = store.task_attempts(task.id).await.unwrap();
+    let outcomes: Vec<_> = attempts.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [1, 2, 3]
+            .map(|n| (n, AttemptOutcome::LeaseExpired))
+            .to_vec()
+    );
+    assert!(attempts
+        .iter()
+        .all(|a| a.ended_at.is_some() && a.error.is_some()));
+}
+
+pub async fn a_task_is_not_claimed_before_its_backoff_or_run_at(store: Arc<dyn Store>) {
+    let user = add_user(&*store).await;
+    let agent = add_agent(&*store, user, false).await;
+    let mut later = test_task(user, Priority::Critical, "later");
+    later.run_at = Some(Utc::now() + Duration::seconds(60));
+    insert(&*store, &later).await;
+    let soon = insert(&*store, &test_task(user, Priority::Low, "soon")).await;
+    let now = Utc::now();
+    let claimed = claim(&*store, agent, now).await.unwrap();
+    assert_eq!(claimed.id, soon.id, "the delayed task is not due yet");
+    let failed = store
+        .finish_attempt(
+            soon.id,
+            agent,
+            &Outcome::Failed {
+                error: "flake".into(),
+                retryable: true,
+            },
+            Backoff {
+                base_ms: 10_000,
+                max_ms: 60_000,
+            },
+            now,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed.status, TaskStatus::Queued);
+    assert_eq!(failed.error.as_deref(), Some("flake"));
+    assert!(failed.available_at <= now + Duration::seconds(10));
+    assert!(claim(&*store, agent, now - Duration::milliseconds(1))
+        .await
+        .is_none());
+    let at_run = claim(&*store, agent, now + Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!(at_run.query, "later", "critical first once both are due");
+    let retried = claim(&*store, agent, now + Duration::seconds(60))
+        .await
+        .unwrap();
+    assert_eq!((retried.id, retried.attempts), (soon.id, 2));
+    assert_eq!(
+        retried.error, None,
+        "a new attempt starts without the old error"
+    );
+}
+
+pub async fn release_gives_the_attempt_back_and_turns_the_agent_offline(store: Arc<dyn Store>) {
+    let user = add_user(&*store).await;
+    let agent = add_agent(&*store, user, false).await;
+    assert!(store
+        .mark_agent_seen(agent, Utc::now())
+        .await
+        .unwrap()
+        .is_some());
+    let task = insert(&*store, &test_task(user, Priority::Normal, "q")).await;
+    claim(&*store, agent, Utc::now()).await.unwrap();
+    let (released, went_offline) = store
+        .release_task(task.id, agent, Utc::now())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(went_offline);
+    assert_eq!(
+        (released.status, released.attempts),
+        (TaskStatus::Queued, 0)
+    );
+    assert!(!store.agent(agent).await.unwrap().online);
+    assert!(store
+        .release_task(task.id, agent, Utc::now())
+        .await
+        .unwrap()
+        .is_none());
+    let again = claim(&*store, agent, Utc::now()).await.unwrap();
+    assert_eq!(again.attempts, 1);
+    let history = store.task_attempts(task.id).await.unwrap();
+    let outcomes: Vec<_> = history.iter().map(|a| (a.attempt, a.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        [
+            (1, AttemptOutcome::HandedBack),
+            (1, AttemptOutcome::Running)
+        ]
+    );
+}
+
+pub async fn at_shutdown_the_server_agents_tasks_go_back_without_using_an_attempt(
+    store: Arc<dyn Store>,
+) {
+    let user = add_user(&*store).await;
+    let builtin = AgentId::new();
+    let mut new = NewAgent {
+        id: builtin,
+        owner_id: UserId(uuid::Uuid::nil()),
+        name: "builtin".into(),
+        description: String::new(),
+        capabilities: vec![Capability::general()],
+        shared: true,
+        token_hash: "builtin".into(),
+        token_prefix: "p".into(),
+        created_at: Utc::now(),
+    };
+    store.upsert_system_agent("builtin", &new).await.unwrap();
+    new.id = AgentId::new();
+    let other = add_agent(&*store, user, false).await;
+    let a = insert(&*store, &test_task(user, Priority::Normal, "builtin's")).await;
+    let b = insert(&*store, &test_task(user, Priority::Normal, "other's")).await;
+    let now = Utc::now();
+    assert_eq!(
+        claim(&*store, builtin, now).await.unwrap().id,
+        a.id,
+        "shared"
+    );
+    assert_eq!(claim(&*store, other, now).await.unwrap().id, b.id);
+    let back = store.release_server_agent_tasks(Utc::now()).await.unwrap();
+    assert_eq!(back.len(), 1);
+    assert_eq!(
+        (back[0].id, back[0].status, back[0].attempts),
+        (a.id, TaskStatus::Queued, 0)
+    );
+    assert_eq!(store.task(b.id).await.unwrap().status, TaskStatus::Running);
+    let history = store.task_attempts(a.id).await.unwrap();
+    assert_eq!(history[0].outcome, AttemptOutcome::HandedBack);
+}
+
+pub async fn parallel_submits_with_one_key_create_one_task(store: Arc<dyn Store>) {
+    let user = add_user(&*store).await;
+    let key = IdempotencyKey::parse("order-17".into()).unwrap();
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        let (store, key) = (store.clone(), key.clone());
+        handles.push(tokio::spawn(async move {
+            let mut new = test_task(user, Priority::Normal, "once");
+            new.idempotency_key = Some(key);
+            store.insert_task(&new, Duration::hours(24)).await.unwrap()
+        }));
+    }
+    let mut created = HashSet::new();
+    let mut named = HashSet::new();
+    for h in handles {
+        match h.await.unwrap() {
+            Inserted::New(t) => {
+                created.insert(t.id);
+                named.insert(t.id);
+            }
+            Inserted::Duplicate(t) => {
+                named.insert(t.id);
+            }
+        }
+    }
+    assert_eq!((created.len(), named.len()), (1, 1));
+    // Another user's key is theirs; an expired key may be taken again.
+    let other = add_user(&*store).await;
+    let mut theirs = test_task(other, Priority::Normal, "theirs");
+    theirs.idempotency_key = Some(key.clone());
+    insert(&*store, &theirs).await;
+    let mut late = test_task(user, Priority::Normal, "a day later");
+    late.idempotency_key = Some(key);
+    late.created_at = Utc::now() + Duration::hours(25);
+    let fresh = insert(&*store, &late).await;
+    assert!(!created.contains(&fresh.id));
+}
+
+pub async fn a_shared_agent_takes_a_second_users_task_before_the_first_users_backlog(
+    store: Arc<dyn Store>,
+) {
+    let a = add_user(&*store).await;
+    let b = add_user(&*store).await;
+    let agent = add_agent(&*store, a, true).await;
+    let t0 = Utc::now();
+    for i in 0..50 {
+        let mut new = test_task(a, Priority::Normal, &format!("a{i}"));
+        new.created_at = t0 + Duration::milliseconds(i);
+        insert(&*store, &new).await;
+    }
+    // A's first claims happen before B submits.
+    let first = claim(&*store, agent, t0 + Duration::seconds(1))
+        .await
+        .unwrap();
+    assert_eq!(first.query, "a0");
+    let mut new = test_task(b, Priority::Normal, "b");
+    new.created_at = t0 + Duration::seconds(2);
+    let b_task = insert(&*store, &new).await;
+    let standing = store
+        .queue_standing(&b_task, t0 + Duration::seconds(2))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(standing.position, 1, "B is next");
+    // One task at a time: the agent completes each before it claims the next.
+    store
+        .finish_attempt(
+            first.id,
+            agent,
+            &Outcome::Completed {
+                result: serde_json::json!(1),
+            },
+            BACKOFF,
+            t0 + Duration::seconds(2),
+        )
+        .await
+        .unwrap();
+    let next = claim(&*store, agent, t0 + Duration::seconds(3))
+        .await
+        .unwrap();
+    assert_eq!(next.id, b_task.id, "B's task comes before A's backlog");
+    let after = claim(&*store, agent, t0 + Duration::seconds(4))
+        .await
+        .unwrap();
+    assert_eq!(after.query, "a1", "then A's oldest");
+    // A private agent of B never takes A's tasks.
+    let private = add_agent(&*store, b, false).await;
+    assert!(claim(&*store, private, t0 + Duration::seconds(5))
+        .await
+        .is_none());
+}
+
+pub async fn agents_go_online_once_and_offline_when_silent(store: Arc<dyn Store>) {
+    let owner = add_user(&*store).await;
+    let new = NewAgent {
+        id: AgentId::new(),
+        owner_id: owner,
+        name: "a".into(),
+        description: String::new(),
+        capabilities: vec![Capability::general()],
+        shared: false,
+        token_hash: "h".into(),
+        token_prefix: "p".into(),
+        created_at: Utc::now(),
+    };
+    let agent = store.create_agent(&new).await.unwrap();
+    assert!(!agent.online);
+    let t0 = Utc::now();
+    assert!(store
+        .mark_agent_seen(agent.id, t0)
+        .await
+        .unwrap()
+        .is_some_and(|a| a.online));
+    assert!(
+        store.mark_agent_seen(agent.id, t0).await.unwrap().is_none(),
+        "already online"
+    );
+    let cutoff = t0 - chrono::Duration::seconds(60);
+    assert!(store
+        .mark_stale_agents_offline(cutoff, t0)
+        .await
+        .unwrap()
+        .is_empty());
+    let later = t0 + chrono::Duration::seconds(61);
+    let gone = store
+        .mark_stale_agents_offline(later - chrono::Duration::seconds(60), later)
+        .await
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    assert!(!gone[0].online);
+    assert!(
+        store
+            .mark_stale_agents_offline(later, later)
+            .await
+            .unwrap()
+            .is_empty(),
+        "reported once"
+    );
+}
+
+pub async fn concurrent_appends_number_chunks_without_gaps_or_overlap(store: Arc<dyn Store>) {
+    let (task, agent) = running_task(&*store).await;
+    let lease = Utc::now() + chrono::Duration::seconds(30);
+    let mut writers = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        writers.push(tokio::spawn(async move {
+            for i in 0..20 {
+                let texts = [format!("{w}-{i}-a"), format!("{w}-{i}-b")];
+                let b = batch(&[&texts[0], &texts[1]]);
+                let done = store
+                    .append_output(task, agent, &b, u64::MAX, lease, Utc::now())
+                    .await
+                    .unwrap();
+                assert!(matches!(done, Appended::Stored { first_seq, last_seq, .. } if last_seq == first_seq + 1));
+            }
+        }));
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+    let all = store.read_output(task, 0, 1000).await.unwrap();
+    assert_eq!(all.len(), 320);
+    for (i, c) in all.iter().enumerate() {
+        assert_eq!(c.seq, i as u64 + 1);
+    }
+    // Each batch's two chunks are adjacent: a batch is never split.
+    for pair in all.chunks(2) {
+        assert_eq!(
+            pair[0].text.trim_end_matches("-a"),
+            pair[1].text.trim_end_matches("-b")
+        );
+    }
+    assert_eq!(store.read_output(task, 318, 10).await.unwrap().len(), 2);
+    assert_eq!(store.task(task).await.unwrap().status.as_str(), "running");
+}
+
+pub async fn limits_and_ownership_refuse_without_storing(store: Arc<dyn Store>) {
+    let (task, agent) = running_task(&*store).await;
+    let lease = Utc::now() + chrono::Duration::seconds(30);
+    let now = Utc::now();
+    assert!(matches!(
+        store
+            .append_output(task, agent, &batch(&["12345"]), 8, lease, now)
+            .await
+            .unwrap(),
+        Appended::Stored {
+            last_seq: 1,
+            output_bytes: 5,
+            ..
+        }
+    ));
+    assert_eq!(
+        store
+            .append_output(task, agent, &batch(&["1234"]), 8, lease, now)
+            .await
+            .unwrap(),
+        Appended::OverLimit { output_bytes: 5 }
+    );
+    assert_eq!(
+        store
+            .append_output(task, AgentId::new(), &batch(&["x"]), 8, lease, now)
+            .await
+            .unwrap(),
+        Appended::NotRunning
+    );
+    // Nothing of the refused appends was kept, and numbering goes on from 1.
+    assert!(matches!(
+        store
+            .append_output(task, agent, &batch(&["abc"]), 8, lease, now)
+            .await
+            .unwrap(),
+        Appended::Stored {
+            first_seq: 2,
+            last_seq: 2,
+            output_bytes: 8,
+            ..
+        }
+    ));
+    let all = store.read_output(task, 0, 10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
+        ["12345", "abc"]
+    );
+}
+
+pub async fn concurrent_first_sign_ups_make_one_admin(store: Arc<dyn Store>) {
+    let mut signups = Vec::new();
+    for i in 0..12 {
+        let store = store.clone();
+        signups.push(tokio::spawn(async move {
+            store
+                .create_user(NewUser {
+                    email: Email::parse(&format!("first{i}@b.io")).unwrap(),
+                    full_name: FullName::parse("A").unwrap(),
+                    password_hash: "x".into(),
+                    role: None,
+                })
+                .await
+                .unwrap()
+                .role
+        }));
+    }
+    let mut admins = 0;
+    for s in signups {
+        if s.await.unwrap() == crate::domain::Role::Admin {
+            admins += 1;
+        }
+    }
+    assert_eq!(admins, 1, "exactly one first account");
+    assert_eq!(store.admin_ids().await.unwrap().len(), 1);
+    assert!(matches!(
+        store
+            .create_user(NewUser {
+                email: Email::parse("first0@b.io").unwrap(),
+                full_name: FullName::parse("A").unwrap(),
+                password_hash: "x".into(),
+                role: None,
+            })
+            .await,
+        Err(StoreError::Conflict { .. })
+    ));
+}
