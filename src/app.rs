@@ -5,6 +5,9 @@
 use crate::auth::password::Hasher;
 use crate::auth::throttle::{LoginThrottle, RegistrationLimiter};
 use crate::auth::tokens::TokenSigner;
+use crate::cluster::local::LocalBackplane;
+use crate::cluster::redis::RedisBackplane;
+use crate::cluster::Backplane;
 use crate::config::{Settings, StorageSettings};
 use crate::http::server::Server;
 use crate::http::{self, AppState, HttpSettings, Readiness};
@@ -29,6 +32,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pending connections the kernel may queue before `accept`.
 const LISTEN_BACKLOG: u32 = 1024;
+/// The prefix of every Redis key (and channel) the nodes share.
+const REDIS_PREFIX: &str = "zerostate";
 
 /// Opens the store named by the storage settings, creating the data directory `0700`
 /// and keeping every file in it `0600`.
@@ -92,9 +97,6 @@ pub struct Application {
 impl Application {
     /// Builds everything and binds the listener, so `local_addr` is known before `run`.
     pub async fn build(settings: Settings, metrics: PrometheusHandle) -> anyhow::Result<Self> {
-        if settings.redis_url.is_some() {
-            anyhow::bail!("--redis-url (several nodes) is not supported by this build yet");
-        }
         let (store, history_log, shared_keys) = open_backends(&settings.storage).await?;
         let given_key = settings.signing_key.as_ref().map(|k| k.0.as_str());
         let signer = match (&shared_keys, given_key) {
@@ -111,8 +113,28 @@ impl Application {
             max_per_stream: settings.history_max_per_user,
             max_age: settings.history_max_age,
         };
-        let broker = LocalBroker::start(history_log.clone()).await?;
-        let hub = Hub::start(Arc::new(broker), history).await?;
+        // One node: everything in this process. Several (`--redis-url`): Redis.
+        let (cluster, broker): (Arc<dyn Backplane>, Arc<dyn crate::realtime::Broker>) =
+            match settings.redis_url.as_deref() {
+                None => (
+                    Arc::new(LocalBackplane::default()),
+                    Arc::new(LocalBroker::start(history_log.clone()).await?),
+                ),
+                Some(url) => {
+                    let client = redis::Client::open(url).context("reading --redis-url")?;
+                    let backplane =
+                        RedisBackplane::start(client.clone(), REDIS_PREFIX.to_owned()).await?;
+                    // CLUSTER BROKER: the Redis broker goes here, on the same client
+                    // (`RedisBroker::start(client, REDIS_PREFIX.to_owned())`). Until it
+                    // lands, this branch keeps the local broker: the backplane is shared,
+                    // durable messages are not.
+                    let _ = client;
+                    let broker = LocalBroker::start(history_log.clone()).await?;
+                    (Arc::new(backplane), Arc::new(broker))
+                }
+            };
+        let hub = Hub::start(broker, history).await?;
+        hub.join_cluster(cluster.clone());
         let shutdown = Shutdown::new();
         let agents = crate::agents::AgentService::new(
             store.clone(),
@@ -134,8 +156,11 @@ impl Application {
         let state = AppState {
             store,
             signer: Arc::new(signer),
-            throttle: Arc::new(LoginThrottle::default()),
-            registrations: Arc::new(RegistrationLimiter::new(settings.limits.registration_limit)),
+            throttle: Arc::new(LoginThrottle::new(cluster.clone())),
+            registrations: Arc::new(RegistrationLimiter::new(
+                settings.limits.registration_limit,
+                cluster.clone(),
+            )),
             realtime_admission: Arc::default(),
             hasher: Hasher::new(),
             http: Arc::new(HttpSettings {
@@ -152,6 +177,7 @@ impl Application {
             messages: history_log,
             agents,
             tasks,
+            cluster,
         };
         let listener = bind(&settings.addr).await?;
         let builtin_agent = settings.builtin_agent;
@@ -229,7 +255,19 @@ impl BackgroundJobs {
     fn start(state: &AppState, shutdown: &Shutdown) -> Self {
         let hub = state.hub.clone();
         let history = shutdown.clone();
+        let signals = state.clone();
         Self(vec![
+            // The cluster: this node's stats and connection counts, other nodes' signals.
+            tokio::spawn(crate::cluster::run_upkeep(
+                state.cluster.clone(),
+                state.hub.clone(),
+                shutdown.clone(),
+            )),
+            tokio::spawn(crate::cluster::run_signals(
+                state.cluster.clone(),
+                shutdown.clone(),
+                move |signal| signals.on_cluster_signal(signal),
+            )),
             // Leases, timeouts and silent agents.
             tokio::spawn(state.tasks.clone().run_reaper(shutdown.clone())),
             // Message-history retention.

@@ -5,22 +5,23 @@
 //! accounts is slowed too, and yet the owner signing in from elsewhere is never locked
 //! out by someone else's guesses. An attempt is counted *before* its password is checked
 //! ([`LoginThrottle::begin`]), so fifty guesses sent at once get the same five checks as
-//! fifty sent one after another; a successful login takes its own attempt back.
+//! fifty sent one after another; a successful login takes its own attempt back. The
+//! password change counts its "current password" the same way.
 //!
-//! Counters live in memory (a restart forgives everyone, which is acceptable for a
-//! throttle) in maps bounded three ways: a key is a fixed-size digest of the email (an
-//! attacker's 1 MiB "email" costs 32 bytes), the number of keys is capped, and entries
-//! whose newest event has left the window are swept every minute. When the map is full
-//! of live entries, new keys are refused as if throttled. IPv6 addresses count per /64,
-//! the block one subscriber usually holds.
+//! The counters are sliding windows kept by the cluster backplane
+//! (`cluster::Backplane::rate_begin`): in memory on one node (a restart forgives
+//! everyone, which is acceptable for a throttle), in Redis for several, so a guesser
+//! gets the same five tries whichever nodes the load balancer sends them to. A key is a
+//! fixed-size digest of what it counts (an attacker's 1 MiB "email" costs 32 bytes, and
+//! no email or address is written to Redis in the clear). IPv6 addresses count per
+//! /64, the block one subscriber usually holds.
 
+use crate::cluster::{Backplane, HitId, RateDecision, RateKey, Window};
 use crate::config::{canonical, RateLimit};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, VecDeque};
-use std::hash::Hash;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Limits for one kind of key.
 #[derive(Debug, Clone, Copy)]
@@ -31,91 +32,11 @@ pub struct Limit {
     pub window: Duration,
 }
 
-/// How often expired entries are swept out of a map.
-const SWEEP_EVERY: Duration = Duration::from_secs(60);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Key {
-    Pair([u8; 32], IpAddr),
-    Address(IpAddr),
-}
-
-/// Sliding windows of event times per key, bounded in keys and swept regularly.
-struct Windows<K> {
-    max_keys: usize,
-    /// The longest window any key uses: older events never matter.
-    longest: Duration,
-    events: HashMap<K, VecDeque<Instant>>,
-    last_sweep: Instant,
-}
-
-impl<K: Eq + Hash + Copy> Windows<K> {
-    fn new(max_keys: usize, longest: Duration) -> Self {
-        Self {
-            max_keys,
-            longest,
-            events: HashMap::new(),
-            last_sweep: Instant::now(),
-        }
-    }
-
-    fn sweep(&mut self, now: Instant, force: bool) {
-        if !force && now.duration_since(self.last_sweep) < SWEEP_EVERY {
-            return;
-        }
-        self.last_sweep = now;
-        let longest = self.longest;
-        self.events.retain(|_, times| {
-            times
-                .back()
-                .is_some_and(|t| now.duration_since(*t) < longest)
-        });
-    }
-
-    /// `Some(wait)` when `key` already has `limit.max_failures` events in its window.
-    fn blocked(&self, key: &K, limit: Limit, now: Instant) -> Option<Duration> {
-        let times = self.events.get(key)?;
-        let mut recent = times
-            .iter()
-            .filter(|t| now.duration_since(**t) < limit.window);
-        let count = recent.clone().count();
-        if count < limit.max_failures {
-            return None;
-        }
-        // Allowed again once the oldest event still counted leaves the window.
-        let oldest = recent.next()?;
-        Some(
-            limit
-                .window
-                .saturating_sub(now.duration_since(*oldest))
-                .max(Duration::from_secs(1)),
-        )
-    }
-
-    /// Whether a new key would fit (after a sweep if needed).
-    fn has_room_for(&mut self, key: &K, now: Instant) -> bool {
-        if self.events.contains_key(key) || self.events.len() < self.max_keys {
-            return true;
-        }
-        self.sweep(now, true);
-        self.events.len() < self.max_keys
-    }
-
-    fn record(&mut self, key: K, keep: usize, now: Instant) {
-        let times = self.events.entry(key).or_default();
-        times.push_back(now);
-        while times.len() > keep {
-            times.pop_front();
-        }
-    }
-
-    /// Takes back the newest event of `key`.
-    fn forget_one(&mut self, key: &K) {
-        if let Some(times) = self.events.get_mut(key) {
-            times.pop_back();
-            if times.is_empty() {
-                self.events.remove(key);
-            }
+impl From<Limit> for Window {
+    fn from(l: Limit) -> Self {
+        Window {
+            max: l.max_failures,
+            window: l.window,
         }
     }
 }
@@ -124,91 +45,81 @@ impl<K: Eq + Hash + Copy> Windows<K> {
 pub struct LoginThrottle {
     per_pair: Limit,
     per_address: Limit,
-    // A std mutex: it is only held for map operations, never across an await.
-    windows: Mutex<Windows<Key>>,
+    counters: Arc<dyn Backplane>,
 }
 
-impl Default for LoginThrottle {
-    fn default() -> Self {
-        Self::new(
-            Limit {
-                max_failures: 5,
-                window: Duration::from_secs(15 * 60),
-            },
-            Limit {
-                max_failures: 30,
-                window: Duration::from_secs(15 * 60),
-            },
-            100_000,
-        )
-    }
-}
+/// The default limits: five tries per (email, address) and thirty per address, in
+/// fifteen minutes.
+pub const LOGIN_PER_PAIR: Limit = Limit {
+    max_failures: 5,
+    window: Duration::from_secs(15 * 60),
+};
+/// See [`LOGIN_PER_PAIR`].
+pub const LOGIN_PER_ADDRESS: Limit = Limit {
+    max_failures: 30,
+    window: Duration::from_secs(15 * 60),
+};
 
 /// A login attempt that has been counted; tell the throttle how it went.
 #[must_use = "a login attempt must end in `succeeded` or be dropped as a failure"]
 pub struct Attempt<'a> {
     throttle: &'a LoginThrottle,
-    pair: Key,
-    address: Key,
+    pair: RateKey,
+    address: RateKey,
+    hit: HitId,
 }
 
 impl Attempt<'_> {
     /// The password was right: the pair's failures are forgotten and this attempt no
     /// longer counts against the address.
-    pub fn succeeded(self) {
-        let mut windows = self.throttle.lock();
-        windows.events.remove(&self.pair);
-        windows.forget_one(&self.address);
+    pub async fn succeeded(self) {
+        let counters = &self.throttle.counters;
+        counters.rate_clear(&self.pair).await;
+        counters.rate_forget(&self.address, self.hit).await;
     }
 }
 
 impl LoginThrottle {
-    /// Limits per (email, address) pair and per address; at most `max_keys` counters.
-    pub fn new(per_pair: Limit, per_address: Limit, max_keys: usize) -> Self {
-        let longest = per_pair.window.max(per_address.window);
+    /// The default limits, counted by `counters`.
+    pub fn new(counters: Arc<dyn Backplane>) -> Self {
+        Self::with_limits(LOGIN_PER_PAIR, LOGIN_PER_ADDRESS, counters)
+    }
+
+    /// Limits per (email, address) pair and per address.
+    pub fn with_limits(per_pair: Limit, per_address: Limit, counters: Arc<dyn Backplane>) -> Self {
         Self {
             per_pair,
             per_address,
-            windows: Mutex::new(Windows::new(max_keys, longest)),
+            counters,
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Windows<Key>> {
-        self.windows.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts a login attempt before its password is checked, or refuses it with the
     /// time after which the caller may try again. The attempt counts as a failure unless
     /// [`Attempt::succeeded`] is called.
-    pub fn begin(&self, email: &str, addr: IpAddr) -> Result<Attempt<'_>, Duration> {
-        let now = Instant::now();
-        let pair = Key::Pair(email_digest(email), address_key(addr));
-        let address = Key::Address(address_key(addr));
-        let mut windows = self.lock();
-        windows.sweep(now, false);
-        let blocked = [(pair, self.per_pair), (address, self.per_address)]
-            .into_iter()
-            .filter_map(|(key, limit)| windows.blocked(&key, limit, now))
-            .max();
-        if let Some(wait) = blocked {
-            return Err(wait);
+    pub async fn begin(&self, email: &str, addr: IpAddr) -> Result<Attempt<'_>, Duration> {
+        let address = address_key(addr);
+        let pair = RateKey {
+            scope: "login_pair",
+            digest: digest(&[&email_digest(email), address.to_string().as_bytes()]),
+        };
+        let address = RateKey {
+            scope: "login_address",
+            digest: digest(&[address.to_string().as_bytes()]),
+        };
+        let keys = [
+            (pair, self.per_pair.into()),
+            (address, self.per_address.into()),
+        ];
+        match self.counters.rate_begin(&keys).await {
+            RateDecision::Counted(hit) => Ok(Attempt {
+                throttle: self,
+                pair,
+                address,
+                hit,
+            }),
+            RateDecision::Blocked(wait) => Err(wait),
         }
-        if !windows.has_room_for(&pair, now) || !windows.has_room_for(&address, now) {
-            // Full of live entries: someone is spraying; refuse new keys for a while.
-            return Err(self.per_pair.window.min(Duration::from_secs(60)));
-        }
-        windows.record(pair, self.per_pair.max_failures, now);
-        windows.record(address, self.per_address.max_failures, now);
-        Ok(Attempt {
-            throttle: self,
-            pair,
-            address,
-        })
-    }
-
-    #[cfg(test)]
-    fn keys(&self) -> usize {
-        self.lock().events.len()
     }
 }
 
@@ -216,41 +127,43 @@ impl LoginThrottle {
 /// hashed so parallel sign-ups are limited too.
 pub struct RegistrationLimiter {
     limit: Option<RateLimit>,
-    windows: Mutex<Windows<IpAddr>>,
+    counters: Arc<dyn Backplane>,
 }
 
 impl RegistrationLimiter {
     /// `None`: no limit.
-    pub fn new(limit: Option<RateLimit>) -> Self {
-        let longest = limit.map_or(Duration::ZERO, |l| l.per);
-        Self {
-            limit,
-            windows: Mutex::new(Windows::new(100_000, longest)),
-        }
+    pub fn new(limit: Option<RateLimit>, counters: Arc<dyn Backplane>) -> Self {
+        Self { limit, counters }
     }
 
     /// Counts one sign-up from `addr`, or refuses it with the time to wait.
-    pub fn check(&self, addr: IpAddr) -> Result<(), Duration> {
+    pub async fn check(&self, addr: IpAddr) -> Result<(), Duration> {
         let Some(limit) = self.limit else {
             return Ok(());
         };
-        let limit = Limit {
-            max_failures: limit.count,
+        let key = RateKey {
+            scope: "registration",
+            digest: digest(&[address_key(addr).to_string().as_bytes()]),
+        };
+        let window = Window {
+            max: limit.count,
             window: limit.per,
         };
-        let now = Instant::now();
-        let key = address_key(addr);
-        let mut windows = self.windows.lock().unwrap_or_else(|p| p.into_inner());
-        windows.sweep(now, false);
-        if let Some(wait) = windows.blocked(&key, limit, now) {
-            return Err(wait);
+        match self.counters.rate_begin(&[(key, window)]).await {
+            RateDecision::Counted(_) => Ok(()),
+            RateDecision::Blocked(wait) => Err(wait),
         }
-        if !windows.has_room_for(&key, now) {
-            return Err(Duration::from_secs(60));
-        }
-        windows.record(key, limit.max_failures, now);
-        Ok(())
     }
+}
+
+/// SHA-256 of the parts, each length-prefixed so no two part lists collide.
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize().into()
 }
 
 /// A fixed-size key for an email, however long the string an attacker sent.
@@ -273,100 +186,113 @@ fn address_key(addr: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::local::LocalBackplane;
 
     fn ip(last: u8) -> IpAddr {
         IpAddr::from([127, 0, 0, last])
     }
 
-    #[test]
-    fn pair_is_throttled_but_other_address_is_not() {
-        let t = LoginThrottle::default();
-        for _ in 0..5 {
-            drop(t.begin("a@b.c", ip(1)).unwrap());
-        }
-        let wait = t.begin("a@b.c", ip(1)).err().unwrap();
-        assert!(wait > Duration::from_secs(60));
-        assert!(
-            t.begin("A@B.C ", ip(1)).is_err(),
-            "the same email, spelled otherwise"
-        );
-        assert!(t.begin("a@b.c", ip(2)).is_ok());
+    fn throttle() -> LoginThrottle {
+        LoginThrottle::new(Arc::new(LocalBackplane::default()))
     }
 
-    #[test]
-    fn attempts_in_flight_count_before_any_result() {
-        let t = LoginThrottle::default();
-        let in_flight: Vec<_> = (0..50)
-            .filter_map(|_| t.begin("a@b.c", ip(1)).ok())
-            .collect();
+    #[tokio::test]
+    async fn pair_is_throttled_but_other_address_is_not() {
+        let t = throttle();
+        for _ in 0..5 {
+            drop(t.begin("a@b.c", ip(1)).await.unwrap());
+        }
+        let wait = t.begin("a@b.c", ip(1)).await.err().unwrap();
+        assert!(wait > Duration::from_secs(60));
+        assert!(
+            t.begin("A@B.C ", ip(1)).await.is_err(),
+            "the same email, spelled otherwise"
+        );
+        assert!(t.begin("a@b.c", ip(2)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn attempts_in_flight_count_before_any_result() {
+        let t = throttle();
+        let mut in_flight = Vec::new();
+        for _ in 0..50 {
+            if let Ok(attempt) = t.begin("a@b.c", ip(1)).await {
+                in_flight.push(attempt);
+            }
+        }
         assert_eq!(in_flight.len(), 5);
     }
 
-    #[test]
-    fn success_forgets_the_pair() {
-        let t = LoginThrottle::default();
+    #[tokio::test]
+    async fn success_forgets_the_pair() {
+        let t = throttle();
         for _ in 0..4 {
-            drop(t.begin("a@b.c", ip(1)).unwrap());
+            drop(t.begin("a@b.c", ip(1)).await.unwrap());
         }
-        t.begin("a@b.c", ip(1)).unwrap().succeeded();
+        t.begin("a@b.c", ip(1)).await.unwrap().succeeded().await;
         for _ in 0..5 {
-            drop(t.begin("a@b.c", ip(1)).unwrap());
+            drop(t.begin("a@b.c", ip(1)).await.unwrap());
         }
     }
 
-    #[test]
-    fn address_spraying_many_accounts_is_throttled() {
-        let t = LoginThrottle::default();
+    #[tokio::test]
+    async fn address_spraying_many_accounts_is_throttled() {
+        let t = throttle();
         for n in 0..30 {
-            drop(t.begin(&format!("u{n}@b.c"), ip(3)).unwrap());
+            drop(t.begin(&format!("u{n}@b.c"), ip(3)).await.unwrap());
         }
-        assert!(t.begin("fresh@b.c", ip(3)).is_err());
-        assert!(t.begin("fresh@b.c", ip(4)).is_ok());
+        assert!(t.begin("fresh@b.c", ip(3)).await.is_err());
+        assert!(t.begin("fresh@b.c", ip(4)).await.is_ok());
     }
 
-    #[test]
-    fn ipv6_counts_per_64() {
-        let t = LoginThrottle::default();
+    #[tokio::test]
+    async fn ipv6_counts_per_64() {
+        let t = throttle();
         for n in 0..30u16 {
             let addr = IpAddr::from([0x2001, 0xdb8, 0, 1, 0, 0, 0, n]);
-            drop(t.begin(&format!("u{n}@b.c"), addr).unwrap());
+            drop(t.begin(&format!("u{n}@b.c"), addr).await.unwrap());
         }
         let other_in_block = IpAddr::from([0x2001, 0xdb8, 0, 1, 9, 9, 9, 9]);
-        assert!(t.begin("fresh@b.c", other_in_block).is_err());
+        assert!(t.begin("fresh@b.c", other_in_block).await.is_err());
     }
 
-    #[test]
-    fn map_stays_bounded_and_keys_are_small() {
+    #[tokio::test]
+    async fn map_stays_bounded_and_keys_are_small() {
         let limit = Limit {
             max_failures: 2,
             window: Duration::from_secs(60),
         };
-        let t = LoginThrottle::new(limit, limit, 10);
+        let counters = Arc::new(LocalBackplane::with_max_keys(10));
+        let t = LoginThrottle::with_limits(limit, limit, counters.clone());
         let huge = "x".repeat(1 << 20);
         for n in 0..100u8 {
-            let _ = t.begin(&format!("{huge}{n}"), ip(n));
+            let _ = t.begin(&format!("{huge}{n}"), ip(n)).await;
         }
-        assert!(t.keys() <= 10);
+        assert!(counters.rate_keys() <= 10);
         assert_eq!(
-            std::mem::size_of::<Key>(),
-            std::mem::size_of::<([u8; 32], IpAddr)>()
+            std::mem::size_of::<RateKey>(),
+            std::mem::size_of::<(&str, [u8; 32])>()
         );
     }
 
-    #[test]
-    fn registrations_are_limited_per_address() {
-        let r = RegistrationLimiter::new(Some(RateLimit {
-            count: 3,
-            per: Duration::from_secs(600),
-        }));
+    #[tokio::test]
+    async fn registrations_are_limited_per_address() {
+        let counters: Arc<dyn Backplane> = Arc::new(LocalBackplane::default());
+        let r = RegistrationLimiter::new(
+            Some(RateLimit {
+                count: 3,
+                per: Duration::from_secs(600),
+            }),
+            counters.clone(),
+        );
         for _ in 0..3 {
-            r.check(ip(1)).unwrap();
+            r.check(ip(1)).await.unwrap();
         }
-        assert!(r.check(ip(1)).unwrap_err() > Duration::from_secs(500));
-        assert!(r.check(ip(2)).is_ok());
-        let off = RegistrationLimiter::new(None);
+        assert!(r.check(ip(1)).await.unwrap_err() > Duration::from_secs(500));
+        assert!(r.check(ip(2)).await.is_ok());
+        let off = RegistrationLimiter::new(None, counters);
         for _ in 0..100 {
-            off.check(ip(1)).unwrap();
+            off.check(ip(1)).await.unwrap();
         }
     }
 }

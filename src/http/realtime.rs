@@ -131,6 +131,7 @@ async fn register(
         .realtime_admission
         .connect(
             &state.hub,
+            state.cluster.as_ref(),
             request,
             state.http.realtime_connections_per_user,
         )
@@ -138,8 +139,10 @@ async fn register(
 }
 
 /// The per-user cap on real-time connections, exact under parallel connects: one user's
-/// connects take turns (the check and the hub's registration happen in one turn), while
-/// different users' connects never wait for each other.
+/// connects on this node take turns (the check and the hub's registration happen in one
+/// turn), while different users' connects never wait for each other. The count is the
+/// cluster's: the backplane admits against every live node's count atomically (see
+/// `cluster::Backplane::admit_connection`).
 #[derive(Default)]
 pub struct Admission {
     // A std mutex: held only to find or drop a user's turn lock, never across an await.
@@ -154,6 +157,7 @@ impl Admission {
     async fn connect(
         &self,
         hub: &crate::realtime::Hub,
+        cluster: &dyn crate::cluster::Backplane,
         request: ConnectRequest,
         cap: usize,
     ) -> Result<Connection, ApiError> {
@@ -166,13 +170,26 @@ impl Admission {
             Err(_) => Err(ApiError::Busy {
                 retry_after: std::time::Duration::from_secs(5),
             }),
-            Ok(_turn) if hub.user_connection_count(user) >= cap => Err(ApiError::RateLimited {
-                retry_after: std::time::Duration::from_secs(30),
-            }),
-            Ok(_turn) => hub.connect(request).await.map_err(|err| match err {
-                ConnectError::ShuttingDown => ApiError::Unavailable("draining for shutdown".into()),
-                ConnectError::Revoked => ApiError::Unauthorized,
-            }),
+            Ok(_turn) => {
+                let here = hub.user_connection_count(user);
+                if !cluster.admit_connection(user, here, cap).await {
+                    Err(ApiError::RateLimited {
+                        retry_after: std::time::Duration::from_secs(30),
+                    })
+                } else {
+                    let connected = hub.connect(request).await;
+                    if connected.is_err() {
+                        // The place taken is given back while the turn is still held.
+                        cluster.connections_changed(&[(user, here)]).await;
+                    }
+                    connected.map_err(|err| match err {
+                        ConnectError::ShuttingDown => {
+                            ApiError::Unavailable("draining for shutdown".into())
+                        }
+                        ConnectError::Revoked => ApiError::Unauthorized,
+                    })
+                }
+            }
         };
         // The last one out removes the user's lock: clones are only made under the map
         // lock, so two references (the map's and ours) mean nobody else holds or waits.
@@ -184,9 +201,11 @@ impl Admission {
     }
 }
 
-/// `GET /api/v1/ws/stats` (public).
+/// `GET /api/v1/ws/stats` (public): the cluster's sums, and `nodes`, one entry per
+/// live node (this one's figures as of now, the others' as last reported).
 async fn stats(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "stats": state.hub.stats() }))
+    let stats = crate::cluster::cluster_stats(state.cluster.as_ref(), state.hub.stats()).await;
+    Json(json!({ "stats": stats }))
 }
 
 /// `{type, data}` of a publish.
@@ -270,9 +289,13 @@ async fn publish(state: &AppState, target: Target, message: Message) -> ApiResul
         .hub
         .publish(target, message.kind, message.data)
         .await?;
+    // This node's fan-out, plus the connections the other nodes hold for the target
+    // (as they last told the backplane): every node delivers every publication.
+    let elsewhere = state.cluster.remote_connections(target).await;
+    let delivered = published.delivered as u64 + elsewhere;
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({ "delivered": published.delivered })),
+        Json(json!({ "delivered": delivered })),
     )
         .into_response())
 }

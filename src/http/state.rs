@@ -41,6 +41,8 @@ pub struct AppState {
     pub agents: crate::agents::AgentService,
     /// The task queue, its runtime operations and the reaper.
     pub tasks: crate::tasks::TaskService,
+    /// What the nodes of a cluster share besides the broker (one node: in memory).
+    pub cluster: Arc<dyn crate::cluster::Backplane>,
 }
 
 /// HTTP-level settings from the command line.
@@ -75,12 +77,37 @@ impl Readiness {
 
 impl AppState {
     /// Ends every live connection that authenticated with one of these credentials
-    /// (logout, password change, key revocation).
+    /// (logout, password change, key revocation), on this node and on every other.
     pub fn on_credentials_revoked(&self, credentials: &[crate::auth::Credential]) {
+        self.forget_credentials(credentials);
+        if !credentials.is_empty() {
+            self.cluster.signal(crate::cluster::Signal::Revoked {
+                credentials: credentials.iter().map(|c| (*c).into()).collect(),
+            });
+        }
+    }
+
+    /// This node's half of a revocation.
+    fn forget_credentials(&self, credentials: &[crate::auth::Credential]) {
         // Forgotten first, so no request is let in on a remembered session meanwhile.
         self.signer.sessions().forget(credentials);
         // Closed with 4001: the client goes to login instead of retrying.
         self.hub.disconnect_credentials(credentials);
+    }
+
+    /// Applies a signal another node sent (see `cluster::Signal`).
+    pub fn on_cluster_signal(&self, signal: crate::cluster::Signal) {
+        use crate::cluster::Signal;
+        match signal {
+            Signal::Revoked { credentials } => {
+                let credentials: Vec<_> = credentials.into_iter().map(Into::into).collect();
+                self.forget_credentials(&credentials);
+            }
+            Signal::ClaimWake => self.tasks.wake_from_peer(),
+            Signal::Transient { user, kind, items } => {
+                self.hub.deliver_transient(user, &kind, &items);
+            }
+        }
     }
 
     /// Sends the user a `system` message of category `security`.

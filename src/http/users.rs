@@ -66,6 +66,7 @@ async fn register(
     state
         .registrations
         .check(ip)
+        .await
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let password_hash = state.hasher.hash(password).await?;
     let new = NewUser {
@@ -102,6 +103,7 @@ async fn login(
     let attempt = state
         .throttle
         .begin(&body.email, ip)
+        .await
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let candidate = Password::candidate(body.password);
     let found = match Email::parse(&body.email) {
@@ -122,7 +124,7 @@ async fn login(
         tracing::info!(%ip, "failed login");
         return Err(ApiError::InvalidCredentials);
     };
-    attempt.succeeded();
+    attempt.succeeded().await;
     start_session(&state, &headers, found.user).await
 }
 
@@ -212,12 +214,13 @@ async fn change_password(
     let attempt = state
         .throttle
         .begin(account.email.as_str(), ip)
+        .await
         .map_err(|retry_after| ApiError::RateLimited { retry_after })?;
     let current = Password::candidate(body.current_password);
     if !state.hasher.verify(current, found.password_hash).await? {
         return Err(ApiError::Forbidden("current password is wrong".into()));
     }
-    attempt.succeeded();
+    attempt.succeeded().await;
     let hash = state.hasher.hash(new_password).await?;
     state.store.set_password_hash(account.id, &hash).await?;
     // Every other session ends now; the one that changed the password stays signed in.

@@ -26,13 +26,14 @@ use super::protocol::{self, Frame, ResetReason};
 use super::registry::Registry;
 use super::stats::{HubStats, Stats};
 use super::{Published, Target};
+use crate::cluster::{Backplane, Signal};
 use crate::domain::{Credential, Cursor, MessageType, UserId};
 use crate::shutdown::Shutdown;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
 
@@ -64,6 +65,9 @@ pub(crate) struct Shared {
     pub idle: Notify,
     /// Callers of `publish` waiting for their publication's delivery on this node.
     pub waiters: Waiters,
+    /// The other nodes, once joined (`Hub::join_cluster`): transient frames are sent
+    /// on to them.
+    pub cluster: OnceLock<Arc<dyn Backplane>>,
 }
 
 /// What a transport asks for when a client connects.
@@ -110,6 +114,7 @@ impl Hub {
             stats: HubStats::default(),
             idle: Notify::new(),
             waiters: Waiters::new(),
+            cluster: OnceLock::new(),
         });
         shared.stats.history_size(history_size);
         // Weak: the task must not keep the hub alive once every handle is gone.
@@ -159,8 +164,8 @@ impl Hub {
     /// stream) whose durable outcome is published separately. Never waits; a
     /// connection whose queue is full is closed with 4008 like for any message.
     ///
-    /// Single node: it reaches the connections of this node only; a cluster broker
-    /// would carry it to the other nodes the same way, without history.
+    /// In a cluster it is also sent on to the other nodes (a backplane signal, at most
+    /// once); `delivered` counts this node's connections.
     pub fn send_transient(
         &self,
         user: UserId,
@@ -168,6 +173,11 @@ impl Hub {
         data: serde_json::Value,
     ) -> Published {
         let frame = protocol::transient(kind.as_str(), &data);
+        self.signal_cluster_with(|| Signal::Transient {
+            user,
+            kind: kind.as_str().to_owned(),
+            items: vec![data.clone()],
+        });
         let fan_out = self.shared.lock().fan_out(Target::User(user), &frame);
         self.shared.stats.slow_disconnects(fan_out.overflowed);
         Published {
@@ -187,18 +197,40 @@ impl Hub {
     /// skipped for that connection (counted in
     /// `zerostate_realtime_transient_skipped_total`; the client sees the gap in `seq`).
     /// The bounds and the 4008 rule for durable messages are unchanged. Returns how
-    /// many frames were queued.
+    /// many frames were queued on this node. In a cluster the batch is also sent on to
+    /// the other nodes (a backplane signal, at most once: the output store is the
+    /// fallback), which queue it the same way ([`Hub::deliver_transient`]).
     pub fn send_transient_batch<T: serde::Serialize>(
         &self,
         user: UserId,
         kind: &'static str,
         items: &[T],
     ) -> usize {
+        let values: Vec<serde_json::Value> = items
+            .iter()
+            .filter_map(|item| serde_json::to_value(item).ok())
+            .collect();
+        let queued = self.deliver_transient(user, kind, &values);
+        self.signal_cluster_with(|| Signal::Transient {
+            user,
+            kind: kind.to_owned(),
+            items: values,
+        });
+        queued
+    }
+
+    /// Queues transient frames to `user`'s connections on this node only (the rules of
+    /// [`Hub::send_transient_batch`]); for batches another node sent on.
+    pub fn deliver_transient(
+        &self,
+        user: UserId,
+        kind: &str,
+        items: &[serde_json::Value],
+    ) -> usize {
         use super::client::{Offer, MAX_QUEUED_BYTES, MAX_QUEUED_FRAMES};
         let frames: Vec<Frame> = items
             .iter()
-            .filter_map(|item| serde_json::to_value(item).ok())
-            .map(|data| protocol::transient(kind, &data))
+            .map(|data| protocol::transient(kind, data))
             .collect();
         let (mut queued, mut skipped) = (0, 0);
         {
@@ -376,6 +408,51 @@ impl Hub {
     /// This node's counters.
     pub fn stats(&self) -> Stats {
         self.shared.stats.snapshot()
+    }
+
+    /// Joins the cluster: transient frames go on to the other nodes through
+    /// `backplane`, and with a shared backplane the users whose connections end are
+    /// remembered for [`Hub::take_released_users`]. Once; later calls are ignored.
+    pub fn join_cluster(&self, backplane: Arc<dyn Backplane>) {
+        if backplane.is_shared() {
+            self.shared
+                .lock()
+                .released
+                .get_or_insert_with(Default::default);
+        }
+        let _ = self.shared.cluster.set(backplane);
+    }
+
+    /// Sends `signal` to the other nodes, if this hub joined a cluster.
+    pub fn signal_cluster(&self, signal: Signal) {
+        self.signal_cluster_with(|| signal);
+    }
+
+    fn signal_cluster_with(&self, signal: impl FnOnce() -> Signal) {
+        if let Some(cluster) = self.shared.cluster.get().filter(|c| c.is_shared()) {
+            cluster.signal(signal());
+        }
+    }
+
+    /// The users who lost a connection on this node since the last call (only tracked
+    /// in a cluster, for the shared connection cap).
+    pub fn take_released_users(&self) -> Vec<UserId> {
+        let mut reg = self.shared.lock();
+        reg.released
+            .as_mut()
+            .map(|set| set.drain().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many live connections each of `users` has on this node (`None`: every user
+    /// with one).
+    pub fn user_connection_counts(&self, users: Option<&[UserId]>) -> Vec<(UserId, usize)> {
+        let reg = self.shared.lock();
+        let count = |user: &UserId| reg.by_user.get(user).map_or(0, |set| set.len());
+        match users {
+            Some(users) => users.iter().map(|u| (*u, count(u))).collect(),
+            None => reg.by_user.iter().map(|(u, set)| (*u, set.len())).collect(),
+        }
     }
 
     /// Runs the history retention job until shutdown.

@@ -28,6 +28,9 @@ pub(crate) struct Registry {
     /// Credentials revoked lately, to refuse a connection that authenticated just
     /// before the revocation but registers just after it.
     pub recently_revoked: HashMap<Credential, Instant>,
+    /// In a cluster: users who lost a connection since the backplane was last told
+    /// (`Hub::take_released_users`); `None` on one node, where nobody drains it.
+    pub released: Option<HashSet<UserId>>,
 }
 
 /// What a fan-out did.
@@ -52,6 +55,9 @@ impl Registry {
     /// Removes a connection, returning its slot if it was still registered.
     pub fn remove(&mut self, id: ConnId) -> Option<Slot> {
         let slot = self.conns.remove(&id)?;
+        if let Some(released) = self.released.as_mut() {
+            released.insert(slot.user);
+        }
         if let Some(set) = self.by_user.get_mut(&slot.user) {
             set.remove(&id);
             if set.is_empty() {

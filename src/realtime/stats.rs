@@ -1,14 +1,16 @@
 //! The hub's counters, kept in one place: each event is one method that moves both the
 //! node-local figure served by `GET /api/v1/ws/stats` and the Prometheus metric, so the
-//! two can never drift apart and no call site has to remember both.
+//! two can never drift apart and no call site has to remember both. In a cluster, each
+//! node reports its [`Stats`] through the backplane and the endpoint sums them
+//! ([`Stats::sum`]).
 
 use super::client::TransportKind;
 use super::protocol::ResetReason;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters for `GET /api/v1/ws/stats` (this node).
-#[derive(Debug, Clone, Serialize)]
+/// Counters for `GET /api/v1/ws/stats` (one node, or the cluster's sums).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Stats {
     /// Connections accepted since start.
     pub total_connections: u64,
@@ -31,12 +33,37 @@ pub struct Stats {
 }
 
 /// Open connections per transport.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TransportCounts {
     /// WebSocket connections.
     pub websocket: u64,
     /// Server-Sent Events streams.
     pub sse: u64,
+}
+
+impl Stats {
+    /// The cluster's figures from every node's: counts of connections and of frames
+    /// written add up; `messages_published` and `history_size` are about the one
+    /// shared history (every node delivers every publication), so they are the
+    /// largest any node reports, not a sum that would count each publication once per
+    /// node.
+    pub fn sum<'a>(nodes: impl IntoIterator<Item = &'a Stats>) -> Stats {
+        nodes.into_iter().fold(Stats::default(), |total, n| Stats {
+            total_connections: total.total_connections + n.total_connections,
+            current_connections: total.current_connections + n.current_connections,
+            messages_sent: total.messages_sent + n.messages_sent,
+            connections_by_transport: TransportCounts {
+                websocket: total.connections_by_transport.websocket
+                    + n.connections_by_transport.websocket,
+                sse: total.connections_by_transport.sse + n.connections_by_transport.sse,
+            },
+            messages_published: total.messages_published.max(n.messages_published),
+            slow_disconnects: total.slow_disconnects + n.slow_disconnects,
+            resumes: total.resumes + n.resumes,
+            resets: total.resets + n.resets,
+            history_size: total.history_size.max(n.history_size),
+        })
+    }
 }
 
 /// The live counters behind [`Stats`] and the `zerostate_realtime_*` metrics.
@@ -163,5 +190,33 @@ impl HubStats {
             resets: self.resets.load(Ordering::Relaxed),
             history_size: self.history_size.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_sums_connections_and_frames_but_not_the_shared_history() {
+        let node = |current, sent, published| Stats {
+            total_connections: current * 2,
+            current_connections: current,
+            messages_sent: sent,
+            connections_by_transport: TransportCounts {
+                websocket: current,
+                sse: 0,
+            },
+            messages_published: published,
+            history_size: published,
+            ..Stats::default()
+        };
+        let total = Stats::sum([&node(3, 10, 7), &node(4, 20, 7)]);
+        assert_eq!(total.current_connections, 7);
+        assert_eq!(total.total_connections, 14);
+        assert_eq!(total.messages_sent, 30);
+        assert_eq!(total.connections_by_transport.websocket, 7);
+        assert_eq!(total.messages_published, 7);
+        assert_eq!(total.history_size, 7);
     }
 }

@@ -670,7 +670,17 @@ impl TaskService {
             .remove(&agent);
     }
 
+    /// Wakes the claims waiting on this node and, in a cluster, on every other (a
+    /// backplane signal, at most once: a missed one costs at most `RECHECK_EVERY`).
     fn wake(&self) {
+        self.wake_from_peer();
+        self.inner
+            .hub
+            .signal_cluster(crate::cluster::Signal::ClaimWake);
+    }
+
+    /// Wakes the claims waiting on this node only (another node's submit).
+    pub fn wake_from_peer(&self) {
         self.inner.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 

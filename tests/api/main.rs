@@ -8,6 +8,7 @@ mod analytics;
 mod api_keys;
 mod authz;
 mod cli;
+mod cluster;
 mod execution;
 mod hardening;
 mod health;
