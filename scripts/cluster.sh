@@ -65,12 +65,15 @@ as_pg() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
 }
 
-# A port nothing on 127.0.0.1 listens on (the short race until it is bound is acceptable
-# for a local cluster).
+# A port nothing on 127.0.0.1 listens on, below the kernel's range of ephemeral ports
+# (so no outgoing connection holds it). Another program may still take it before we
+# bind it: the callers try again with another one.
 free_port() {
-  local port
+  local port low
+  low="$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)"
+  [ "$low" -gt 11000 ] || low=32768
   while :; do
-    port=$(( 20000 + RANDOM % 40000 ))
+    port=$(( 10000 + RANDOM % (low - 10000) ))
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then echo "$port"; return; fi
   done
 }
@@ -226,8 +229,8 @@ start)
   echo "$nodes" > "$dir/node_count"
   : > "$dir/serve_args"
   if [ ${#serve_args[@]} -gt 0 ]; then printf '%q ' "${serve_args[@]}" > "$dir/serve_args"; fi
-  [ -n "$lb_port" ] || lb_port="$(free_port)"
-  echo "$lb_port" > "$dir/lb_port"
+  port_given=0
+  if [ -n "$lb_port" ]; then port_given=1; else lb_port="$(free_port)"; fi
 
   echo "== PostgreSQL"
   mkdir -p "$dir/pg"
@@ -236,22 +239,37 @@ start)
     chmod o+x "$dir"
     chown postgres: "$dir/pg"
   fi
-  pg_port="$(free_port)"
   as_pg "$PG/initdb" -D "$dir/pg/data" -U postgres -A trust -E UTF8 >"$dir/pg/initdb.log" 2>&1 \
     || { cat "$dir/pg/initdb.log" >&2; die "initdb failed"; }
-  as_pg "$PG/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/postgres.log" -w -t 60 \
-    -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null \
-    || { tail -n 40 "$dir/pg/postgres.log" >&2; die "PostgreSQL did not start"; }
+  for attempt in 1 2 3 4 5; do
+    pg_port="$(free_port)"
+    if as_pg "$PG/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/postgres.log" -w -t 60 \
+      -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c max_connections=300" start >/dev/null; then
+      break
+    fi
+    # Most likely the port was taken meanwhile: another one.
+    [ "$attempt" -lt 5 ] || { tail -n 40 "$dir/pg/postgres.log" >&2; die "PostgreSQL did not start"; }
+  done
   as_pg "$PG/createdb" -h 127.0.0.1 -p "$pg_port" -U postgres zerostate
   echo "postgres://postgres@127.0.0.1:$pg_port/zerostate" > "$dir/database_url"
 
   echo "== Redis"
   mkdir -p "$dir/redis"
-  redis_port="$(free_port)"
-  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir/redis" \
-    --appendonly yes --appendfsync always --save "" --protected-mode no \
-    --daemonize yes --pidfile "$dir/redis/redis.pid" --logfile "$dir/redis/redis.log"
-  wait_port "$redis_port" Redis "$dir/redis/redis.log"
+  for attempt in 1 2 3 4 5; do
+    redis_port="$(free_port)"
+    # In the foreground (not --daemonize) so that a failed start is seen at once.
+    setsid nohup redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir/redis" \
+      --appendonly yes --appendfsync always --save "" --protected-mode no \
+      --logfile "$dir/redis/redis.log" >/dev/null 2>&1 </dev/null &
+    echo $! > "$dir/redis/redis.pid"
+    for _ in $(seq 1 600); do
+      if (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null || ! alive "$dir/redis/redis.pid"; then break; fi
+      sleep 0.1
+    done
+    if alive "$dir/redis/redis.pid" && (exec 3<>"/dev/tcp/127.0.0.1/$redis_port") 2>/dev/null; then break; fi
+    stop_pidfile "$dir/redis/redis.pid" TERM
+    [ "$attempt" -lt 5 ] || { tail -n 40 "$dir/redis/redis.log" >&2; die "Redis did not start"; }
+  done
   echo "redis://127.0.0.1:$redis_port" > "$dir/redis_url"
 
   echo "== $nodes nodes ($bin)"
@@ -260,8 +278,14 @@ start)
   echo "== nginx"
   mkdir -p "$dir/nginx/tmp"
   chmod 0777 "$dir/nginx" "$dir/nginx/tmp"
-  write_nginx_conf
-  "$nginx_bin" -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
+  for attempt in 1 2 3 4 5; do
+    write_nginx_conf
+    if "$nginx_bin" -p "$dir/nginx" -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"; then break; fi
+    # A port of our own choosing may have been taken meanwhile: another one.
+    [ "$port_given" -eq 0 ] && [ "$attempt" -lt 5 ] || die "nginx did not start (see $dir/nginx/error.log)"
+    lb_port="$(free_port)"
+  done
+  echo "$lb_port" > "$dir/lb_port"
   wait_port "$lb_port" nginx "$dir/nginx/error.log"
   echo "http://127.0.0.1:$lb_port" > "$dir/url"
 
