@@ -60,6 +60,13 @@ impl Daemon {
         self.child.as_ref().and_then(Child::id)
     }
 
+    /// Whether the process has exited (e.g. because its port was taken).
+    fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|child| matches!(child.try_wait(), Ok(Some(_))))
+    }
+
     /// Stops the process (gently, then by force) and waits for it.
     async fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {
@@ -200,6 +207,61 @@ fn pg_command(program: PathBuf) -> Command {
     cmd
 }
 
+/// Starts `postgres` on `port`; `None` if it exited before listening.
+async fn spawn_postgres(
+    bin: &Path,
+    data: &Path,
+    dir: &Path,
+    port: u16,
+    log_path: &Path,
+) -> Option<Daemon> {
+    let log = std::fs::File::create(log_path).expect("log");
+    if let Some((uid, gid)) = pg_user() {
+        std::os::unix::fs::chown(log_path, Some(uid), Some(gid)).expect("chown log");
+    }
+    // Durability of PostgreSQL itself is not under test (it is never killed), so its
+    // fsyncs are skipped to spare the shared machine.
+    let child = pg_command(bin.join("postgres"))
+        .arg("-D")
+        .arg(data)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(dir)
+        .args([
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "max_connections=300",
+            "-c",
+            "fsync=off",
+            "-c",
+            "full_page_writes=off",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start postgres");
+    let mut process = Daemon::new(child, libc::SIGINT);
+    let deadline = tokio::time::Instant::now() + START_WAIT;
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        if process.exited() {
+            return None;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "PostgreSQL did not listen on {port} within {START_WAIT:?}:\n{}",
+            read_log(log_path)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Some(process)
+}
+
 impl Postgres {
     /// initdb in a temp dir, start on a free port, create the database `zerostate`.
     pub async fn start() -> Postgres {
@@ -228,38 +290,19 @@ impl Postgres {
             "initdb failed:\n{}",
             read_log(&dir.path().join("initdb.log"))
         );
-        let port = free_port();
         let log_path = dir.path().join("postgres.log");
-        let log = std::fs::File::create(&log_path).expect("log");
-        if let Some((uid, gid)) = pg_user() {
-            std::os::unix::fs::chown(&log_path, Some(uid), Some(gid)).expect("chown log");
+        // The port is free when picked, but another process may take it before
+        // PostgreSQL binds it: then it exits, and we try another one.
+        let mut started = None;
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(process) = spawn_postgres(&bin, &data, dir.path(), port, &log_path).await {
+                started = Some((process, port));
+                break;
+            }
         }
-        // Durability of PostgreSQL itself is not under test (it is never killed), so its
-        // fsyncs are skipped to spare the shared machine.
-        let child = pg_command(bin.join("postgres"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-p")
-            .arg(port.to_string())
-            .arg("-k")
-            .arg(dir.path())
-            .args([
-                "-c",
-                "listen_addresses=127.0.0.1",
-                "-c",
-                "max_connections=300",
-                "-c",
-                "fsync=off",
-                "-c",
-                "full_page_writes=off",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start postgres");
-        let process = Daemon::new(child, libc::SIGINT);
-        wait_listening(port, "PostgreSQL", || read_log(&log_path)).await;
+        let (process, port) =
+            started.unwrap_or_else(|| panic!("PostgreSQL did not start:\n{}", read_log(&log_path)));
         // Accepting TCP is not accepting queries yet (startup recovery): retry createdb.
         let deadline = tokio::time::Instant::now() + START_WAIT;
         loop {
@@ -345,8 +388,21 @@ impl Redis {
             .prefix("zs-cluster-redis-")
             .tempdir()
             .expect("temp dir");
-        let port = free_port();
-        let process = Self::spawn(dir.path(), port).await;
+        // As for PostgreSQL: a port taken meanwhile makes Redis exit; try another.
+        let mut started = None;
+        for _ in 0..5 {
+            let port = free_port();
+            if let Some(process) = Self::spawn(dir.path(), port).await {
+                started = Some((process, port));
+                break;
+            }
+        }
+        let (process, port) = started.unwrap_or_else(|| {
+            panic!(
+                "redis-server did not start:\n{}",
+                read_log(&dir.path().join("redis.log"))
+            )
+        });
         Redis {
             process,
             url: format!("redis://127.0.0.1:{port}"),
@@ -355,7 +411,8 @@ impl Redis {
         }
     }
 
-    async fn spawn(dir: &Path, port: u16) -> Daemon {
+    /// Starts redis-server on `port`; `None` if it exited before answering.
+    async fn spawn(dir: &Path, port: u16) -> Option<Daemon> {
         let child = Command::new(program(
             "ZEROSTATE_REDIS_SERVER",
             "redis-server",
@@ -374,10 +431,13 @@ impl Redis {
         .kill_on_drop(true)
         .spawn()
         .expect("start redis-server (apt-get install redis-server)");
-        let process = Daemon::new(child, libc::SIGTERM);
+        let mut process = Daemon::new(child, libc::SIGTERM);
         // Ready means answering PING with PONG (not LOADING the append-only file).
         let deadline = tokio::time::Instant::now() + START_WAIT;
         while !ping(port).await {
+            if process.exited() {
+                return None;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "redis-server did not answer PING within {START_WAIT:?}:\n{}",
@@ -385,7 +445,7 @@ impl Redis {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        process
+        Some(process)
     }
 
     /// Stops Redis (SIGTERM: it writes out and exits) and waits for it.
@@ -403,7 +463,9 @@ impl Redis {
     pub async fn start_again(&mut self) {
         assert!(self.process.pid().is_none(), "redis is still running");
         wait_port_free(self.port).await;
-        self.process = Self::spawn(self.dir.path(), self.port).await;
+        self.process = Self::spawn(self.dir.path(), self.port)
+            .await
+            .unwrap_or_else(|| panic!("redis-server did not start again:\n{}", self.log()));
     }
 
     /// Redis's log so far.
