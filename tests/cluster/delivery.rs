@@ -157,8 +157,8 @@ async fn a_client_resumes_on_other_nodes_with_nothing_lost_or_repeated_while_two
     }
     assert!(seen.missing(&acked).is_empty());
     assert!(
-        hops >= 3,
-        "the client should have moved across nodes ({hops} hops)"
+        hops >= 2,
+        "the client should have resumed on B and on C ({hops} hops)"
     );
 }
 
