@@ -41,6 +41,7 @@ impl Cluster {
         Self::start_with(ClusterOptions::default()).await
     }
 
+    /// PostgreSQL and Redis, then the nodes together, then nginx if asked for.
     pub async fn start_with(options: ClusterOptions) -> Cluster {
         let (postgres, redis) = tokio::join!(Postgres::start(), Redis::start());
         let mut args = vec![

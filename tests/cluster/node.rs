@@ -59,6 +59,7 @@ pub fn unique_email() -> String {
 }
 
 impl Api {
+    /// The entry point on `127.0.0.1:port`.
     pub fn new(port: u16) -> Api {
         Api {
             address: format!("http://127.0.0.1:{port}"),
@@ -71,6 +72,7 @@ impl Api {
         }
     }
 
+    /// The full URL of `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }
@@ -97,6 +99,7 @@ impl Api {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// As `try_call`, failing the test when no answer came.
     pub async fn call(
         &self,
         method: Method,
@@ -109,10 +112,12 @@ impl Api {
             .unwrap_or_else(|e| panic!("{method} {}{path}: {e}", self.address))
     }
 
+    /// `GET path`.
     pub async fn get(&self, path: &str, token: Option<&str>) -> (StatusCode, Value) {
         self.call(Method::GET, path, token, None).await
     }
 
+    /// `POST path` with a JSON body.
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (StatusCode, Value) {
         self.call(Method::POST, path, token, Some(body)).await
     }

@@ -383,6 +383,7 @@ pub struct Redis {
 }
 
 impl Redis {
+    /// Starts redis-server on a free port in a new temporary directory.
     pub async fn start() -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("zs-cluster-redis-")
