@@ -17,7 +17,10 @@
 //! 6. **reconnect storm** (ZeroState only; the peers keep no history): every client
 //!    disconnects, `--missed` broadcasts are published, and all N reconnect with
 //!    `?since=<last cursor seen>`; timed until the last one has received its replay and
-//!    `resumed`, each checked exact (every missed message once, in order).
+//!    `resumed`, each checked exact (every missed message once, in order);
+//! 7. **RSS after sign-ups** (`--signups N`, ZeroState only, after the table): a fresh
+//!    server's `VmRSS` before and after N sign-ups, 32 at a time (each hashes a
+//!    password), its peak meanwhile, and 5 s later.
 //!
 //! Every wait has a deadline and every loop a count; failures are counted and printed
 //! rather than hidden. Loopback only.
@@ -66,6 +69,8 @@ struct Options {
     missed: usize,
     peers_bin: String,
     peers_node: String,
+    /// Sign-ups for the RSS-after-sign-ups phase (0: skipped).
+    signups: usize,
 }
 
 fn parse_args() -> Options {
@@ -80,6 +85,7 @@ fn parse_args() -> Options {
         missed: 10,
         peers_bin: "/work/peers-target/release".into(),
         peers_node: "/work/peers-node".into(),
+        signups: 0,
     };
     for (flag, value) in flags {
         let number = || -> usize {
@@ -96,6 +102,7 @@ fn parse_args() -> Options {
             "--missed" => opts.missed = number(),
             "--peers-bin" => opts.peers_bin = value,
             "--peers-node" => opts.peers_node = value,
+            "--signups" => opts.signups = number(),
             other => panic!("unknown flag {other}"),
         }
     }
@@ -726,6 +733,65 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     print_table(&rows, &opts);
+    if opts.signups > 0 {
+        signup_rss(&opts, &http).await;
+    }
+}
+
+/// Sign-ups in flight at once in the RSS phase: a burst, as many browsers would send.
+const SIGNUP_CONCURRENCY: usize = 32;
+
+/// A fresh ZeroState: its RSS once started (and the admin signed up), then after
+/// `--signups` sign-ups, `SIGNUP_CONCURRENCY` at a time (each hashes a password with
+/// argon2, the memory-hungry part), then 5 s later. Every sign-up must succeed.
+async fn signup_rss(opts: &Options, http: &reqwest::Client) {
+    let server = BenchServer::start_with(&opts.bin, &["--registration-limit", "0"]).await;
+    let _admin = server.sign_up_admin(http).await;
+    let base = rss_kib(server.pid);
+    let started = Instant::now();
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(base));
+    let sampler = {
+        let (pid, peak) = (server.pid, peak.clone());
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let tokens: Vec<String> = futures_util::stream::iter(0..opts.signups)
+        .map(|i| {
+            let server = &server;
+            async move {
+                let (email, name) = (format!("rss{i}@example.com"), format!("Rss {i}"));
+                server.sign_up(http, &email, &name).await
+            }
+        })
+        .buffer_unordered(SIGNUP_CONCURRENCY)
+        .collect()
+        .await;
+    let secs = started.elapsed().as_secs_f64();
+    let after = rss_kib(server.pid);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let settled = rss_kib(server.pid);
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!();
+    println!(
+        "RSS after {} sign-ups ({SIGNUP_CONCURRENCY} at a time, {:.1} s, all {} succeeded): \
+         base {:.1} MiB, after {:.1} MiB (+{:.1}), peak {:.1} MiB (+{:.1}), 5 s later {:.1} MiB (+{:.1})",
+        opts.signups,
+        secs,
+        tokens.len(),
+        mib(base),
+        mib(after),
+        mib(after.saturating_sub(base)),
+        mib(peak),
+        mib(peak.saturating_sub(base)),
+        mib(settled),
+        mib(settled.saturating_sub(base)),
+    );
 }
 
 #[cfg(test)]

@@ -35,6 +35,9 @@ npm ci --no-audit --no-fund --loglevel=error
 echo "== cargo test (unit and integration tests)"
 cargo test --all-targets --locked
 
+echo "== the API suite again on PostgreSQL (a throwaway server, a fresh database per app)"
+./scripts/test-postgres.sh
+
 echo "== browser tests (Chromium)"
 ZEROSTATE_BIN="$PWD/target/debug/zerostate" CHROMIUM_PATH="$(command -v chromium)" npm run --silent test:e2e
 

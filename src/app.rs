@@ -12,6 +12,7 @@ use crate::config::{Settings, StorageSettings};
 use crate::http::server::Server;
 use crate::http::{self, AppState, HttpSettings, Readiness};
 use crate::realtime::broker::local::LocalBroker;
+use crate::realtime::broker::redis::RedisBroker;
 use crate::realtime::{Disconnect, HistoryPolicy, Hub, MessageLog};
 use crate::shutdown::Shutdown;
 use crate::store::postgres::PgStore;
@@ -124,12 +125,8 @@ impl Application {
                     let client = redis::Client::open(url).context("reading --redis-url")?;
                     let backplane =
                         RedisBackplane::start(client.clone(), REDIS_PREFIX.to_owned()).await?;
-                    // CLUSTER BROKER: the Redis broker goes here, on the same client
-                    // (`RedisBroker::start(client, REDIS_PREFIX.to_owned())`). Until it
-                    // lands, this branch keeps the local broker: the backplane is shared,
-                    // durable messages are not.
-                    let _ = client;
-                    let broker = LocalBroker::start(history_log.clone()).await?;
+                    // Publish-plus-history and delivery for every node, on the same Redis.
+                    let broker = RedisBroker::start(client, REDIS_PREFIX.to_owned()).await?;
                     (Arc::new(backplane), Arc::new(broker))
                 }
             };

@@ -28,6 +28,13 @@ async fn health(State(state): State<AppState>) -> Response {
         state.cluster.health()
     );
     let database_ok = matches!(database, Ok(Ok(())));
+    // The broker and the backplane share the one Redis: either failing to reach it is
+    // the backplane being down.
+    let backplane = if state.hub.broker_healthy() {
+        backplane
+    } else {
+        crate::cluster::BackplaneHealth::Unreachable
+    };
     let healthy = database_ok && !backplane.is_degraded();
     let body = json!({
         "status": if healthy { "healthy" } else { "degraded" },

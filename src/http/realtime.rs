@@ -66,11 +66,7 @@ async fn connect(
         message: rejection.body_text(),
     })?;
     let conn = register(&state, &principal, TransportKind::WebSocket, query.since).await?;
-    Ok(transport::websocket::upgrade(
-        upgrade,
-        conn,
-        principal.expires_at,
-    ))
+    Ok(transport::websocket::upgrade(upgrade, conn))
 }
 
 /// `GET /api/v1/events`: the Server-Sent Events stream.
@@ -125,6 +121,7 @@ async fn register(
         credential: Some(principal.credential),
         transport,
         since,
+        expires_at: principal.expires_at,
     };
     // Checked before the upgrade so the client gets a 429 it can read.
     state

@@ -6,9 +6,9 @@
 //! live frame it re-reads history from its own last sent position, or, when a message
 //! it should have sent is older than one it already sent, tells the client `reset`.
 
-use super::client::{ClientQueue, ConnId, Resync, ResyncRange, TransportKind};
+use super::client::{ConnId, ConnState, Next, ResyncRange, TransportKind};
 use super::disconnect::{Disconnect, DisconnectSignal};
-use super::history::StoredMessage;
+use super::history::{StoredMessage, StreamPosition};
 use super::hub::Shared;
 use super::protocol::{self, Frame, ResetReason};
 use crate::domain::{Cursor, UserId};
@@ -35,16 +35,24 @@ pub(crate) struct Replay {
     pub announce: bool,
 }
 
+/// What a WebSocket task sends next.
+#[derive(Debug)]
+pub enum Outgoing {
+    /// A message.
+    Frame(Frame),
+    /// A keepalive ping, asked for by the hub's sweep.
+    Ping,
+}
+
 /// A registered connection, owned by its transport task. Dropping it unregisters it.
 pub struct Connection {
     pub(crate) id: ConnId,
     pub(crate) user: UserId,
     pub(crate) transport: TransportKind,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) queue: ClientQueue,
+    /// Queue, wake-up, resync requests and keepalive, shared with the slot.
+    pub(crate) state: Arc<ConnState>,
     pub(crate) signal: DisconnectSignal,
-    /// Resync requests from the hub (shared with the slot).
-    pub(crate) resync: Arc<Resync>,
     /// Frames to send before anything else (welcome, replay page, resumed/reset).
     pub(crate) pending: VecDeque<Frame>,
     pub(crate) replay: Option<Replay>,
@@ -71,10 +79,22 @@ impl Connection {
     /// a `select!` beside the socket.
     pub async fn next_frame(&mut self) -> Option<Frame> {
         loop {
-            if let Some(frame) = self.pending.pop_front() {
-                return Some(frame);
+            match self.next_outgoing(false).await? {
+                Outgoing::Frame(frame) => return Some(frame),
+                Outgoing::Ping => continue,
             }
-            if let Some(range) = self.resync.take() {
+        }
+    }
+
+    /// Like [`Connection::next_frame`], and also the keepalive pings the hub's shared
+    /// sweep asks for (WebSocket only: one sweep for every connection instead of a
+    /// timer each).
+    pub async fn next_outgoing(&mut self, pings: bool) -> Option<Outgoing> {
+        loop {
+            if let Some(frame) = self.pending.pop_front() {
+                return Some(Outgoing::Frame(frame));
+            }
+            if let Some(range) = self.state.take_resync() {
                 self.start_resync(range);
                 continue;
             }
@@ -88,32 +108,94 @@ impl Connection {
                 self.apply_page(page.map_err(anyhow::Error::from));
                 continue;
             }
-            let frame = tokio::select! {
-                biased;
-                frame = self.queue.recv() => frame?,
-                // A resync request wakes an idle connection; the loop takes it.
-                () = self.resync.requested() => continue,
+            let frame = match self.state.next(pings).await? {
+                // The loop takes it.
+                Next::Resync => continue,
+                Next::Ping => return Some(Outgoing::Ping),
+                Next::Frame(frame) => frame,
             };
-            if let Some(range) = self.resync.take() {
-                // The request came before this frame was read: history first. A durable
-                // frame is covered by the resync (it is in history); a transient one
-                // is sent as it is.
-                self.start_resync(ResyncRange {
-                    upto: range.upto.max(frame.seq().unwrap_or(0)),
-                    ..range
-                });
-                if frame.seq().is_none() {
-                    self.pending.push_back(frame);
-                }
-                continue;
+            if let Some(frame) = self.live(frame) {
+                return Some(Outgoing::Frame(frame));
             }
-            match frame.seq() {
-                Some(seq) if seq <= self.last_seq => continue,
-                Some(seq) => self.last_seq = seq,
-                None => {}
-            }
+        }
+    }
+
+    /// A live frame that is ready now, if any, without waiting (for write batching).
+    /// `None` also when a resync or a replay page must come first.
+    pub fn try_next_frame(&mut self) -> Option<Frame> {
+        if let Some(frame) = self.pending.pop_front() {
             return Some(frame);
         }
+        if self.replay.is_some() {
+            return None;
+        }
+        loop {
+            let frame = self.state.try_next_frame()?;
+            if let Some(frame) = self.live(frame) {
+                return Some(frame);
+            }
+            if !self.pending.is_empty() || self.replay.is_some() {
+                return None;
+            }
+        }
+    }
+
+    /// Checks a frame taken from the queue: a resync requested meanwhile comes first,
+    /// and a durable frame already handed out is skipped (`None`).
+    fn live(&mut self, frame: Frame) -> Option<Frame> {
+        if let Some(range) = self.state.take_resync() {
+            // The request came before this frame was read: history first. A durable
+            // frame is covered by the resync (it is in history); a transient one
+            // is sent as it is.
+            self.start_resync(ResyncRange {
+                upto: range.upto.max(frame.seq().unwrap_or(0)),
+                ..range
+            });
+            if frame.seq().is_none() {
+                self.pending.push_back(frame);
+            }
+            return None;
+        }
+        match frame.seq() {
+            Some(seq) if seq <= self.last_seq => return None,
+            Some(seq) => self.last_seq = seq,
+            None => {}
+        }
+        Some(frame)
+    }
+
+    /// Starts the replay of a resume from `raw` up to `upto`, or queues `reset` when it
+    /// cannot be replayed (see `Shared::check_resume`).
+    pub(crate) fn start_resume(
+        &mut self,
+        raw: &str,
+        upto: i64,
+        position: &anyhow::Result<StreamPosition>,
+    ) {
+        match self.shared.check_resume(raw, upto, position) {
+            Ok(from) => {
+                self.replay = Some(Replay {
+                    after: from.seq,
+                    to: from.seq,
+                    from,
+                    upto,
+                    replayed: 0,
+                    announce: true,
+                });
+            }
+            Err(reason) => self.refuse_resume(reason),
+        }
+    }
+
+    /// Tells the client its cursor cannot be resumed from.
+    pub(crate) fn refuse_resume(&mut self, reason: ResetReason) {
+        self.shared.stats.reset(reason);
+        self.pending.push_back(protocol::reset(reason));
+    }
+
+    /// The client sent something (the idle sweep's clock).
+    pub fn touch(&self) {
+        self.state.touch();
     }
 
     /// Re-reads history after an out-of-order delivery. If the connection already sent

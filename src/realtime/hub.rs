@@ -18,8 +18,8 @@
 //! already sent something newer. Nothing is dropped silently.
 
 use super::broker::{Broker, NewPublication, Publication, Subscription};
-use super::client::{ClientQueue, ConnId, Resync, Slot, TransportKind};
-use super::connection::{Connection, Replay};
+use super::client::{ConnId, ConnState, Slot, TransportKind};
+use super::connection::Connection;
 use super::disconnect::{Disconnect, DisconnectSignal};
 use super::history::{HistoryPolicy, StreamPosition};
 use super::protocol::{self, Frame, ResetReason};
@@ -81,6 +81,8 @@ pub struct ConnectRequest {
     pub transport: TransportKind,
     /// The cursor to resume after (`?since=` or `Last-Event-ID`), as given.
     pub since: Option<String>,
+    /// When the credential stops working: the connection is closed with 4001 then.
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// Why the hub refused a connection.
@@ -117,8 +119,9 @@ impl Hub {
             cluster: OnceLock::new(),
         });
         shared.stats.history_size(history_size);
-        // Weak: the task must not keep the hub alive once every handle is gone.
+        // Weak: the tasks must not keep the hub alive once every handle is gone.
         tokio::spawn(run_delivery(Arc::downgrade(&shared), subscription));
+        tokio::spawn(run_sweep(Arc::downgrade(&shared)));
         Ok(Self { shared })
     }
 
@@ -243,9 +246,8 @@ impl Hub {
                 .filter_map(|id| reg.conns.get(id))
             {
                 for (i, frame) in frames.iter().enumerate() {
-                    let room = slot.tx.capacity() > MAX_QUEUED_FRAMES / 2
-                        && slot.queued_bytes.load(Ordering::Acquire) + frame.len()
-                            <= MAX_QUEUED_BYTES / 2;
+                    let room = slot.free_frames() > MAX_QUEUED_FRAMES / 2
+                        && slot.queued_bytes() + frame.len() <= MAX_QUEUED_BYTES / 2;
                     // With room left, `offer` cannot overflow; a connection that is
                     // ending takes nothing more.
                     if !room || slot.offer(frame) != Offer::Queued {
@@ -266,13 +268,18 @@ impl Hub {
     /// Registers a connection and prepares what it sends first: `welcome`, then (with
     /// a cursor) the replay and `resumed`, or `reset`. Live messages queue up from the
     /// moment of registration, so nothing falls between replay and live delivery.
+    ///
+    /// The `welcome` cursor (the user's newest message at or below the registration's
+    /// delivery position) comes from the registry's position count when it knows the
+    /// user, without a history query; only the first connect of a user since start (or
+    /// since the count was forgotten) asks the broker. A resume asks the broker for the
+    /// prune watermark only when the user has missed something.
     pub async fn connect(&self, req: ConnectRequest) -> Result<Connection, ConnectError> {
         let shared = &self.shared;
-        let (tx, queue) = ClientQueue::new();
+        let state = Arc::<ConnState>::default();
         let signal = DisconnectSignal::default();
-        let resync = Arc::<Resync>::default();
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let upto = {
+        let (upto, cached) = {
             let mut reg = shared.lock();
             if reg.closed {
                 return Err(ConnectError::ShuttingDown);
@@ -286,12 +293,12 @@ impl Hub {
                 id,
                 user: req.user,
                 credential: req.credential,
-                tx,
-                queued_bytes: queue.queued_bytes.clone(),
+                transport: req.transport,
+                expires_at: req.expires_at.map(|at| at.timestamp()),
+                state: state.clone(),
                 signal: signal.clone(),
-                resync: resync.clone(),
             });
-            reg.last_delivered
+            (reg.last_delivered, reg.cached_position(req.user))
         };
         shared.stats.connection_opened(req.transport);
         // From here on, dropping the connection unregisters it.
@@ -300,46 +307,52 @@ impl Hub {
             user: req.user,
             transport: req.transport,
             shared: shared.clone(),
-            queue,
+            state,
             signal,
-            resync,
             pending: VecDeque::new(),
             replay: None,
             last_seq: upto,
         };
+        let since = req.since.as_deref().filter(|s| !s.trim().is_empty());
 
-        let position = shared
-            .broker
-            .position(req.user, upto)
-            .await
-            .map_err(anyhow::Error::from);
-        if let Err(err) = &position {
-            tracing::warn!(error = format!("{err:#}"), "reading the history failed");
+        // Known: nothing to ask, unless a resume missed messages (the prune watermark).
+        if let Some(latest) = cached {
+            conn.pending
+                .push_back(protocol::welcome(&shared.cursor(latest)));
+            let Some(raw) = since else {
+                return Ok(conn);
+            };
+            match shared.parse_resume(raw, upto) {
+                Ok(from) if from.seq >= latest => {
+                    // Nothing addressed to the user after the cursor (pruned or not):
+                    // resumed at once, nothing to read.
+                    conn.pending.push_back(protocol::resumed(&from, &from, 0));
+                    shared.stats.resumed();
+                    return Ok(conn);
+                }
+                Ok(_) => {
+                    let position = shared.position(req.user, upto).await;
+                    conn.start_resume(raw, upto, &position);
+                }
+                Err(reason) => conn.refuse_resume(reason),
+            }
+            return Ok(conn);
         }
+
+        let position = shared.position(req.user, upto).await;
         let welcome_seq = match &position {
             // A stream pruned past its newest message still has a position: the watermark.
-            Ok(p) => p.latest.max(p.pruned_through),
+            Ok(p) => {
+                let latest = p.latest.max(p.pruned_through);
+                shared.lock().learn_position(req.user, latest);
+                latest
+            }
             Err(_) => upto,
         };
         conn.pending
             .push_back(protocol::welcome(&shared.cursor(welcome_seq)));
-        if let Some(raw) = req.since.as_deref().filter(|s| !s.trim().is_empty()) {
-            match shared.check_resume(raw, upto, &position) {
-                Ok(from) => {
-                    conn.replay = Some(Replay {
-                        after: from.seq,
-                        to: from.seq,
-                        from,
-                        upto,
-                        replayed: 0,
-                        announce: true,
-                    });
-                }
-                Err(reason) => {
-                    shared.stats.reset(reason);
-                    conn.pending.push_back(protocol::reset(reason));
-                }
-            }
+        if let Some(raw) = since {
+            conn.start_resume(raw, upto, &position);
         }
         Ok(conn)
     }
@@ -423,6 +436,11 @@ impl Hub {
         let _ = self.shared.cluster.set(backplane);
     }
 
+    /// Whether the broker under this hub reaches its backend (for `/health`).
+    pub fn broker_healthy(&self) -> bool {
+        self.shared.broker.healthy()
+    }
+
     /// Sends `signal` to the other nodes, if this hub joined a cluster.
     pub fn signal_cluster(&self, signal: Signal) {
         self.signal_cluster_with(|| signal);
@@ -496,13 +514,23 @@ impl Shared {
         Cursor::new(self.epoch.clone(), seq)
     }
 
-    /// Decides whether a resume from `raw` can be replayed up to `upto`.
-    fn check_resume(
-        &self,
-        raw: &str,
-        upto: i64,
-        position: &anyhow::Result<StreamPosition>,
-    ) -> Result<Cursor, ResetReason> {
+    /// The user's position in history as of `upto`, from the broker (logged if it
+    /// fails: the connect goes on, a resume is answered with `reset`).
+    async fn position(&self, user: UserId, upto: i64) -> anyhow::Result<StreamPosition> {
+        let position = self
+            .broker
+            .position(user, upto)
+            .await
+            .map_err(anyhow::Error::from);
+        if let Err(err) = &position {
+            tracing::warn!(error = format!("{err:#}"), "reading the history failed");
+        }
+        position
+    }
+
+    /// Parses a resume cursor and checks it belongs to this history and is not ahead
+    /// of `upto`.
+    fn parse_resume(&self, raw: &str, upto: i64) -> Result<Cursor, ResetReason> {
         let since = Cursor::parse(raw).map_err(|_| ResetReason::InvalidCursor)?;
         if since.epoch != self.epoch {
             return Err(ResetReason::EpochChanged);
@@ -510,6 +538,17 @@ impl Shared {
         if since.seq > upto {
             return Err(ResetReason::CursorAhead);
         }
+        Ok(since)
+    }
+
+    /// Decides whether a resume from `raw` can be replayed up to `upto`.
+    pub(crate) fn check_resume(
+        &self,
+        raw: &str,
+        upto: i64,
+        position: &anyhow::Result<StreamPosition>,
+    ) -> Result<Cursor, ResetReason> {
+        let since = self.parse_resume(raw, upto)?;
         let position = position
             .as_ref()
             .map_err(|_| ResetReason::HistoryUnavailable)?;
@@ -534,7 +573,8 @@ impl Shared {
             let mut reg = self.lock();
             let last = reg.last_delivered;
             if seq <= last {
-                reg.for_each_target(target, |slot| slot.resync.request(seq, last));
+                reg.for_each_target(target, |slot| slot.state.request_resync(seq, last));
+                reg.forget_positions();
                 drop(reg);
                 self.stats.out_of_order("late");
                 tracing::error!(
@@ -549,7 +589,8 @@ impl Shared {
                 let missed_from = prev_seq.min(last) + 1;
                 reg.conns
                     .values()
-                    .for_each(|slot| slot.resync.request(missed_from, seq));
+                    .for_each(|slot| slot.state.request_resync(missed_from, seq));
+                reg.forget_positions();
                 self.stats.out_of_order("gap");
                 tracing::error!(
                     seq,
@@ -559,6 +600,7 @@ impl Shared {
                 );
             }
             reg.last_delivered = seq;
+            reg.record_delivery(seq, target);
             reg.fan_out(target, frame)
         };
         self.stats.published();
@@ -593,6 +635,22 @@ async fn run_delivery(shared: Weak<Shared>, mut subscription: Subscription) {
         tracing::error!("the broker subscription ended: no more live delivery on this node");
         // Nobody will answer: waiting publishers get an error instead of waiting forever.
         shared.waiters.stop();
+    }
+}
+
+/// The shared keepalive: once a second, [`Registry::sweep`] over every connection
+/// (pings, idle and expiry closes) instead of timers in every connection task. Ends
+/// when the hub is gone.
+async fn run_sweep(shared: Weak<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let now = super::client::now_secs();
+        shared.lock().sweep(now, Utc::now().timestamp());
     }
 }
 
@@ -671,8 +729,10 @@ mod tests {
     use super::*;
     use crate::domain::SessionId;
     use crate::realtime::broker::local::LocalBroker;
+    use crate::realtime::broker::BrokerError;
     use crate::realtime::history::MessageLog;
     use crate::realtime::memory::MemoryLog;
+    use crate::realtime::Outgoing;
     use serde_json::{json, Value};
 
     const WAIT: Duration = Duration::from_secs(10);
@@ -694,6 +754,7 @@ mod tests {
             credential: None,
             transport: TransportKind::WebSocket,
             since,
+            expires_at: None,
         }
     }
 
@@ -912,6 +973,155 @@ mod tests {
         assert_eq!(next(&mut other).await["type"], "welcome");
         assert_eq!(next(&mut other).await["data"]["n"], 7);
         assert_eq!(hub.shared.broker.history_size().await.unwrap(), 1);
+    }
+
+    /// A broker that counts the position queries of the local broker it wraps.
+    struct CountingBroker {
+        inner: LocalBroker,
+        positions: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Broker for CountingBroker {
+        async fn epoch(&self) -> Result<String, BrokerError> {
+            self.inner.epoch().await
+        }
+        async fn subscribe(&self) -> Result<Subscription, BrokerError> {
+            self.inner.subscribe().await
+        }
+        async fn publish(&self, p: NewPublication) -> Result<i64, BrokerError> {
+            self.inner.publish(p).await
+        }
+        async fn position(&self, user: UserId, upto: i64) -> Result<StreamPosition, BrokerError> {
+            self.positions.fetch_add(1, Ordering::Relaxed);
+            self.inner.position(user, upto).await
+        }
+        async fn history(
+            &self,
+            user: UserId,
+            after: i64,
+            upto: i64,
+            limit: u32,
+        ) -> Result<Vec<crate::realtime::history::StoredMessage>, BrokerError> {
+            self.inner.history(user, after, upto, limit).await
+        }
+        async fn prune(&self, policy: HistoryPolicy, now_ms: i64) -> Result<u64, BrokerError> {
+            self.inner.prune(policy, now_ms).await
+        }
+        async fn history_size(&self) -> Result<u64, BrokerError> {
+            self.inner.history_size().await
+        }
+    }
+
+    #[tokio::test]
+    async fn welcome_cursors_come_from_delivery_without_a_history_query_per_connect() {
+        let broker = Arc::new(CountingBroker {
+            inner: LocalBroker::start(Arc::new(MemoryLog::new("abcd")))
+                .await
+                .unwrap(),
+            positions: AtomicU64::new(0),
+        });
+        let hub = Hub::start(broker.clone(), HistoryPolicy::default())
+            .await
+            .unwrap();
+        let (alice, bob) = (UserId::new(), UserId::new());
+        note(&hub, alice, 0).await; // seq 1
+        let welcome = |hub: Hub, user, since: Option<&str>| {
+            let since = since.map(str::to_owned);
+            async move {
+                let mut conn = hub.connect(request(user, since)).await.unwrap();
+                let w = next(&mut conn).await;
+                (conn, w["data"]["cursor"].as_str().unwrap().to_owned())
+            }
+        };
+        // The first connect of a user asks the broker; the later ones do not, and
+        // their cursor follows every delivery: own messages, broadcasts, not others'.
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-1");
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 1);
+        note(&hub, alice, 1).await; // 2
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-2");
+        hub.publish(Target::Everyone, MessageType::known("note"), json!({}))
+            .await
+            .unwrap(); // 3
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-3");
+        note(&hub, bob, 2).await; // 4
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-3");
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 1);
+        // A resume that missed nothing is answered at once; one that missed something
+        // reads the prune watermark, then replays.
+        let (mut conn, _) = welcome(hub.clone(), alice, Some("abcd-3")).await;
+        assert_eq!(next(&mut conn).await["data"]["replayed"], 0);
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 1);
+        let (mut conn, _) = welcome(hub.clone(), alice, Some("abcd-1")).await;
+        assert_eq!(next(&mut conn).await["data"]["n"], 1);
+        assert_eq!(next(&mut conn).await["type"], "note");
+        assert_eq!(next(&mut conn).await["data"]["replayed"], 2);
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 2);
+        // Bob's first connect asks; his cursor is his own message.
+        assert_eq!(welcome(hub.clone(), bob, None).await.1, "abcd-4");
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 3);
+        // After an out-of-order delivery the counts are forgotten: asked again.
+        hub.shared.handle(&publication(9, 7, bob, 3));
+        assert_eq!(welcome(hub.clone(), alice, None).await.1, "abcd-3");
+        assert_eq!(broker.positions.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn the_sweep_pings_websockets_and_closes_the_silent_and_the_expired() {
+        let hub = hub().await;
+        let user = UserId::new();
+        let mut ws = hub.connect(request(user, None)).await.unwrap();
+        let sse = hub
+            .connect(ConnectRequest {
+                transport: TransportKind::Sse,
+                ..request(user, None)
+            })
+            .await
+            .unwrap();
+        let expiring = hub
+            .connect(ConnectRequest {
+                transport: TransportKind::Sse,
+                expires_at: Some(Utc::now() + chrono::Duration::seconds(30)),
+                ..request(user, None)
+            })
+            .await
+            .unwrap();
+        let t0 = ws.state.last_inbound.load(Ordering::Relaxed);
+        let now_unix = Utc::now().timestamp();
+        let sweep = |after: u32, unix: i64| hub.shared.lock().sweep(t0 + after, unix);
+        assert!(matches!(
+            next_outgoing(&mut ws).await,
+            Outgoing::Frame(f) if f.text().contains("welcome")
+        ));
+        sweep(10, now_unix);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), ws.next_outgoing(true))
+                .await
+                .is_err()
+        );
+        sweep(25, now_unix);
+        assert!(matches!(next_outgoing(&mut ws).await, Outgoing::Ping));
+        // A client that speaks is not idle; one silent for 75 s is closed (1001), an
+        // SSE stream (nothing to read from it) is not.
+        ws.state.last_inbound.store(t0 + 70, Ordering::Relaxed);
+        sweep(76, now_unix);
+        assert!(ws.reason().is_none() && expiring.reason().is_none());
+        sweep(144, now_unix);
+        assert!(ws.reason().is_none());
+        sweep(145, now_unix);
+        assert_eq!(ws.reason(), Some(Disconnect::Idle));
+        assert_eq!(sse.reason(), None);
+        // The credential's expiry closes its connection (4001), whatever its transport.
+        sweep(1, now_unix + 31);
+        assert_eq!(expiring.reason(), Some(Disconnect::Expired));
+        assert_eq!(sse.reason(), None);
+    }
+
+    async fn next_outgoing(conn: &mut Connection) -> Outgoing {
+        tokio::time::timeout(WAIT, conn.next_outgoing(true))
+            .await
+            .expect("in time")
+            .expect("open")
     }
 
     /// A publication as a broker would hand it over, for driving `deliver` by hand.

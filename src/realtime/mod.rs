@@ -23,7 +23,7 @@ mod stats;
 
 pub use broker::Broker;
 pub use client::TransportKind;
-pub use connection::Connection;
+pub use connection::{Connection, Outgoing};
 pub use disconnect::Disconnect;
 pub use history::{HistoryPolicy, MessageLog};
 pub use hub::{ConnectError, ConnectRequest, Hub};

@@ -1,10 +1,18 @@
 //! The WebSocket transport: one task per connection, selecting on the client's frames,
-//! the connection's outgoing frames, the hub's disconnect signal and three timers
-//! (keepalive ping, idle timeout, credential expiry).
+//! the connection's outgoing frames (and keepalive pings) and the hub's disconnect
+//! signal.
 //!
-//! Buffers are kept small on purpose: tungstenite's defaults reserve 128 KiB per
-//! connection, and the product promises about 1 KB per idle one. Every write has a
-//! deadline, so a peer that stops reading cannot hold a task forever.
+//! Memory per idle connection is the constraint (the product promises about 1 KB):
+//! - no timers here: the hub's shared sweep (`realtime::registry`) asks for a ping every
+//!   25 s, closes a client silent for 75 s (1001) and one whose credential expired
+//!   (4001), through the same wake-up as the outgoing frames;
+//! - no read buffer while idle: tungstenite's read buffer starts empty (size 0) and
+//!   grows only while a frame is being read, so a connection waiting for its client
+//!   holds none (tungstenite reads a frame header, then exactly the frame);
+//! - no write buffer before the first write: tungstenite's grows to the largest batch
+//!   written (the welcome frame for a connection that never gets another message).
+//!
+//! Every write has a deadline, so a peer that stops reading cannot hold a task forever.
 //!
 //! Frames already queued when one is sent go out with it: up to [`WRITE_BATCH`] bytes
 //! are encoded into tungstenite's write buffer and reach the socket in one write. On a
@@ -12,21 +20,21 @@
 //! instead of one each, which is where a fan-out spends most of its CPU.
 
 use crate::realtime::protocol::{self, Frame, Inbound};
-use crate::realtime::{Connection, Disconnect};
+use crate::realtime::{Connection, Disconnect, Outgoing};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use chrono::{DateTime, Utc};
-use futures_util::{FutureExt, SinkExt};
+use chrono::Utc;
+use futures_util::SinkExt;
 use std::time::Duration;
-use tokio::time::Instant;
 use tracing::Instrument;
 
 /// Largest inbound message (and frame); larger ones close the connection with 1009.
 pub const MAX_INBOUND_BYTES: usize = 64 * 1024;
-/// Bytes read from the socket at a time. Clients send little (a ping every 25 s), and
-/// this buffer is reserved for every connection: 4 KiB measured ~2.5 KB more per idle
-/// connection than 1 KiB.
-const READ_BUFFER: usize = 1024;
+/// The read buffer reserved up front: none. tungstenite then reserves a frame header's
+/// worth, then the frame, as it reads (clients send little: a ping every 25 s), so an
+/// idle connection holds no read buffer; 1 KiB reserved for every connection was a
+/// sixth of its memory.
+const READ_BUFFER: usize = 0;
 /// Bytes of queued frames encoded before they are written to the socket at once. An
 /// idle connection holds no write buffer; a busy one keeps at most about twice this.
 const WRITE_BATCH: usize = 2 * 1024;
@@ -36,10 +44,6 @@ const MAX_BATCH_FRAMES: usize = 64;
 /// Cap on bytes waiting in the WebSocket layer for the socket (one largest message and
 /// a partial one fit); the real queue is the connection's, bounded by the hub.
 const MAX_WRITE_BUFFER: usize = 256 * 1024;
-/// Server-side keepalive: a WebSocket ping this often.
-const PING_EVERY: Duration = Duration::from_secs(25);
-/// A client silent this long is closed (1001).
-const IDLE_AFTER: Duration = Duration::from_secs(75);
 /// A single write that takes longer than this means the peer stopped reading: the
 /// connection is dropped without a close handshake.
 const SEND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,12 +51,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(30);
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Completes the upgrade with small buffers and hands the socket to its task.
-/// `expires_at` is when the connection's credential stops working (closed with 4001).
-pub fn upgrade(
-    ws: WebSocketUpgrade,
-    conn: Connection,
-    expires_at: Option<DateTime<Utc>>,
-) -> Response {
+pub fn upgrade(ws: WebSocketUpgrade, conn: Connection) -> Response {
     ws.read_buffer_size(READ_BUFFER)
         // Frames accumulate up to this before a write; every batch ends with a flush.
         .write_buffer_size(WRITE_BATCH)
@@ -62,7 +61,7 @@ pub fn upgrade(
         .on_upgrade(move |socket| {
             // A debug span: at the default level it costs nothing per idle connection.
             let span = tracing::debug_span!("ws", conn = conn.id(), user_id = %conn.user());
-            serve(socket, conn, expires_at).instrument(span)
+            serve(Box::new(Parts { socket, conn })).instrument(span)
         })
 }
 
@@ -76,22 +75,27 @@ enum End {
     Gone,
 }
 
-async fn serve(mut socket: WebSocket, mut conn: Connection, expires_at: Option<DateTime<Utc>>) {
-    tracing::debug!("connected");
-    let mut ping = tokio::time::interval_at(Instant::now() + PING_EVERY, PING_EVERY);
-    let idle = tokio::time::sleep(IDLE_AFTER);
-    let expiry = tokio::time::sleep_until(deadline(expires_at));
-    tokio::pin!(idle, expiry);
+/// What a connection task owns. Handed over boxed: an `async fn` keeps its arguments
+/// and the locals they are moved into side by side, which for these two (about half a
+/// kilobyte) doubled the task's size for its whole life.
+struct Parts {
+    socket: WebSocket,
+    conn: Connection,
+}
 
+async fn serve(parts: Box<Parts>) {
+    let Parts {
+        mut socket,
+        mut conn,
+    } = *parts;
+    tracing::debug!("connected");
     let end = loop {
         tokio::select! {
             // Decisions first: once the hub has said "close", nothing more is sent.
             biased;
             reason = conn.disconnected() => break End::Close(reason),
-            () = &mut expiry => break End::Close(Disconnect::Expired),
-            () = &mut idle => break End::Close(Disconnect::Idle),
             inbound = socket.recv() => {
-                idle.as_mut().reset(Instant::now() + IDLE_AFTER);
+                conn.touch();
                 let reply = match inbound {
                     None => break End::Gone,
                     Some(Err(err)) => break classify(err),
@@ -107,27 +111,36 @@ async fn serve(mut socket: WebSocket, mut conn: Connection, expires_at: Option<D
                         "binary frames are not supported; send JSON text",
                     ),
                 };
-                if !send_frame(&mut socket, &conn, &reply).await {
+                // Boxed, like every write below: the loop's own future stays small for
+                // the long idle stretches, and a write's state exists only while it runs.
+                if !Box::pin(send_frame(&mut socket, &conn, &reply)).await {
                     break End::Gone;
                 }
             }
-            frame = conn.next_frame() => match frame {
-                Some(frame) => {
-                    if !send_batch(&mut socket, &mut conn, frame).await {
+            next = conn.next_outgoing(true) => match next {
+                Some(Outgoing::Frame(frame)) => {
+                    if !Box::pin(send_batch(&mut socket, &mut conn, frame)).await {
+                        break End::Gone;
+                    }
+                }
+                Some(Outgoing::Ping) => {
+                    if !Box::pin(send(&mut socket, Message::Ping(Default::default()))).await {
                         break End::Gone;
                     }
                 }
                 // The hub let go of the connection; it always says why first.
                 None => break End::Close(conn.reason().unwrap_or(Disconnect::Shutdown)),
             },
-            _ = ping.tick() => {
-                if !send(&mut socket, Message::Ping(Default::default())).await {
-                    break End::Gone;
-                }
-            }
         }
     };
 
+    Box::pin(close(socket, conn, end)).await;
+    tracing::debug!("disconnected");
+}
+
+/// Ends the connection as the loop decided: our close frame (then the peer's answer,
+/// briefly), or the rest of the peer's close handshake.
+async fn close(mut socket: WebSocket, conn: Connection, end: End) {
     match end {
         End::Close(reason) => {
             conn.disconnect(reason);
@@ -147,7 +160,6 @@ async fn serve(mut socket: WebSocket, mut conn: Connection, expires_at: Option<D
         End::PeerClosed => drain(&mut socket).await,
         End::Gone => {}
     }
-    tracing::debug!("disconnected");
 }
 
 /// Sends `first` and whatever frames are already queued behind it, flushed once,
@@ -164,9 +176,9 @@ async fn send_batch(socket: &mut WebSocket, conn: &mut Connection, first: Frame)
             if conn.reason().is_some() {
                 break;
             }
-            // `next_frame` is cancel-safe: a frame not ready now stays queued. A replay
-            // page to read from history is not ready either: the batch ends there.
-            let Some(Some(frame)) = conn.next_frame().now_or_never() else {
+            // Only what is ready now: a replay page to read from history is not ready
+            // either, the batch ends there.
+            let Some(frame) = conn.try_next_frame() else {
                 break;
             };
             if let Some(message) = text_message(&frame) {
@@ -242,12 +254,26 @@ fn classify(err: axum::Error) -> End {
     }
 }
 
-/// When a credential expiring at `at` stops working, as a timer deadline.
-fn deadline(at: Option<DateTime<Utc>>) -> Instant {
-    // Far enough to never fire, near enough not to overflow.
-    const NEVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-    let left = at.map_or(NEVER, |at| {
-        (at - Utc::now()).to_std().unwrap_or(Duration::ZERO)
-    });
-    Instant::now() + left.min(NEVER)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an `async fn` returns, without calling it.
+    fn future_size<A, F: std::future::Future>(_: impl FnOnce(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn an_idle_connection_task_stays_small() {
+        // Every idle connection holds one of these for its whole life: keep it to a
+        // fraction of the ~1 KB budget per connection (rarely used, larger states are
+        // boxed while they run).
+        let size = future_size(serve);
+        println!(
+            "serve future: {size} bytes (socket {}, connection {})",
+            std::mem::size_of::<WebSocket>(),
+            std::mem::size_of::<Connection>()
+        );
+        assert!(size <= 1024, "the connection future grew to {size} bytes");
+    }
 }

@@ -40,8 +40,7 @@ async fn status_of(app: &TestApp, user: &TestUser, id: &str) -> Value {
     body
 }
 
-/// An agent that runs every user's tasks: registered as shared by an admin. (Until the
-/// registry accepts `shared`, the flag is set in the database, as an admin's edit would.)
+/// An agent that runs every user's tasks: registered as shared by an admin.
 async fn shared_agent(app: &TestApp, admin: &TestUser, name: &str) -> (Value, String) {
     let (agent, token) = app
         .register_agent_as(
@@ -49,18 +48,7 @@ async fn shared_agent(app: &TestApp, admin: &TestUser, name: &str) -> (Value, St
             json!({ "name": name, "capabilities": ["general"], "shared": true }),
         )
         .await;
-    if agent["shared"] != true {
-        let url = format!("sqlite:{}", app.data_dir().join("zerostate.db").display());
-        let pool = sqlx::SqlitePool::connect(&url)
-            .await
-            .expect("open database");
-        sqlx::query("UPDATE agents SET shared = 1 WHERE id = ?1")
-            .bind(agent["id"].as_str().unwrap())
-            .execute(&pool)
-            .await
-            .expect("share agent");
-        pool.close().await;
-    }
+    assert_eq!(agent["shared"], true, "an admin registers a shared agent");
     (agent, token)
 }
 

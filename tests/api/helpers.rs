@@ -84,8 +84,18 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts a server with the given options.
 pub async fn spawn_app_with(options: AppOptions) -> TestApp {
+    spawn_on(fresh_database().await, options).await
+}
+
+/// On PostgreSQL, a second node: another server process, with its own data directory,
+/// on this app's database (`None` on SQLite, whose database one process owns).
+pub async fn spawn_node_on_same_database(app: &TestApp) -> Option<TestApp> {
+    let url = app.database_url.clone()?;
+    Some(spawn_on(Some(url), app.options.clone()).await)
+}
+
+async fn spawn_on(database_url: Option<String>, options: AppOptions) -> TestApp {
     let data_dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-    let database_url = fresh_database().await;
     let (child, port) = start(
         data_dir.path(),
         database_url.as_deref(),

@@ -378,6 +378,24 @@ async fn there_is_no_default_secret() {
 }
 
 #[tokio::test]
+async fn nodes_sharing_a_database_share_the_signing_key() {
+    let a = spawn_app().await;
+    // Only PostgreSQL is shared by several nodes; on SQLite there is no second node.
+    let Some(b) = spawn_node_on_same_database(&a).await else {
+        return;
+    };
+    let user = a.new_user().await;
+    // Neither node was given --signing-key: the key was made once, in the database,
+    // so a session from one node is good on the other.
+    assert_eq!(
+        b.get("/api/v1/users/me", Some(&user.token)).await.0,
+        StatusCode::OK
+    );
+    assert!(!a.data_dir().join("signing.key").exists());
+    assert!(!b.data_dir().join("signing.key").exists());
+}
+
+#[tokio::test]
 async fn operator_commands_create_and_promote_accounts() {
     let mut app = spawn_app().await;
     let first = app.new_user().await;

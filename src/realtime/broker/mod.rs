@@ -153,6 +153,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// How many messages history holds now.
     async fn history_size(&self) -> Result<u64, BrokerError>;
+
+    /// Whether the broker can reach what it stands on right now (for `/health`). A
+    /// one-process broker always can; a networked one is unhealthy while it cannot, and
+    /// becomes healthy again by itself once it reconnects.
+    fn healthy(&self) -> bool {
+        true
+    }
 }
 
 #[cfg(test)]

@@ -349,6 +349,10 @@ fn decode_members(members: &[String]) -> Result<Vec<StoredMessage>, BrokerError>
 
 #[async_trait]
 impl Broker for RedisBroker {
+    fn healthy(&self) -> bool {
+        RedisBroker::healthy(self)
+    }
+
     async fn epoch(&self) -> Result<String, BrokerError> {
         self.inner.epoch().await
     }
@@ -1293,6 +1297,7 @@ mod tests {
             credential: None,
             transport: TransportKind::WebSocket,
             since,
+            expires_at: None,
         };
         let note = |hub: &Hub, n: u64| {
             let hub = hub.clone();
@@ -1316,6 +1321,17 @@ mod tests {
         for n in 1..=3 {
             note(&hubs[1], n).await;
         }
+        // `publish` returns once the publishing node has delivered; node A reads the
+        // stream on its own time. A client resuming on A before A has caught up gets the
+        // rest live right after `resumed` (nothing lost either way); to check the replay
+        // itself, wait until A has delivered all four.
+        let caught_up = tokio::time::timeout(Duration::from_secs(10), async {
+            while hubs[0].stats().messages_published < 4 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(caught_up.is_ok(), "node A delivered what node B published");
         // The client comes back through the load balancer to the other node.
         let mut on_a = hubs[0].connect(request(Some(cursor))).await.unwrap();
         assert_eq!(frame(&mut on_a).await["type"], "welcome");

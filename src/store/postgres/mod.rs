@@ -104,6 +104,84 @@ mod tests {
 
     crate::store::conformance::conformance_suite!(fresh);
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_skips_a_task_another_transaction_holds_instead_of_waiting() {
+        use crate::domain::{
+            Capability, Email, FullName, MaxAttempts, Priority, TaskId, TaskQuery, TimeoutSecs,
+        };
+        use crate::store::{AgentStore, NewAgent, NewTask, NewUser, TaskStore, UserStore};
+        use chrono::{Duration, Utc};
+        let url = super::testing::fresh_database().await;
+        let store = PgStore::open_url(&url).await.unwrap();
+        let user = store
+            .create_user(NewUser {
+                email: Email::parse("a@b.io").unwrap(),
+                full_name: FullName::parse("A").unwrap(),
+                password_hash: "x".into(),
+                role: None,
+            })
+            .await
+            .unwrap()
+            .id;
+        let agent = crate::domain::AgentId::new();
+        store
+            .create_agent(&NewAgent {
+                id: agent,
+                owner_id: user,
+                name: "a".into(),
+                description: String::new(),
+                capabilities: vec![Capability::general()],
+                shared: false,
+                token_hash: "h".into(),
+                token_prefix: "p".into(),
+                created_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        let t0 = Utc::now();
+        let mut ids = Vec::new();
+        for i in 0..2 {
+            let new = NewTask {
+                id: TaskId::new(),
+                user_id: user,
+                query: TaskQuery::parse(format!("t{i}")).unwrap(),
+                capability: Capability::general(),
+                priority: Priority::Normal,
+                agent_id: None,
+                timeout: TimeoutSecs::DEFAULT,
+                max_attempts: MaxAttempts::DEFAULT,
+                idempotency_key: None,
+                run_at: None,
+                created_at: t0 + Duration::milliseconds(i),
+            };
+            store.insert_task(&new, Duration::hours(24)).await.unwrap();
+            ids.push(new.id);
+        }
+        // Another claimer (here a bare transaction) holds the oldest task's row.
+        let mut holder = store.pool().begin().await.unwrap();
+        sqlx::query("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE")
+            .bind(ids[0].to_string())
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+        let now = Utc::now();
+        // A claim that waited for the lock would never end while `holder` is open.
+        let claimed = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            store.claim_tasks(agent, 1, now + Duration::seconds(30), now),
+        )
+        .await
+        .expect("the claim skipped the locked row instead of waiting")
+        .unwrap();
+        assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[1]]);
+        holder.rollback().await.unwrap();
+        let next = store
+            .claim_tasks(agent, 1, now + Duration::seconds(30), now)
+            .await
+            .unwrap();
+        assert_eq!(next.iter().map(|t| t.id).collect::<Vec<_>>(), [ids[0]]);
+    }
+
     #[tokio::test]
     async fn the_signing_key_is_stored_once_and_every_node_gets_it() {
         let url = super::testing::fresh_database().await;

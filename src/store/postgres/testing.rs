@@ -12,11 +12,28 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Where Debian's PostgreSQL 15 keeps its programs (CI installs it with apt); the
-/// `ZEROSTATE_PG_BIN` variable overrides it.
-const DEFAULT_BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
+/// Where Debian keeps PostgreSQL's programs, one directory per major version (CI
+/// installs it with apt); the newest is used, and `ZEROSTATE_PG_BIN` overrides it.
+const DEBIAN_VERSIONS_DIR: &str = "/usr/lib/postgresql";
 /// How long the server gets to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The `bin` directory of the newest PostgreSQL Debian installed (by major version).
+fn newest_debian_bin_dir() -> PathBuf {
+    let newest = std::fs::read_dir(DEBIAN_VERSIONS_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let version = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            Some((version, entry.path().join("bin")))
+        })
+        .max_by_key(|(version, _)| *version);
+    newest.map_or_else(
+        || Path::new(DEBIAN_VERSIONS_DIR).join("15/bin"),
+        |(_, bin)| bin,
+    )
+}
 
 /// A running throwaway server. Dropping it stops it and removes its directory.
 pub struct PgServer {
@@ -30,7 +47,7 @@ impl PgServer {
     pub fn start() -> std::io::Result<Self> {
         let bin = std::env::var_os("ZEROSTATE_PG_BIN")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_BIN_DIR));
+            .unwrap_or_else(newest_debian_bin_dir);
         let dir = tempfile::Builder::new().prefix("zerostate-pg-").tempdir()?;
         let owner = postgres_user_if_root()?;
         if let Some((uid, gid)) = owner {
