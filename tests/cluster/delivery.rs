@@ -355,3 +355,44 @@ async fn redis_restarted_mid_publish_loses_nothing_after_resume() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_system_message_published_on_a_is_listed_in_the_notifications_of_every_node() {
+    // `GET /api/v1/notifications` (README: the user's recent `system` messages) is what
+    // the dashboard and the API keys page list in a new tab: it must read the cluster's
+    // history, not one node's.
+    let cluster = Cluster::start().await;
+    let admin = cluster.admin().await;
+    let user = cluster.node(1).new_user().await;
+    let (status, body) = cluster
+        .node(0)
+        .post(
+            "/api/v1/ws/broadcast",
+            Some(&admin.token),
+            json!({ "type": "system", "data": { "message": "maintenance tonight", "level": "warning" } }),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    for node in &cluster.nodes {
+        eventually(
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            async || {
+                let (status, body) = node.get("/api/v1/notifications", Some(&user.token)).await;
+                let listed = body["notifications"].as_array().is_some_and(|all| {
+                    all.iter()
+                        .any(|n| n.to_string().contains("maintenance tonight"))
+                });
+                if status == 200 && listed {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "node {} does not list the broadcast: {status} {body}",
+                        node.name
+                    ))
+                }
+            },
+        )
+        .await;
+    }
+}
