@@ -104,6 +104,8 @@ impl AppState {
                 self.forget_credentials(&credentials);
             }
             Signal::ClaimWake => self.tasks.wake_from_peer(),
+            Signal::AgentRevoked { agent } => self.agents.tokens().revoke(agent),
+            Signal::AgentChanged { agent } => self.agents.tokens().changed(agent),
             Signal::Transient { user, kind, items } => {
                 self.hub.deliver_transient(user, &kind, &items);
             }

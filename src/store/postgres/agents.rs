@@ -305,6 +305,25 @@ impl AgentStore for PgStore {
         Ok(None)
     }
 
+    async fn mark_agent_offline(
+        &self,
+        id: AgentId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE agents SET online = FALSE, updated_at = $2
+             WHERE id = $1 AND online
+             RETURNING {AGENT_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(to_millis(at))
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
     async fn mark_stale_agents_offline(
         &self,
         seen_before: DateTime<Utc>,

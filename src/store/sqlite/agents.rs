@@ -293,6 +293,24 @@ impl AgentStore for SqliteStore {
         Ok(None)
     }
 
+    #[tracing::instrument(skip_all, fields(agent_id = %id))]
+    async fn mark_agent_offline(
+        &self,
+        id: AgentId,
+        at: DateTime<Utc>,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let row = sqlx::query(&format!(
+            "UPDATE agents SET online = 0, updated_at = ?2
+             WHERE id = ?1 AND online = 1
+             RETURNING {AGENT_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(to_millis(at))
+        .fetch_optional(self.pool())
+        .await?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
     async fn mark_stale_agents_offline(
         &self,
         seen_before: DateTime<Utc>,
