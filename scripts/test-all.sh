@@ -41,6 +41,9 @@ echo "== the API suite again on PostgreSQL (a throwaway server, a fresh database
 echo "== browser tests (Chromium)"
 ZEROSTATE_BIN="$PWD/target/debug/zerostate" CHROMIUM_PATH="$(command -v chromium)" npm run --silent test:e2e
 
+echo "== browser tests against a two-node cluster behind nginx (PostgreSQL, Redis)"
+ZEROSTATE_BIN="$PWD/target/debug/zerostate" CHROMIUM_PATH="$(command -v chromium)" ./scripts/test-e2e-cluster.sh
+
 echo "== Python SDK tests (pytest)"
 ZEROSTATE_BIN="$PWD/target/debug/zerostate" ./scripts/test-python.sh
 

@@ -145,6 +145,7 @@ impl Application {
         let agents = crate::agents::AgentService::new(
             store.clone(),
             relay.clone(),
+            hub.clone(),
             settings.agent_offline_after,
         );
         let queue = crate::tasks::QueueSettings {
@@ -181,7 +182,6 @@ impl Application {
             metrics,
             started_at: Instant::now(),
             hub,
-            messages: history_log,
             agents,
             tasks,
             cluster,
@@ -223,8 +223,12 @@ impl Application {
         // The built-in agent talks to this server over HTTP like any agent, so it starts
         // once the listener is serving; it stops by itself on shutdown.
         if builtin_agent {
-            let run =
-                crate::agents::builtin::run(state.agents.clone(), local_addr, shutdown.clone());
+            let run = crate::agents::builtin::run(
+                state.agents.clone(),
+                state.signer.builtin_agent_token(),
+                local_addr,
+                shutdown.clone(),
+            );
             jobs.0.push(tokio::spawn(run));
         }
         shutdown.triggered().await;

@@ -11,6 +11,7 @@
 
 use super::runner::{self, ClaimedTask, ExecOutcome, Executor, RunnerConfig, TaskEvent};
 use super::AgentService;
+use crate::auth::secret::NewSecret;
 use crate::domain::OutputStream;
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;
@@ -24,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 /// Tasks the built-in agent runs at the same time.
 const CONCURRENCY: usize = 2;
 
-/// Registers (or re-keys) the built-in agent and runs it against the server listening
+/// Registers (or re-keys) the built-in agent with `token` (`TokenSigner::builtin_agent_token`) and runs it against the server listening
 /// on `addr` until shutdown. Errors are logged: the server keeps serving without it.
-pub async fn run(agents: AgentService, addr: SocketAddr, shutdown: Shutdown) {
-    let (agent, token) = match agents.ensure_builtin().await {
+pub async fn run(agents: AgentService, token: NewSecret, addr: SocketAddr, shutdown: Shutdown) {
+    let (agent, token) = match agents.ensure_builtin(token).await {
         Ok(found) => found,
         Err(err) => {
             tracing::error!(error = %err, "built-in agent not started");

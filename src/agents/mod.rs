@@ -1,7 +1,8 @@
 //! Agents: the registry (register, update, delete, each announced as `agent_update` to
 //! the users who can see the agent: for a private agent its owner and the admins, for a
 //! shared one everyone; written to the store's outbox in the change's own transaction
-//! and published by the relay before the caller is answered), token rotation, presence (online while polling or renewing a lease; offline after `OFFLINE_AFTER` of
+//! and published by the relay before the caller is answered), token verification
+//! (remembered for a few seconds, see `tokens`) and rotation, presence (online while polling or renewing a lease; offline after `OFFLINE_AFTER` of
 //! silence by default, detected by a sweeper), and the agent processes themselves: the reference
 //! agent `zerostate agent run` (`runner` + `shell`) and the built-in agent (`builtin`),
 //! which talk to the server over the same HTTP runtime API.
@@ -9,10 +10,12 @@
 pub mod builtin;
 pub mod runner;
 pub mod shell;
+pub mod tokens;
 
 use crate::auth::secret::{self, NewSecret, AGENT_TOKEN_PREFIX};
+use crate::cluster::Signal;
 use crate::domain::{AgentId, Capability, ParseError, UserId};
-use crate::realtime::{Relay, Target};
+use crate::realtime::{Hub, Relay, Target};
 use crate::store::{
     AgentChanges, AgentRecord, Announcement, NewAgent, Store, StoreError, TaskRecord,
 };
@@ -20,6 +23,7 @@ use chrono::Utc;
 use serde::Serialize;
 use std::sync::Arc;
 use std::time::Duration;
+use tokens::{AgentCredential, AgentTokens};
 use uuid::Uuid;
 
 /// By default, an agent that has neither polled nor renewed a lease for this long is
@@ -183,18 +187,24 @@ pub struct AgentService {
     store: Arc<dyn Store>,
     /// Publishes what the store's outbox holds; awaited after each announced change.
     relay: Relay,
+    /// Tells the other nodes of a cluster about token revocations and agent changes.
+    hub: Hub,
     /// Silence after which an agent counts as offline (`OFFLINE_AFTER` unless set).
     offline_after: Duration,
+    /// Tokens verified lately and the agents' generations (see `tokens`).
+    tokens: Arc<AgentTokens>,
 }
 
 impl AgentService {
     /// Announces changes through the store's outbox and `relay`; agents silent for
     /// `offline_after` go offline.
-    pub fn new(store: Arc<dyn Store>, relay: Relay, offline_after: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, relay: Relay, hub: Hub, offline_after: Duration) -> Self {
         Self {
             store,
             relay,
+            hub,
             offline_after,
+            tokens: Arc::default(),
         }
     }
 
@@ -208,6 +218,28 @@ impl AgentService {
                 Audience { admins: Vec::new() }
             }
         }
+    }
+
+    /// The agent a `zsa_…` token belongs to, from memory when it was verified lately
+    /// (see `tokens`). `Ok(None)`: unknown, rotated or deleted.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<AgentCredential>, StoreError> {
+        let hash = secret::hash(token);
+        if let Some(credential) = self.tokens.get(&hash) {
+            return Ok(Some(credential));
+        }
+        // Taken before the read: a revocation after this point refuses the answer.
+        let started = std::time::Instant::now();
+        match self.store.agent_by_token_hash(&hash).await {
+            Ok(agent) => Ok(self.tokens.admit(&hash, agent, started)),
+            Err(StoreError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Verified tokens and generations, for a cluster's backplane to forward
+    /// revocations made on other nodes.
+    pub fn tokens(&self) -> &Arc<AgentTokens> {
+        &self.tokens
     }
 
     /// Registers an agent owned by `owner` and returns it with its token, which only
@@ -237,12 +269,15 @@ impl AgentService {
         Ok((agent, token))
     }
 
-    /// Creates the built-in agent on first start, or gives it a fresh token on later
-    /// starts; the raw token lives only in this process's memory. It is shared (it runs
-    /// every user's tasks, so a new user's first task completes), and made shared again
-    /// at every start should it have been changed.
-    pub async fn ensure_builtin(&self) -> Result<(AgentRecord, NewSecret), StoreError> {
-        let token = secret::generate(AGENT_TOKEN_PREFIX);
+    /// Creates the built-in agent on first start, or sets its token on later starts
+    /// (the token is derived from the signing key: every node of a cluster runs the
+    /// one built-in agent with the same token, and a changed key voids the old one). It
+    /// is shared (it runs every user's tasks, so a new user's first task completes),
+    /// and made shared again at every start should it have been changed.
+    pub async fn ensure_builtin(
+        &self,
+        token: NewSecret,
+    ) -> Result<(AgentRecord, NewSecret), StoreError> {
         let new = NewAgent {
             id: AgentId::new(),
             owner_id: SYSTEM_OWNER,
@@ -260,6 +295,11 @@ impl AgentService {
             .store
             .upsert_system_agent(BUILTIN_KEY, &new, &announce)
             .await?;
+        // Tokens remembered for it are read again (a changed key changed the token);
+        // claims waiting with the same token on other nodes go on.
+        self.tokens.changed(agent.id);
+        self.hub
+            .signal_cluster(Signal::AgentChanged { agent: agent.id });
         if created {
             self.relay.flush().await;
         }
@@ -282,6 +322,9 @@ impl AgentService {
             .store
             .update_agent(before.id, changes, Utc::now(), &announce)
             .await?;
+        self.tokens.changed(agent.id);
+        self.hub
+            .signal_cluster(Signal::AgentChanged { agent: agent.id });
         if agent.shared != before.shared {
             tracing::info!(agent_id = %agent.id, shared = agent.shared, "agent sharing changed");
         }
@@ -304,20 +347,29 @@ impl AgentService {
             .store
             .delete_agent(agent.id, Utc::now(), &announce)
             .await?;
+        self.revoke_tokens(agent.id);
         tracing::info!(agent_id = %agent.id, requeued = requeued.len(), "agent deleted");
         self.relay.flush().await;
         Ok(requeued)
     }
 
-    /// Gives the agent a new token, returned once; the old one stops working at once
-    /// (every runtime request looks its token up). Not announced: nothing others see
-    /// changes.
+    /// Forgets the agent's verified tokens and ends its waiting claims, on this node
+    /// and (through the backplane) on every other.
+    fn revoke_tokens(&self, agent: AgentId) {
+        self.tokens.revoke(agent);
+        self.hub.signal_cluster(Signal::AgentRevoked { agent });
+    }
+
+    /// Gives the agent a new token, returned once; the old one stops working at once,
+    /// and claims waiting with it end without a task. Not announced: nothing others
+    /// see changes.
     pub async fn rotate_token(&self, id: AgentId) -> Result<(AgentRecord, NewSecret), StoreError> {
         let token = secret::generate(AGENT_TOKEN_PREFIX);
         let agent = self
             .store
             .set_agent_token(id, &token.hash, &token.prefix, Utc::now())
             .await?;
+        self.revoke_tokens(id);
         tracing::info!(agent_id = %id, "agent token rotated");
         Ok((agent, token))
     }
@@ -337,6 +389,25 @@ impl AgentService {
                 tracing::warn!(agent_id = %id, error = %err, "could not record agent presence")
             }
         }
+    }
+
+    /// The agent process stops (the reference agent on SIGTERM, with nothing to hand
+    /// back): offline at once, announced, and its waiting claims end without a task.
+    /// Its next call brings it back.
+    pub async fn stopped(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        // First, so no waiting claim takes a task for a process on its way out.
+        self.tokens.stopped(agent.id);
+        let audience = self.audience().await;
+        let announce = |a: &AgentRecord| audience.announce(a, AgentAction::Updated);
+        if let Some(offline) = self
+            .store
+            .mark_agent_offline(agent.id, Utc::now(), &announce)
+            .await?
+        {
+            tracing::info!(agent_id = %offline.id, "agent offline (stopped)");
+            self.relay.flush().await;
+        }
+        Ok(())
     }
 
     /// Turns agents silent for `offline_after` offline and announces each.

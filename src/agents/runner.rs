@@ -15,7 +15,10 @@
 //! (canceled, timed out, re-queued) and the work is stopped; a 401 means the token was
 //! revoked or the agent deleted, which no retry can fix, so the runner stops. On
 //! shutdown (SIGTERM) the runner stops claiming, stops running work and hands it back
-//! with `release`, which uses no attempt, so another agent can take it at once.
+//! with `release`, which uses no attempt, so another agent can take it at once; and it
+//! tells the server it stops (`stop`), which ends its waiting claims on the server (so
+//! none takes a task for a process on its way out) and shows the agent offline at
+//! once, busy or idle, instead of after the silence window.
 
 use crate::domain::OutputStream;
 use crate::shutdown::Shutdown;
@@ -53,6 +56,12 @@ const FLUSH_EVERY: Duration = Duration::from_millis(25);
 const MAX_APPEND_BYTES: usize = crate::domain::MAX_APPEND_BYTES;
 /// After a failed `output` call, the next try waits this long.
 const OUTPUT_RETRY: Duration = Duration::from_millis(500);
+/// Once stopping, a worker still waits this long for the answer to its claim: the
+/// `stop` call ends the claim on the server, so the answer normally comes at once (and
+/// a task it brings is handed back), rather than a task being taken for nobody.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+/// The `stop` call gives up after this: the server may be gone already.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A task as the claim hands it out.
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +147,16 @@ pub async fn run(
         let shutdown = shutdown.clone();
         workers.spawn(async move { work(worker, api, executor, shutdown).await });
     }
+    // On the caller's shutdown the server hears at once that the agent stops: its
+    // claims still waiting there end (the workers get their answers within the grace)
+    // and it shows offline.
+    let announce = {
+        let (api, outer) = (api.clone(), shutdown.outer.clone());
+        tokio::spawn(async move {
+            outer.triggered().await;
+            api.stop().await;
+        })
+    };
     let mut outcome = Ok(());
     while let Some(joined) = workers.join_next().await {
         let result = joined.map_err(anyhow::Error::from).and_then(|r| r);
@@ -148,6 +167,14 @@ pub async fn run(
                 outcome = Err(err);
             }
         }
+    }
+    if shutdown.outer.is_triggered() {
+        let _ = announce.await;
+        // Once more, now that every worker is done: a call that was still out during
+        // the first one (a last progress report) may have shown the agent online again.
+        api.stop().await;
+    } else {
+        announce.abort();
     }
     outcome
 }
@@ -186,6 +213,12 @@ impl Stop {
             _ = self.local.cancelled() => {}
         }
     }
+
+    /// `STOP_GRACE` after the stop began.
+    async fn grace_over(&self) {
+        self.triggered().await;
+        tokio::time::sleep(STOP_GRACE).await;
+    }
 }
 
 /// One claim-execute-report loop.
@@ -197,9 +230,11 @@ async fn work(
 ) -> anyhow::Result<()> {
     let mut backoff = Backoff::default();
     while !shutdown.is_triggered() {
+        // Not dropped at once on shutdown: the server ends the claim (see `run`), and
+        // a task it still brings is handed back by `run_task`.
         let claimed = tokio::select! {
             r = api.claim() => r,
-            _ = shutdown.triggered() => break,
+            _ = shutdown.grace_over() => break,
         };
         match claimed {
             Ok(Claim::Task(task)) => {
@@ -522,6 +557,15 @@ impl Api {
             StatusCode::NO_CONTENT => Ok(Claim::Nothing),
             StatusCode::UNAUTHORIZED => Ok(Claim::Unauthorized),
             other => anyhow::bail!("claim answered {other}"),
+        }
+    }
+
+    /// Tells the server this agent process stops (see the module doc). Best effort.
+    async fn stop(&self) {
+        match self.post("/stop").timeout(STOP_TIMEOUT).send().await {
+            Ok(r) if r.status().is_success() => tracing::info!("the server knows the agent stops"),
+            Ok(r) => tracing::warn!(status = %r.status(), "the server did not take the stop"),
+            Err(err) => tracing::warn!(error = %err, "could not tell the server the agent stops"),
         }
     }
 

@@ -1,12 +1,13 @@
 //! Turning a presented secret (session token or API key) into a `Principal`.
 //!
-//! A session token is checked against its row once, then served from the signer's
-//! [`SessionCache`](super::tokens::SessionCache) for a few seconds: a reconnect storm
-//! costs a signature check per connection, not two database reads. Revocations through
-//! the server forget the session at once (`AppState::on_credentials_revoked`).
+//! A session token or API key is checked against its rows once, then served from the
+//! signer's [`SessionCache`](super::tokens::SessionCache) for a few seconds: a reconnect
+//! storm or a busy script costs a signature check or a hash per request, not two
+//! database reads. Revocations through the server forget the credential at once
+//! (`AppState::on_credentials_revoked`).
 
 use super::secret::{self, API_KEY_PREFIX};
-use super::tokens::{TokenSigner, VerifiedSession};
+use super::tokens::{TokenSigner, VerifiedKey, VerifiedSession};
 use super::{Credential, Principal};
 use crate::store::{Store, StoreError};
 use chrono::Utc;
@@ -24,21 +25,40 @@ pub async fn resolve_secret(
 ) -> Result<Option<Principal>, StoreError> {
     let now = Utc::now();
     if presented.starts_with(API_KEY_PREFIX) {
-        let key = match store.api_key_by_hash(&secret::hash(presented)).await {
-            Ok(key) => key,
-            Err(StoreError::NotFound) => return Ok(None),
-            Err(e) => return Err(e),
+        let hash = secret::hash(presented);
+        let cache = signer.sessions();
+        let key = match cache.api_key(&hash, now) {
+            Some(key) => key,
+            None => {
+                // Read before the rows: a revocation after this point keeps the answer out.
+                let epoch = cache.epoch();
+                let key = match store.api_key_by_hash(&hash).await {
+                    Ok(key) => key,
+                    Err(StoreError::NotFound) => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                if !key.is_active(now) {
+                    return Ok(None);
+                }
+                let user = store.user_by_id(key.user_id).await?;
+                let verified = VerifiedKey {
+                    id: key.id,
+                    user_id: user.id,
+                    role: user.role,
+                    expires_at: key.expires_at,
+                    last_used_at: key.last_used_at,
+                };
+                cache.remember_api_key(epoch, &hash, verified);
+                verified
+            }
         };
-        if !key.is_active(now) {
-            return Ok(None);
-        }
         if key.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY) {
             store.touch_api_key(key.id, now).await?;
+            cache.key_used(&hash, now);
         }
-        let user = store.user_by_id(key.user_id).await?;
         return Ok(Some(Principal {
-            user_id: user.id,
-            role: user.role,
+            user_id: key.user_id,
+            role: key.role,
             credential: Credential::ApiKey(key.id),
             expires_at: key.expires_at,
         }));

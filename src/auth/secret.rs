@@ -28,6 +28,18 @@ pub const API_KEY_PREFIX: &str = "zs_";
 /// Tokens an agent process runs with.
 pub const AGENT_TOKEN_PREFIX: &str = "zsa_";
 
+/// A secret derived from `seed` (itself secret) instead of drawn at random: the same
+/// seed gives the same secret on every node and at every start.
+pub fn derived(prefix: &str, seed: &[u8]) -> NewSecret {
+    let value = format!("{prefix}{}", hex::encode(Sha256::digest(seed)));
+    let shown = prefix.len() + 8;
+    NewSecret {
+        hash: hash(&value),
+        prefix: value[..shown].to_owned(),
+        value,
+    }
+}
+
 /// Generates a secret with the given prefix.
 pub fn generate(prefix: &str) -> NewSecret {
     let mut bytes = [0u8; 32];

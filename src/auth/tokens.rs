@@ -1,15 +1,16 @@
 //! Session tokens: HS256 JWTs naming a session row. The signature proves the server
 //! issued the token; the session row makes it revocable at once.
 //!
-//! Verified sessions are remembered for a short while ([`SessionCache`]), so that a
-//! burst of connections does not cost a database round trip each; revocation through
-//! the server (logout, password change) forgets them at once.
+//! Verified sessions and API keys are remembered for a short while ([`SessionCache`]),
+//! so that a burst of requests or connections does not cost database round trips each;
+//! revocation through the server (logout, password change, key revocation) forgets them
+//! at once.
 //!
 //! The signing key is never a constant: it is generated at first start and kept in the
 //! data directory (mode 0600), or in a database several nodes share, or given by
 //! `--signing-key`.
 
-use crate::domain::{Credential, Role, SessionId, UserId};
+use crate::domain::{ApiKeyId, Credential, Role, SessionId, UserId};
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -32,6 +33,9 @@ pub struct TokenSigner {
     decoding: DecodingKey,
     validation: Validation,
     sessions: Arc<SessionCache>,
+    /// Derived from the key: the seed of the built-in agent's token, so every node of a
+    /// cluster (one key) gives the one built-in agent the same token.
+    builtin_agent_seed: [u8; 32],
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -60,7 +64,24 @@ impl TokenSigner {
             decoding: DecodingKey::from_secret(secret),
             validation,
             sessions: Arc::default(),
+            builtin_agent_seed: {
+                use sha2::Digest;
+                let mut seed = sha2::Sha256::new();
+                seed.update(b"zerostate built-in agent token\0");
+                seed.update(secret);
+                seed.finalize().into()
+            },
         }
+    }
+
+    /// The built-in agent's token: derived from the signing key, so every node that
+    /// shares the key runs the one built-in agent with the same token (a random token
+    /// per start would void the other nodes' at every start).
+    pub fn builtin_agent_token(&self) -> crate::auth::secret::NewSecret {
+        crate::auth::secret::derived(
+            crate::auth::secret::AGENT_TOKEN_PREFIX,
+            &self.builtin_agent_seed,
+        )
     }
 
     /// The sessions this server verified lately.
@@ -163,10 +184,24 @@ pub struct SessionCache {
     inner: Mutex<CacheInner>,
 }
 
+/// What an API key's row (and its owner's) said when it was last read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifiedKey {
+    pub id: ApiKeyId,
+    pub user_id: UserId,
+    pub role: Role,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When its `last_used_at` was last written (or read), so a busy script does not
+    /// turn its requests into writes.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Default)]
 struct CacheInner {
     epoch: u64,
     entries: HashMap<SessionId, (VerifiedSession, Instant)>,
+    /// API keys by the hash of their secret (never the secret).
+    keys: HashMap<String, (VerifiedKey, Instant)>,
 }
 
 impl SessionCache {
@@ -211,13 +246,59 @@ impl SessionCache {
         inner.entries.insert(id, (session, Instant::now()));
     }
 
-    /// Forgets revoked credentials at once (API keys are not remembered here).
+    /// The remembered API key with this secret hash, if verified within the TTL and
+    /// not expired.
+    pub fn api_key(&self, hash: &str, now: DateTime<Utc>) -> Option<VerifiedKey> {
+        let mut inner = self.lock();
+        match inner.keys.get(hash) {
+            Some((k, at))
+                if at.elapsed() < SESSION_CACHE_TTL && k.expires_at.is_none_or(|e| e > now) =>
+            {
+                Some(*k)
+            }
+            Some(_) => {
+                inner.keys.remove(hash);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Remembers an API key read from the database at `epoch`, unless a revocation
+    /// came in between.
+    pub fn remember_api_key(&self, epoch: u64, hash: &str, key: VerifiedKey) {
+        let mut inner = self.lock();
+        if inner.epoch != epoch {
+            return;
+        }
+        if !inner.keys.contains_key(hash) && inner.keys.len() >= SESSION_CACHE_MAX {
+            inner
+                .keys
+                .retain(|_, (_, at)| at.elapsed() < SESSION_CACHE_TTL);
+            if inner.keys.len() >= SESSION_CACHE_MAX {
+                return;
+            }
+        }
+        inner.keys.insert(hash.to_owned(), (key, Instant::now()));
+    }
+
+    /// Notes that a remembered key's `last_used_at` was written.
+    pub fn key_used(&self, hash: &str, at: DateTime<Utc>) {
+        if let Some((key, _)) = self.lock().keys.get_mut(hash) {
+            key.last_used_at = Some(at);
+        }
+    }
+
+    /// Forgets revoked credentials at once.
     pub fn forget(&self, credentials: &[Credential]) {
         let mut inner = self.lock();
         inner.epoch += 1;
         for credential in credentials {
-            if let Credential::Session(id) = credential {
-                inner.entries.remove(id);
+            match credential {
+                Credential::Session(id) => {
+                    inner.entries.remove(id);
+                }
+                Credential::ApiKey(id) => inner.keys.retain(|_, (k, _)| k.id != *id),
             }
         }
     }
@@ -293,6 +374,35 @@ mod tests {
         // An ended session is not served from memory.
         cache.remember(cache.epoch(), other, session);
         assert_eq!(cache.get(other, now + SESSION_TTL), None);
+    }
+
+    #[test]
+    fn revoked_api_keys_are_forgotten_and_not_remembered_late() {
+        let cache = SessionCache::default();
+        let now = Utc::now();
+        let key = VerifiedKey {
+            id: ApiKeyId::new(),
+            user_id: UserId::new(),
+            role: Role::User,
+            expires_at: None,
+            last_used_at: None,
+        };
+        cache.remember_api_key(cache.epoch(), "h", key);
+        assert_eq!(cache.api_key("h", now), Some(key));
+        cache.key_used("h", now);
+        assert_eq!(cache.api_key("h", now).unwrap().last_used_at, Some(now));
+        let stale = cache.epoch();
+        cache.forget(&[Credential::ApiKey(key.id)]);
+        assert_eq!(cache.api_key("h", now), None);
+        cache.remember_api_key(stale, "h", key);
+        assert_eq!(cache.api_key("h", now), None);
+        // An expired key is not served from memory.
+        let expiring = VerifiedKey {
+            expires_at: Some(now),
+            ..key
+        };
+        cache.remember_api_key(cache.epoch(), "e", expiring);
+        assert_eq!(cache.api_key("e", now), None);
     }
 
     #[test]

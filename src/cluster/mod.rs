@@ -32,7 +32,7 @@
 pub mod local;
 pub mod redis;
 
-use crate::domain::{ApiKeyId, Credential, SessionId, UserId};
+use crate::domain::{AgentId, ApiKeyId, Credential, SessionId, UserId};
 use crate::realtime::{Hub, Stats, Target};
 use crate::shutdown::Shutdown;
 use async_trait::async_trait;
@@ -84,6 +84,12 @@ pub enum Signal {
     Revoked { credentials: Vec<WireCredential> },
     /// A task became claimable: wake the claims long-polling here.
     ClaimWake,
+    /// An agent's token was rotated or the agent deleted: forget its verified tokens
+    /// and end the claims it has waiting here. Fallback: the token cache's 10 s bound.
+    AgentRevoked { agent: AgentId },
+    /// An agent's record changed (name, capabilities, sharing): read it again.
+    /// Fallback: the token cache's 10 s bound.
+    AgentChanged { agent: AgentId },
     /// Transient frames (no history, no cursor) for one user's live connections.
     Transient {
         user: UserId,
@@ -326,6 +332,12 @@ mod tests {
                 ],
             },
             Signal::ClaimWake,
+            Signal::AgentRevoked {
+                agent: AgentId::new(),
+            },
+            Signal::AgentChanged {
+                agent: AgentId::new(),
+            },
             Signal::Transient {
                 user: UserId::new(),
                 kind: "task_output".into(),

@@ -1,5 +1,6 @@
 //! `GET /api/v1/notifications?limit=`: the caller's recent `system` messages (their own
-//! and the broadcasts), newest first, read from the real-time message log.
+//! and the broadcasts), newest first, read from the real-time history through the hub's
+//! broker (so every node of a cluster lists the same).
 //!
 //! The pages show these as the dashboard's notifications and the API keys page's
 //! security alerts, so a new tab, another device or a reload shows the same list as
@@ -71,16 +72,17 @@ async fn list(
             )))
         }
     };
-    let log = &state.messages;
-    let upto = log.last_seq().await?;
-    let start = log.position(principal.user_id, upto).await?.pruned_through;
     // The log is read oldest first; keep the newest `limit` system messages seen.
     let mut newest: VecDeque<Notification> = VecDeque::with_capacity(limit as usize);
-    let mut after = start;
+    let mut after = None;
     for _ in 0..MAX_PAGES {
-        let page = log.replay(principal.user_id, after, upto, PAGE).await?;
+        let page = state
+            .hub
+            .history_page(principal.user_id, after, PAGE)
+            .await?
+            .messages;
         let Some(last) = page.last() else { break };
-        after = last.seq;
+        after = Some(last.seq);
         let full = page.len() == PAGE as usize;
         for message in page.into_iter().filter(|m| m.kind == "system") {
             let Ok(Value::Object(data)) = serde_json::from_str::<Value>(&message.data_json) else {

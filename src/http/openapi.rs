@@ -95,7 +95,7 @@ async fn serve() -> impl IntoResponse {
         tasks_list, tasks_submit, tasks_read, tasks_delete, tasks_status, tasks_result,
         tasks_cancel, tasks_attempts, tasks_retry, tasks_output, tasks_output_stream,
         runtime_claim, runtime_progress, runtime_complete, runtime_fail, runtime_release,
-        runtime_output,
+        runtime_output, runtime_stop,
         analytics_summary, notifications_list,
         ws_connect, events, ws_stats, ws_broadcast, ws_send_to_user, ws_send,
     ),
@@ -699,6 +699,13 @@ fn runtime_fail() {}
         (status = 409, description = "Not this agent's running task", body = ErrorBody),
     ))]
 fn runtime_release() {}
+
+#[utoipa::path(post, path = "/api/v1/runtime/stop", tag = "runtime",
+    security(("agent_token" = [])),
+    responses(
+        (status = 204, description = "The agent process stops with nothing to hand back: the agent is offline at once (its next call brings it back) and its waiting claims end without a task"),
+    ))]
+fn runtime_stop() {}
 
 #[utoipa::path(post, path = "/api/v1/runtime/tasks/{id}/output", tag = "runtime",
     security(("agent_token" = [])),

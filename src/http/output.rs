@@ -106,7 +106,7 @@ impl AppendBody {
 #[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
 async fn append(
     State(state): State<AppState>,
-    AgentAuth(agent): AgentAuth,
+    AgentAuth(agent, _): AgentAuth,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<AppendBody>,
 ) -> Result<Json<serde_json::Value>, AppendError> {

@@ -5,9 +5,10 @@
 use super::error::{path_id, ApiError, ApiResult};
 use super::extract::{parse_json, presented_secret, JsonBody, Presented};
 use super::state::AppState;
-use crate::auth::secret::{self, AGENT_TOKEN_PREFIX};
+use crate::agents::tokens::{AgentCredential, Standing};
+use crate::auth::secret::AGENT_TOKEN_PREFIX;
 use crate::domain::{Capability, TaskId};
-use crate::store::{AgentRecord, Outcome, StoreError, TaskRecord};
+use crate::store::{AgentRecord, Outcome, TaskRecord};
 use crate::tasks::MAX_CLAIM_BATCH;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, State};
@@ -29,11 +30,15 @@ pub fn router() -> Router<AppState> {
         .route("/api/v1/runtime/tasks/{id}/complete", post(complete))
         .route("/api/v1/runtime/tasks/{id}/fail", post(fail))
         .route("/api/v1/runtime/tasks/{id}/release", post(release))
+        .route("/api/v1/runtime/stop", post(stop))
 }
 
-/// An agent authenticated by its `zsa_…` token (Bearer only: agents are not browsers).
+/// An agent authenticated by its `zsa_…` token (Bearer only: agents are not browsers),
+/// from memory when the token was verified lately (see `agents::tokens`): the record
+/// is the agent as read then, and the credential says whether the token was revoked
+/// (or the agent stopped) since.
 #[derive(Debug, Clone)]
-pub struct AgentAuth(pub AgentRecord);
+pub struct AgentAuth(pub AgentRecord, pub AgentCredential);
 
 impl FromRequestParts<AppState> for AgentAuth {
     type Rejection = ApiError;
@@ -43,11 +48,12 @@ impl FromRequestParts<AppState> for AgentAuth {
         if how != Presented::Bearer || !token.starts_with(AGENT_TOKEN_PREFIX) {
             return Err(ApiError::Unauthorized);
         }
-        match state.store.agent_by_token_hash(&secret::hash(&token)).await {
-            Ok(agent) => Ok(AgentAuth(agent)),
-            Err(StoreError::NotFound) => Err(ApiError::Unauthorized),
-            Err(e) => Err(e.into()),
-        }
+        let credential = state
+            .agents
+            .authenticate(&token)
+            .await?
+            .ok_or(ApiError::Unauthorized)?;
+        Ok(AgentAuth(credential.agent.clone(), credential))
     }
 }
 
@@ -80,7 +86,7 @@ pub(super) struct FailBody {
 #[tracing::instrument(skip_all, fields(agent_id = %agent.id))]
 async fn claim(
     State(state): State<AppState>,
-    AgentAuth(agent): AgentAuth,
+    AgentAuth(agent, credential): AgentAuth,
     body: Bytes,
 ) -> ApiResult<Response> {
     // The body is optional: an empty one asks for an immediate answer.
@@ -99,8 +105,16 @@ async fn claim(
         Some(n) if (1..=i64::from(MAX_CLAIM_BATCH)).contains(&n) => n as u32,
         Some(_) => return Err(ApiError::invalid("max_tasks must be between 1 and 32")),
     };
-    let tasks = state.tasks.claim(&agent, wait, max).await?;
+    // Ends without a task once the token is rotated (or the agent deleted, or its
+    // process stops) while the claim waits.
+    let tasks = state
+        .tasks
+        .claim(&agent, wait, max, credential.ended())
+        .await?;
     if tasks.is_empty() {
+        if credential.standing() == Standing::Revoked {
+            return Err(ApiError::Unauthorized);
+        }
         return Ok(StatusCode::NO_CONTENT.into_response());
     }
     let claimed: Vec<ClaimedView> = tasks.into_iter().map(ClaimedView::from).collect();
@@ -136,7 +150,7 @@ impl From<TaskRecord> for ClaimedView {
 #[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
 async fn progress(
     State(state): State<AppState>,
-    AgentAuth(agent): AgentAuth,
+    AgentAuth(agent, _): AgentAuth,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<ProgressBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -162,7 +176,7 @@ async fn progress(
 #[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
 async fn complete(
     State(state): State<AppState>,
-    AgentAuth(agent): AgentAuth,
+    AgentAuth(agent, _): AgentAuth,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<CompleteBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -183,7 +197,7 @@ async fn complete(
 #[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
 async fn fail(
     State(state): State<AppState>,
-    AgentAuth(agent): AgentAuth,
+    AgentAuth(agent, _): AgentAuth,
     Path(id): Path<String>,
     JsonBody(body): JsonBody<FailBody>,
 ) -> ApiResult<Json<serde_json::Value>> {
@@ -215,7 +229,7 @@ async fn fail(
 #[tracing::instrument(skip_all, fields(agent_id = %agent.id, task_id = %id))]
 async fn release(
     State(state): State<AppState>,
-    AgentAuth(agent): AgentAuth,
+    AgentAuth(agent, _): AgentAuth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let id = path_id(&id, TaskId::parse, "task")?;
@@ -223,4 +237,18 @@ async fn release(
     Ok(Json(
         json!({ "task_id": task.id, "status": task.status, "attempts": task.attempts }),
     ))
+}
+
+/// The agent process stops with nothing to hand back (an idle reference agent on
+/// SIGTERM): the agent is offline at once, not after the silence window, and claims it
+/// still has waiting end without a task. Its next call brings it back. 204.
+#[tracing::instrument(skip_all, fields(agent_id = %agent.id))]
+async fn stop(
+    State(state): State<AppState>,
+    AgentAuth(agent, _): AgentAuth,
+) -> ApiResult<StatusCode> {
+    state.agents.stopped(&agent).await?;
+    // Its next call must be written (and announced) as coming back online.
+    state.tasks.forget_presence(agent.id);
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -35,8 +35,6 @@ pub struct AppState {
     pub started_at: Instant,
     /// The real-time hub: live connections, publish, history.
     pub hub: crate::realtime::Hub,
-    /// The message history, read-only here: the notifications list (`/api/v1/notifications`).
-    pub messages: Arc<dyn crate::realtime::MessageLog>,
     /// The agent registry and presence tracking.
     pub agents: crate::agents::AgentService,
     /// The task queue, its runtime operations and the reaper.
@@ -106,6 +104,8 @@ impl AppState {
                 self.forget_credentials(&credentials);
             }
             Signal::ClaimWake => self.tasks.wake_from_peer(),
+            Signal::AgentRevoked { agent } => self.agents.tokens().revoke(agent),
+            Signal::AgentChanged { agent } => self.agents.tokens().changed(agent),
             Signal::Transient { user, kind, items } => {
                 self.hub.deliver_transient(user, &kind, &items);
             }

@@ -73,6 +73,15 @@ pub(crate) struct Shared {
     pub cluster: OnceLock<Arc<dyn Backplane>>,
 }
 
+/// A page of a user's history (see [`Hub::history_page`]).
+#[derive(Debug)]
+pub struct HistoryPage {
+    /// The page holds publications after this position.
+    pub after: i64,
+    /// The publications, oldest first.
+    pub messages: Vec<super::history::StoredMessage>,
+}
+
 /// What a transport asks for when a client connects.
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
@@ -479,6 +488,37 @@ impl Hub {
                 .get_or_insert_with(Default::default);
         }
         let _ = self.shared.cluster.set(backplane);
+    }
+
+    /// A page of the user's history as this node has delivered it: publications
+    /// addressed to them (own or broadcast) with `after < seq <=` the last one delivered
+    /// here, oldest first, at most `limit`, and where their history starts (what was
+    /// pruned). Read from the broker, so every node answers from the one history.
+    pub async fn history_page(
+        &self,
+        user: UserId,
+        after: Option<i64>,
+        limit: u32,
+    ) -> anyhow::Result<HistoryPage> {
+        let upto = self.shared.lock().last_delivered;
+        let after = match after {
+            Some(after) => after,
+            None => {
+                self.shared
+                    .broker
+                    .position(user, upto)
+                    .await
+                    .context("reading the history position")?
+                    .pruned_through
+            }
+        };
+        let messages = self
+            .shared
+            .broker
+            .history(user, after, upto, limit)
+            .await
+            .context("reading the history")?;
+        Ok(HistoryPage { after, messages })
     }
 
     /// Whether the broker under this hub reaches its backend (for `/health`).

@@ -27,7 +27,7 @@ pub use client::TransportKind;
 pub use connection::{Connection, Outgoing};
 pub use disconnect::Disconnect;
 pub use history::{HistoryPolicy, MessageLog};
-pub use hub::{ConnectError, ConnectRequest, Hub};
+pub use hub::{ConnectError, ConnectRequest, HistoryPage, Hub};
 pub use outbox::{OutboxEntry, OutboxPort, Relay};
 pub use stats::{Stats, TransportCounts};
 

@@ -163,6 +163,16 @@ pub trait AgentStore {
         at: DateTime<Utc>,
         announce: Announce<'_, AgentRecord>,
     ) -> Result<Option<AgentRecord>, StoreError>;
+    /// Turns the agent offline (its process stopped cleanly). Returns the record only
+    /// when this call turned it from online to offline (a compare-and-set, so exactly
+    /// one caller announces the transition, in the same transaction). `NotFound` is not an
+    /// error here: `None`.
+    async fn mark_agent_offline(
+        &self,
+        id: AgentId,
+        at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
+    ) -> Result<Option<AgentRecord>, StoreError>;
     /// Turns every online agent last seen before `seen_before` offline, returning them
     /// (one statement: each transition is reported once).
     async fn mark_stale_agents_offline(

@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The default lease an agent holds on a claimed task; progress calls renew it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -458,12 +459,14 @@ impl TaskService {
     }
 
     /// Takes up to `max` tasks the agent may run, waiting up to `wait` for at least
-    /// one. Returns none when nothing came (or the server is shutting down).
+    /// one. Returns none when nothing came, once `ended` fires (the caller's token was
+    /// revoked: checked before every attempt) or when the server is shutting down.
     pub async fn claim(
         &self,
         agent: &AgentRecord,
         wait: Duration,
         max: u32,
+        ended: &CancellationToken,
     ) -> Result<Vec<TaskRecord>, TaskError> {
         self.seen(agent.id).await;
         let max = max.clamp(1, MAX_CLAIM_BATCH);
@@ -473,6 +476,9 @@ impl TaskService {
         let mut wake = self.inner.wake.subscribe();
         loop {
             wake.borrow_and_update();
+            if ended.is_cancelled() {
+                return Ok(Vec::new());
+            }
             let now = Utc::now();
             let tasks = self
                 .store()
@@ -494,6 +500,7 @@ impl TaskService {
                 _ = wake.changed() => {}
                 _ = tokio::time::sleep(left.min(RECHECK_EVERY)) => {}
                 _ = self.inner.shutdown.triggered() => return Ok(Vec::new()),
+                _ = ended.cancelled() => return Ok(Vec::new()),
             }
         }
     }
@@ -718,7 +725,7 @@ impl TaskService {
     }
 
     /// After the agent went offline, its next call must be written (and announced).
-    fn forget_presence(&self, agent: AgentId) {
+    pub fn forget_presence(&self, agent: AgentId) {
         self.inner
             .presence
             .lock()

@@ -5,6 +5,7 @@
 use crate::helpers::*;
 use reqwest::StatusCode;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test]
 async fn register_shows_the_token_once_and_the_agent_in_the_contract_shape() {
@@ -342,4 +343,213 @@ async fn a_silent_agent_goes_offline_and_its_owner_hears_it() {
         .get(&format!("/api/v1/agents/{id}"), Some(&owner.token))
         .await;
     assert_eq!(read["status"], "online");
+}
+
+// Agent tokens are verified from memory once checked (a busy agent's calls cost no
+// token lookup); these tests hold the cache to the promises the database gave.
+
+/// Waits until the agent reads `status` in the API.
+async fn wait_agent_status(app: &TestApp, user: &TestUser, id: &str, status: &str) {
+    eventually(TASK_WAIT, Duration::from_millis(20), async || {
+        let (_, read) = app
+            .get(&format!("/api/v1/agents/{id}"), Some(&user.token))
+            .await;
+        if read["status"] == status {
+            Ok(())
+        } else {
+            Err(format!("agent never became {status}: {read}"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_remembered_token_is_refused_at_once_after_rotation_on_every_runtime_call() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let (agent, old) = app
+        .register_agent(&owner, "remembered", &["remembered"])
+        .await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let task = app
+        .submit(&owner, json!({ "query": "q", "capability": "remembered" }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Several calls with the token, so it is remembered.
+    let (status, claimed) = app.runtime(&old, "/claim", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["task"]["id"], task.as_str());
+    let progress = format!("/tasks/{task}/progress");
+    for step in [10, 20] {
+        assert_eq!(
+            app.runtime(&old, &progress, json!({ "progress": step }))
+                .await
+                .0,
+            StatusCode::OK
+        );
+    }
+
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/agents/{id}/token"),
+            Some(&owner.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let new = body["agent_token"].as_str().unwrap().to_owned();
+    for (path, body) in [
+        (progress.as_str(), json!({ "progress": 30 })),
+        (&format!("/tasks/{task}/output"), json!({ "text": "x" })),
+        (&format!("/tasks/{task}/complete"), json!({ "result": 1 })),
+        ("/claim", json!({})),
+        ("/stop", json!({})),
+    ] {
+        assert_eq!(
+            app.runtime(&old, path, body).await.0,
+            StatusCode::UNAUTHORIZED,
+            "{path} with the rotated token"
+        );
+    }
+    // The task is untouched, and the new token carries on with it.
+    assert_eq!(app.task(&owner, &task).await["progress"], 20);
+    assert_eq!(
+        app.runtime(
+            &new,
+            &format!("/tasks/{task}/complete"),
+            json!({ "result": 1 })
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_claim_waiting_when_its_token_is_rotated_is_handed_no_task() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let (agent, old) = app.register_agent(&owner, "waiting", &["waiting"]).await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let waiting = app.runtime(&old, "/claim", json!({ "wait_s": 20 }));
+    let meanwhile = async {
+        // The claim came in (it brought the agent online) and waits for work.
+        wait_agent_status(&app, &owner, &id, "online").await;
+        let (status, body) = app
+            .post(
+                &format!("/api/v1/agents/{id}/token"),
+                Some(&owner.token),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let task = app
+            .submit(&owner, json!({ "query": "q", "capability": "waiting" }))
+            .await;
+        (
+            body["agent_token"].as_str().unwrap().to_owned(),
+            task["id"].as_str().unwrap().to_owned(),
+        )
+    };
+    let ((status, body), (new, task)) = tokio::join!(waiting, meanwhile);
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the waiting claim must end without the task: {body}"
+    );
+    let read = app.task(&owner, &task).await;
+    assert_eq!(read["status"], "queued", "{read}");
+    let (status, claimed) = app.runtime(&new, "/claim", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["task"]["id"], task.as_str());
+}
+
+#[tokio::test]
+async fn a_claim_waiting_when_its_agent_is_deleted_is_handed_no_task() {
+    let app = spawn_app().await;
+    let owner = app.new_user().await;
+    let (agent, token) = app.register_agent(&owner, "doomed", &["doomed"]).await;
+    let (_, spare) = app.register_agent(&owner, "spare", &["doomed"]).await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    // Remembered first.
+    assert_eq!(
+        app.runtime(&token, "/claim", json!({})).await.0,
+        StatusCode::NO_CONTENT
+    );
+    let waiting = app.runtime(&token, "/claim", json!({ "wait_s": 20 }));
+    let meanwhile = async {
+        // The first claim brought it online; give the second one a moment to wait.
+        wait_agent_status(&app, &owner, &id, "online").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            app.delete(&format!("/api/v1/agents/{id}"), Some(&owner.token))
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+        app.submit(&owner, json!({ "query": "q", "capability": "doomed" }))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ((status, body), task) = tokio::join!(waiting, meanwhile);
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(
+        app.runtime(&token, "/claim", json!({})).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.task(&owner, &task).await["status"], "queued");
+    let (status, claimed) = app.runtime(&spare, "/claim", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["task"]["id"], task.as_str());
+}
+
+#[tokio::test]
+async fn an_agent_that_says_it_stops_is_offline_at_once_and_its_waiting_claim_ends() {
+    // A silence window far beyond the test: only the stop can turn it offline.
+    let app = spawn_app_with(AppOptions {
+        extra_args: vec!["--agent-offline-after-s".into(), "600".into()],
+        ..Default::default()
+    })
+    .await;
+    let owner = app.new_user().await;
+    let (mut ws, _) = app.ws(&owner.token).await;
+    let (agent, token) = app.register_agent(&owner, "leaving", &["leaving"]).await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let of_agent = |d: &serde_json::Value| d["agent_id"] == id.as_str();
+    let waiting = app.runtime(&token, "/claim", json!({ "wait_s": 20 }));
+    let meanwhile = async {
+        wait_agent_status(&app, &owner, &id, "online").await;
+        assert_eq!(
+            app.runtime(&token, "/stop", json!({})).await.0,
+            StatusCode::NO_CONTENT
+        );
+        app.submit(&owner, json!({ "query": "q", "capability": "leaving" }))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let ((status, body), task) = tokio::join!(waiting, meanwhile);
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    ws.next_of("agent_update", |d| of_agent(d) && d["status"] == "online")
+        .await;
+    let offline = ws
+        .next_of("agent_update", |d| of_agent(d) && d["status"] == "offline")
+        .await;
+    assert_eq!(offline["action"], "updated");
+    let (_, read) = app
+        .get(&format!("/api/v1/agents/{id}"), Some(&owner.token))
+        .await;
+    assert_eq!(read["status"], "offline");
+    assert_eq!(app.task(&owner, &task).await["status"], "queued");
+    // The token still works: the next call brings the agent back, with the task.
+    let (status, claimed) = app.runtime(&token, "/claim", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+    assert_eq!(claimed["task"]["id"], task.as_str());
+    ws.next_of("agent_update", |d| of_agent(d) && d["status"] == "online")
+        .await;
 }

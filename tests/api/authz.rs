@@ -293,6 +293,10 @@ fn rows() -> Vec<Row> {
             RunningTask,
             runtime(&[200]),
         ),
+        row("POST", "/api/v1/runtime/stop", None, {
+            let u = UNAUTHORIZED;
+            [u, u, u, u, u, u, u, &[204], &[204]]
+        }),
         // Analytics.
         row("GET", "/api/v1/analytics/summary", None, signed_in(&[200])),
         // Notifications: the caller's own `system` messages.

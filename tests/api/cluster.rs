@@ -227,6 +227,14 @@ async fn the_registration_limit_counts_across_nodes() {
 /// Two nodes on one Redis that also share one store (an SQLite file both open, and one
 /// signing key), so a user of one is a user of the other.
 async fn two_nodes_sharing_a_store(redis: &Redis) -> (TestApp, TestApp, tempfile::TempDir) {
+    two_nodes_sharing_a_store_with(redis, false).await
+}
+
+/// Like `two_nodes_sharing_a_store`, with each node's built-in agent running or not.
+async fn two_nodes_sharing_a_store_with(
+    redis: &Redis,
+    builtin_agent: bool,
+) -> (TestApp, TestApp, tempfile::TempDir) {
     let shared = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", shared.path().join("shared.db").display());
     let key = "a-signing-key-of-at-least-32-characters!!";
@@ -240,6 +248,7 @@ async fn two_nodes_sharing_a_store(redis: &Redis) -> (TestApp, TestApp, tempfile
                 "--signing-key".into(),
                 key.into(),
             ],
+            builtin_agent,
             ..AppOptions::default()
         })
     };
@@ -356,4 +365,75 @@ async fn live_task_output_written_on_one_node_reaches_the_owner_on_the_other() {
     .expect("the owner's connection on B got the output written on A");
     assert_eq!(frame["text"], "hello from A");
     assert_eq!(frame["seq"], 1);
+}
+
+#[tokio::test]
+async fn a_token_rotated_on_one_node_is_refused_on_the_other_before_its_cache_ages_out() {
+    if on_postgres() {
+        // These share one SQLite file between the nodes; on PostgreSQL each app gets
+        // a database of its own, and the multi-node suite covers the shared case.
+        return;
+    }
+    let redis = Redis::start().await;
+    let (a, b, _shared) = two_nodes_sharing_a_store(&redis).await;
+    let owner = a.new_user().await;
+    let (agent, old) = a.register_agent(&owner, "rotated", &["rotated"]).await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    // B verifies the token now, so B remembers it (for up to 10 s).
+    let (status, body) = b.runtime(&old, "/claim", json!({ "wait_s": 0 })).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    let (status, body) = a
+        .post(
+            &format!("/api/v1/agents/{id}/token"),
+            Some(&owner.token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    // The backplane tells B at once; without it B would accept the old token until its
+    // cache entry ages out 10 s after the claim.
+    let refused = eventually(Duration::from_secs(5), || async {
+        b.runtime(&old, "/claim", json!({ "wait_s": 0 })).await.0 == StatusCode::UNAUTHORIZED
+    })
+    .await;
+    assert!(refused, "B refused the rotated token well before 10 s");
+}
+
+#[tokio::test]
+async fn the_built_in_agents_of_two_nodes_share_one_agent_and_both_keep_working() {
+    if on_postgres() {
+        // These share one SQLite file between the nodes; on PostgreSQL each app gets
+        // a database of its own, and the multi-node suite covers the shared case.
+        return;
+    }
+    let redis = Redis::start().await;
+    // B starts after A: with a random token per start, B's start would void A's.
+    let (a, b, _shared) = two_nodes_sharing_a_store_with(&redis, true).await;
+    let user = a.new_user().await;
+    let (status, agents) = a.get("/api/v1/agents", Some(&user.token)).await;
+    assert_eq!(status, StatusCode::OK, "{agents}");
+    let builtin = agents["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|agent| agent["name"] == "Built-in text agent")
+        .count();
+    assert_eq!(builtin, 1, "one built-in agent for the cluster: {agents}");
+    // Enough tasks that both nodes' built-in agents claim some; every one completes,
+    // so neither agent's token was voided by the other's start.
+    let mut ids = Vec::new();
+    for n in 0..12 {
+        let node = if n % 2 == 0 { &a } else { &b };
+        ids.push(node.submit_query(&user, &format!("task number {n}")).await);
+    }
+    for id in &ids {
+        a.wait_status(&user, id, "completed").await;
+    }
+    for node in [&a, &b] {
+        assert!(
+            !node.log().contains("refused the agent token"),
+            "a built-in agent was refused:\n{}",
+            node.log()
+        );
+    }
 }

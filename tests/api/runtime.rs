@@ -730,3 +730,43 @@ async fn a_stopped_agent_hands_its_running_task_back_at_once() {
         "a stopped agent is offline at once"
     );
 }
+
+#[tokio::test]
+async fn an_idle_reference_agent_stopped_with_sigterm_is_offline_at_once() {
+    // A silence window far beyond the test: only the agent's own stop can explain an
+    // offline status.
+    let app = spawn_app_with(AppOptions {
+        extra_args: vec!["--agent-offline-after-s".into(), "600".into()],
+        ..Default::default()
+    })
+    .await;
+    let user = app.new_user().await;
+    let (mut ws, _) = app.ws(&user.token).await;
+    let (agent, token) = app.register_agent(&user, "idle", &["idle"]).await;
+    let id = agent["id"].as_str().unwrap().to_owned();
+    let of_agent = |d: &Value| d["agent_id"] == id.as_str();
+    let mut process = app.spawn_agent(&token, "cat", 2);
+    ws.next_of("agent_update", |d| of_agent(d) && d["status"] == "online")
+        .await;
+
+    // Its two claims wait on the server; SIGTERM.
+    assert_eq!(process.stop().await, Some(0), "{}", process.log());
+    let offline = ws
+        .next_of("agent_update", |d| of_agent(d) && d["status"] == "offline")
+        .await;
+    assert_eq!(offline["action"], "updated");
+    let (_, read) = app
+        .get(&format!("/api/v1/agents/{id}"), Some(&user.token))
+        .await;
+    assert_eq!(read["status"], "offline", "{read}");
+    // Nothing was left waiting on the server for a process that is gone: a task
+    // submitted now is not taken (a claim re-checks the queue every second).
+    let task = app
+        .submit(&user, json!({ "query": "after", "capability": "idle" }))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(app.task(&user, &task).await["status"], "queued");
+}

@@ -1,9 +1,14 @@
 // Helpers for the browser tests: start the real server binary on a free port
 // with its own data directory, create users through the API, launch Debian's
 // chromium through playwright-core, and collect screenshots.
+//
+// With ZEROSTATE_E2E_CLUSTER=1 every "server" is a cluster instead: PostgreSQL, Redis,
+// two nodes sharing them and nginx in front (scripts/cluster.sh, fresh database per
+// test file), and the tests talk to nginx, so a page's connection and its API calls land
+// on either node (scripts/test-e2e-cluster.sh runs the suite that way).
 import { before, after } from 'node:test';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, copyFileSync } from 'node:fs';
+import { spawn, execFile } from 'node:child_process';
+import { mkdtempSync, mkdirSync, rmSync, copyFileSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +19,11 @@ export const ROOT = path.resolve(here, '..', '..');
 export const BIN = process.env.ZEROSTATE_BIN || path.join(ROOT, 'target/debug/zerostate');
 export const ARTIFACTS = path.join(here, 'artifacts');
 export const SCREENSHOTS = path.join(ROOT, 'docs', 'screenshots');
+/** Whether the tests run against a two-node cluster behind nginx. */
+export const CLUSTER = process.env.ZEROSTATE_E2E_CLUSTER === '1';
+const CLUSTER_SCRIPT = path.join(ROOT, 'scripts', 'cluster.sh');
+/** Nodes per cluster (ZEROSTATE_E2E_CLUSTER_NODES, default 2). */
+const CLUSTER_NODES = process.env.ZEROSTATE_E2E_CLUSTER_NODES || '2';
 
 const LISTENING = /zerostate listening on (http:\/\/127\.0\.0\.1:(\d+))/;
 
@@ -64,6 +74,7 @@ function waitExit(proc, ms = 10000) {
  * again on the same port and data directory.
  */
 export async function startServer({ dataDir, builtinAgent = true, extraArgs = [] } = {}) {
+  if (CLUSTER) return startCluster({ dataDir, builtinAgent, extraArgs });
   const ownDir = !dataDir;
   const dir = dataDir || mkdtempSync(path.join(tmpdir(), 'zs-e2e-'));
   let current = await spawnServe({ addr: '127.0.0.1:0', dataDir: dir, builtinAgent, extraArgs });
@@ -99,6 +110,76 @@ export async function startServer({ dataDir, builtinAgent = true, extraArgs = []
     async dispose() {
       await server.stop();
       if (ownDir) rmSync(dir, { recursive: true, force: true });
+    },
+  };
+  return server;
+}
+
+/** Runs scripts/cluster.sh with `args`; resolves with its stdout, rejects with its output. */
+function clusterScript(args, timeoutMs = 180000) {
+  return new Promise((resolve, reject) => {
+    execFile(CLUSTER_SCRIPT, args, {
+      cwd: ROOT,
+      timeout: timeoutMs,
+      // As for one server: no sign-up limit unless a test sets one.
+      env: { ZEROSTATE_REGISTRATION_LIMIT: '0', ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
+    }, (err, stdout, stderr) => {
+      if (err) reject(new Error(`cluster.sh ${args.join(' ')} failed: ${err.message}\n${stdout}${stderr}`));
+      else resolve(stdout);
+    });
+  });
+}
+
+/**
+ * The cluster twin of startServer: two nodes (ZEROSTATE_E2E_CLUSTER_NODES) behind nginx with a fresh database, the
+ * same interface ({url, port, dataDir, stop(), restart(), dispose(), log()}). `url` is
+ * nginx's; stop() stops both nodes (the service is down, nginx answers 502), restart()
+ * starts them again on their ports with the same database.
+ */
+async function startCluster({ dataDir, builtinAgent, extraArgs }) {
+  const ownDir = !dataDir;
+  const dir = dataDir || mkdtempSync(path.join(tmpdir(), 'zs-e2e-cluster-'));
+  const serveArgs = [...extraArgs];
+  if (!builtinAgent) serveArgs.push('--no-builtin-agent');
+  let out;
+  try {
+    out = await clusterScript(['start', '--dir', dir, '--nodes', CLUSTER_NODES, '--bin', BIN, '--', ...serveArgs]);
+  } catch (err) {
+    // The script stopped what it had started; its output (in err) has the logs' tails.
+    if (ownDir) rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  const m = /^ZEROSTATE_CLUSTER_URL=(http:\/\/127\.0\.0\.1:(\d+))$/m.exec(out);
+  if (!m) throw new Error(`cluster.sh printed no URL:\n${out}`);
+  let running = true;
+  const server = {
+    url: m[1],
+    port: Number(m[2]),
+    dataDir: dir,
+    cluster: true,
+    /** The nodes' logs, one after the other. */
+    log: () => readdirSync(dir).filter((d) => d.startsWith('node')).sort().map((d) => {
+      let text = '';
+      try { text = readFileSync(path.join(dir, d, 'server.log'), 'utf8'); } catch { /* not started */ }
+      return `---- ${d}\n${text}`;
+    }).join('\n'),
+    /** Stops both nodes (SIGTERM); nginx, PostgreSQL and Redis keep running. */
+    async stop() {
+      if (!running) return;
+      await clusterScript(['stop-nodes', '--dir', dir]);
+      running = false;
+    },
+    /** Starts the nodes again on the same ports with the same database. */
+    async restart() {
+      await server.stop();
+      await clusterScript(['start-nodes', '--dir', dir]);
+      running = true;
+      return server;
+    },
+    /** Stops everything and removes the directory (if we created it). */
+    async dispose() {
+      await clusterScript(['stop', '--dir', dir, ...(ownDir ? ['--rm'] : [])]);
+      running = false;
     },
   };
   return server;

@@ -321,6 +321,31 @@ impl AgentStore for SqliteStore {
         Ok(None)
     }
 
+    #[tracing::instrument(skip_all, fields(agent_id = %id))]
+    async fn mark_agent_offline(
+        &self,
+        id: AgentId,
+        at: DateTime<Utc>,
+        announce: Announce<'_, AgentRecord>,
+    ) -> Result<Option<AgentRecord>, StoreError> {
+        let mut tx = self.pool().begin().await?;
+        let row = sqlx::query(&format!(
+            "UPDATE agents SET online = 0, updated_at = ?2
+             WHERE id = ?1 AND online = 1
+             RETURNING {AGENT_COLUMNS}"
+        ))
+        .bind(id.to_string())
+        .bind(to_millis(at))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let agent = row.as_ref().map(agent_from_row).transpose()?;
+        if let Some(agent) = &agent {
+            outbox::write(&mut tx, &announce(agent)).await?;
+        }
+        tx.commit().await?;
+        Ok(agent)
+    }
+
     async fn mark_stale_agents_offline(
         &self,
         seen_before: DateTime<Utc>,
