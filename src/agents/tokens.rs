@@ -237,6 +237,18 @@ impl AgentTokens {
         state.touched_at = now;
     }
 
+    /// Forgets every remembered token (revocations may have been missed): each is
+    /// read from the store again. Lookups of known agents under way are not
+    /// remembered either.
+    pub fn forget_all(&self) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.tokens.clear();
+        for state in inner.agents.values_mut() {
+            state.changed_at = Some(now);
+        }
+    }
+
     /// The agent process said it stops: the claims it has waiting end without a task.
     /// Its token keeps working (a restarted process uses it again).
     pub fn stopped(&self, agent: AgentId) {

@@ -289,6 +289,15 @@ impl SessionCache {
         }
     }
 
+    /// Forgets every remembered session and API key (revocations may have been
+    /// missed); lookups under way are not remembered either.
+    pub fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        inner.entries.clear();
+        inner.keys.clear();
+    }
+
     /// Forgets revoked credentials at once.
     pub fn forget(&self, credentials: &[Credential]) {
         let mut inner = self.lock();
