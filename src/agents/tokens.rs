@@ -369,6 +369,22 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_all_drops_every_token_and_lookups_under_way() {
+        let tokens = Arc::new(AgentTokens::default());
+        let (a, b) = (agent(), agent());
+        admit(&tokens, "ha", &a, Instant::now());
+        let started = Instant::now();
+        tokens.forget_all();
+        assert!(tokens.get("ha").is_none());
+        // A lookup of a known agent that overlapped: admitted, not remembered.
+        admit(&tokens, "ha2", &a, started);
+        assert!(tokens.get("ha2").is_none());
+        // After it, tokens are remembered again.
+        admit(&tokens, "hb", &b, Instant::now());
+        assert!(tokens.get("hb").is_some());
+    }
+
+    #[test]
     fn a_stop_ends_waiting_claims_but_not_the_token() {
         let tokens = Arc::new(AgentTokens::default());
         let a = agent();

@@ -386,6 +386,24 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_all_drops_every_session_and_lookups_under_way() {
+        let cache = SessionCache::default();
+        let (id, other) = (SessionId::new(), SessionId::new());
+        let now = Utc::now();
+        let session = VerifiedSession {
+            user_id: UserId::new(),
+            role: Role::User,
+            expires_at: now + SESSION_TTL,
+        };
+        cache.remember(cache.epoch(), id, session);
+        let stale = cache.epoch();
+        cache.forget_all();
+        assert_eq!(cache.get(id, now), None);
+        cache.remember(stale, other, session);
+        assert_eq!(cache.get(other, now), None);
+    }
+
+    #[test]
     fn revoked_api_keys_are_forgotten_and_not_remembered_late() {
         let cache = SessionCache::default();
         let now = Utc::now();

@@ -32,9 +32,10 @@
 //! `app.rs` names them; everything else holds an `Arc<dyn Backplane>`.
 //!
 //! Failure: every Redis call has a deadline ([`redis::CALL_DEADLINE`]); while Redis is
-//! unreachable, health says so (`/health` 503 `degraded`), signals are dropped (their
-//! durable ones are retried for a while, see `redis`), and the limits fall back to this node's own memory (see
-//! each method) rather than refusing everyone or letting everyone through.
+//! unreachable, health says so (`/health` 503 `degraded`), at-most-once signals are
+//! dropped (their fallbacks above apply) while durable ones are retried for a while
+//! (see `redis`), and the limits fall back to this node's own memory (see each
+//! method) rather than refusing everyone or letting everyone through.
 
 pub mod local;
 pub mod redis;
