@@ -237,6 +237,18 @@ impl AgentTokens {
         state.touched_at = now;
     }
 
+    /// Forgets every remembered token (revocations may have been missed): each is
+    /// read from the store again. Lookups of known agents under way are not
+    /// remembered either.
+    pub fn forget_all(&self) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        inner.tokens.clear();
+        for state in inner.agents.values_mut() {
+            state.changed_at = Some(now);
+        }
+    }
+
     /// The agent process said it stops: the claims it has waiting end without a task.
     /// Its token keeps working (a restarted process uses it again).
     pub fn stopped(&self, agent: AgentId) {
@@ -354,6 +366,22 @@ mod tests {
             Standing::Current
         );
         assert!(tokens.get("hb").is_none());
+    }
+
+    #[test]
+    fn forgetting_all_drops_every_token_and_lookups_under_way() {
+        let tokens = Arc::new(AgentTokens::default());
+        let (a, b) = (agent(), agent());
+        admit(&tokens, "ha", &a, Instant::now());
+        let started = Instant::now();
+        tokens.forget_all();
+        assert!(tokens.get("ha").is_none());
+        // A lookup of a known agent that overlapped: admitted, not remembered.
+        admit(&tokens, "ha2", &a, started);
+        assert!(tokens.get("ha2").is_none());
+        // After it, tokens are remembered again.
+        admit(&tokens, "hb", &b, Instant::now());
+        assert!(tokens.get("hb").is_some());
     }
 
     #[test]

@@ -289,6 +289,15 @@ impl SessionCache {
         }
     }
 
+    /// Forgets every remembered session and API key (revocations may have been
+    /// missed); lookups under way are not remembered either.
+    pub fn forget_all(&self) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        inner.entries.clear();
+        inner.keys.clear();
+    }
+
     /// Forgets revoked credentials at once.
     pub fn forget(&self, credentials: &[Credential]) {
         let mut inner = self.lock();
@@ -374,6 +383,24 @@ mod tests {
         // An ended session is not served from memory.
         cache.remember(cache.epoch(), other, session);
         assert_eq!(cache.get(other, now + SESSION_TTL), None);
+    }
+
+    #[test]
+    fn forgetting_all_drops_every_session_and_lookups_under_way() {
+        let cache = SessionCache::default();
+        let (id, other) = (SessionId::new(), SessionId::new());
+        let now = Utc::now();
+        let session = VerifiedSession {
+            user_id: UserId::new(),
+            role: Role::User,
+            expires_at: now + SESSION_TTL,
+        };
+        cache.remember(cache.epoch(), id, session);
+        let stale = cache.epoch();
+        cache.forget_all();
+        assert_eq!(cache.get(id, now), None);
+        cache.remember(stale, other, session);
+        assert_eq!(cache.get(other, now), None);
     }
 
     #[test]

@@ -7,15 +7,22 @@
 //!   reports its hub counters every [`REPORT_EVERY`]; a report lives [`NODE_TTL`], so a
 //!   node that stops reporting (crashed, partitioned) drops out of
 //!   `GET /api/v1/ws/stats` and its shared counts stop counting by themselves.
-//! - **Signals** to every other node ([`Signal`]), at most once, never blocking the
-//!   caller. At-most-once is enough because each has a durable fallback:
-//!   - credential revocation: the store has the revocation, so every node refuses the
-//!     credential on its next request once its session cache entry ages out
-//!     (`SESSION_CACHE_TTL`, 10 s); a live connection on a node that missed the signal
-//!     stays open until its credential expires (the one thing only the signal closes);
-//!   - the claim wake-up: waiting claims re-check the queue every second anyway;
-//!   - transient frames (live task output): the output store keeps every chunk and the
-//!     client fills the gap with `?after=`.
+//! - **Signals** to every other node ([`Signal`]), never blocking the caller, never
+//!   delivered to their sender. Two kinds:
+//!   - the ones whose loss matters (credential revocation, agent token rotation and
+//!     record changes) are durable: on a shared backplane they travel on a Redis
+//!     Stream each node reads on from its last id after a drop or a Redis restart
+//!     (with AOF), so a node that was reconnecting still closes a revoked session's
+//!     live connection (which nothing else would close before the session expires).
+//!     When a node cannot know what it missed (away longer than the stream's bound,
+//!     Redis lost its data, or it fell behind its local buffer) it gets
+//!     [`Signal::Missed`] and drops every cached session, API key and agent token, so
+//!     every later request re-verifies against the store. Live connections it already
+//!     holds are not re-checked: the hub has no hook for that yet;
+//!   - the claim wake-up and transient frames stay at most once and cheap (pub/sub),
+//!     each with its fallback: waiting claims re-check the queue every second anyway;
+//!     the output store keeps every chunk of live task output and the client fills
+//!     the gap with `?after=`.
 //! - **Shared limits**: sliding-window counters (the login, password-change and
 //!   registration throttles) and the per-user real-time connection cap.
 //!
@@ -25,9 +32,10 @@
 //! `app.rs` names them; everything else holds an `Arc<dyn Backplane>`.
 //!
 //! Failure: every Redis call has a deadline ([`redis::CALL_DEADLINE`]); while Redis is
-//! unreachable, health says so (`/health` 503 `degraded`), signals are dropped (their
-//! fallbacks above apply), and the limits fall back to this node's own memory (see
-//! each method) rather than refusing everyone or letting everyone through.
+//! unreachable, health says so (`/health` 503 `degraded`), at-most-once signals are
+//! dropped (their fallbacks above apply) while durable ones are retried for a while
+//! (see `redis`), and the limits fall back to this node's own memory (see each
+//! method) rather than refusing everyone or letting everyone through.
 
 pub mod local;
 pub mod redis;
@@ -75,7 +83,7 @@ impl BackplaneHealth {
     }
 }
 
-/// A message to every other node. Each has a durable fallback (module docs).
+/// A message to every other node; which ones are durable: module docs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "signal", rename_all = "snake_case")]
 pub enum Signal {
@@ -96,6 +104,9 @@ pub enum Signal {
         kind: String,
         items: Vec<serde_json::Value>,
     },
+    /// Never sent by a node: the backplane hands it to this node when durable signals
+    /// may have been lost on the way (module docs). Drop every cached credential.
+    Missed,
 }
 
 /// A [`Credential`] as it travels between nodes.
@@ -189,8 +200,8 @@ pub trait Backplane: Send + Sync + 'static {
     /// Whether the shared server answers (`Disabled` for one node).
     async fn health(&self) -> BackplaneHealth;
 
-    /// Sends `signal` to every other node, at most once, without waiting: it is queued
-    /// (bounded; dropped and counted when full) and sent within a deadline.
+    /// Sends `signal` to every other node without waiting: it is queued (bounded;
+    /// dropped and counted when full) and sent (durable ones reliably: module docs).
     fn signal(&self, signal: Signal);
 
     /// The signals other nodes send (never this node's own).
@@ -288,6 +299,8 @@ pub async fn run_signals(
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     metrics::counter!("zerostate_cluster_signals_lost_total").increment(n);
                     tracing::warn!(lost = n, "fell behind the cluster's signals");
+                    // Some of the lost ones may have been revocations.
+                    apply(Signal::Missed);
                 }
                 Err(broadcast::error::RecvError::Closed) => break,
             },
@@ -343,6 +356,7 @@ mod tests {
                 kind: "task_output".into(),
                 items: vec![serde_json::json!({"seq": 1})],
             },
+            Signal::Missed,
         ];
         for signal in signals {
             let json = serde_json::to_string(&signal).unwrap();

@@ -11,16 +11,29 @@
 //!   connections stop counting within [`NODE_TTL`].
 //! - `{p}:rate:{scope}:{digest}`: a sorted set of counted events (score: time in ms),
 //!   trimmed to the window, expiring with it.
-//! - channel `{p}:signals`: pub/sub for [`Signal`]s (at most once: see the module docs
-//!   of `cluster` for each one's fallback).
+//! - stream `{p}:signal-stream`: the signals whose loss matters (revocations, agent
+//!   changes: [`is_durable`]), `XADD … MAXLEN ~` [`STREAM_MAXLEN`], fields `node` (the
+//!   sender, which skips its own) and `signal` (JSON). Each node tails it with
+//!   `XREAD BLOCK` on a connection of its own from the id it last read, and after a
+//!   drop or a Redis restart (with AOF) reads on from that id, so nothing is lost
+//!   (the same pattern as `realtime::broker::redis`'s subscription). If entries after
+//!   that id are gone (`XINFO STREAM`: more entries trimmed from the head,
+//!   `entries-added` minus `length`, than the node had passed: it was away too long;
+//!   or the stream is behind its id: Redis lost its data), the node cannot know what
+//!   it missed and hands on [`Signal::Missed`].
+//! - channel `{p}:signals`: pub/sub for the cheap rest (claim wake-ups, transient
+//!   frames), at most once: see the module docs of `cluster` for their fallbacks.
 //!
 //! The two check-and-count steps (a rate window, a connection place) are Lua scripts,
 //! so parallel callers on different nodes cannot both pass the last place.
 //!
 //! Failure: every call has a deadline ([`CALL_DEADLINE`]); the connection manager
 //! reconnects by itself with capped exponential backoff, and so does the signal
-//! subscriber. While Redis is unreachable: health is `Unreachable`; signals are dropped
-//! (counted in `zerostate_cluster_signals_dropped_total`); the login, password-change
+//! subscriber and the stream reader. While Redis is unreachable: health is
+//! `Unreachable`; pub/sub signals are dropped (counted in
+//! `zerostate_cluster_signals_dropped_total`), stream signals are retried for
+//! [`DURABLE_RETRY_FOR`] (a retry after a lost reply may append one twice: every
+//! durable signal is idempotent) and only then dropped and counted; the login, password-change
 //! and registration throttles fall back to this node's own windows (neither open, which
 //! would let a password guesser through, nor closed, which would lock every user out of
 //! logging in; the node's share of the limit still applies); the connection cap falls
@@ -38,7 +51,9 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -49,6 +64,16 @@ const OUTBOX: usize = 4096;
 /// The backoff of the signal subscriber's reconnects: from the first to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
+/// The signal stream's length bound (`MAXLEN ~`): a node away for longer than this
+/// many durable signals takes the [`Signal::Missed`] path when it is back.
+pub const STREAM_MAXLEN: u64 = 10_000;
+/// How long one `XREAD` of the signal stream blocks (then it is simply repeated).
+const STREAM_BLOCK: Duration = Duration::from_secs(2);
+/// Stream entries one `XREAD` returns at most.
+const STREAM_COUNT: usize = 256;
+/// How long a durable signal is retried while Redis is unreachable before it is
+/// dropped (and counted): a revocation then rests on the session cache's bound.
+pub const DURABLE_RETRY_FOR: Duration = Duration::from_secs(60);
 /// How long a user's connection-count hash lives after its last admission.
 const CONNS_TTL_MS: u64 = 24 * 3600 * 1000;
 
@@ -128,12 +153,24 @@ pub struct RedisBackplane {
     rate_script: redis::Script,
     conns_script: redis::Script,
     tasks: Vec<JoinHandle<()>>,
+    /// The signal stream's reader (apart from `tasks` so that tests can pause it).
+    reader: Mutex<Option<JoinHandle<()>>>,
+    /// What a restarted reader needs (only tests restart it).
+    #[cfg_attr(not(test), allow(dead_code))]
+    stream: StreamReader,
 }
 
 impl Drop for RedisBackplane {
     fn drop(&mut self) {
         self.tasks.iter().for_each(JoinHandle::abort);
+        if let Some(reader) = lock(&self.reader).take() {
+            reader.abort();
+        }
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl RedisBackplane {
@@ -152,11 +189,27 @@ impl RedisBackplane {
         let (outbox, queued) = mpsc::channel(OUTBOX);
         let (signals, _) = broadcast::channel(SIGNAL_BUFFER);
         let channel = format!("{prefix}:signals");
+        let stream_key = format!("{prefix}:signal-stream");
+        // Read from the stream's end as of now; if Redis cannot say, the reader takes
+        // the Missed path once it can (this node may miss what comes meanwhile).
+        let start = StreamState::read(&mut conn.clone(), &stream_key)
+            .await
+            .ok()
+            .map(|state| state.end());
+        let stream = StreamReader {
+            client: client.clone(),
+            key: stream_key.clone(),
+            me: node_id.clone(),
+            signals: signals.clone(),
+            position: Arc::new(Mutex::new(start)),
+        };
+        let reader = tokio::spawn(stream.clone().run());
         let (subscribed, mut is_subscribed) = watch::channel(false);
         let tasks = vec![
             tokio::spawn(publish_signals(
                 conn.clone(),
                 channel.clone(),
+                stream_key,
                 node_id.clone(),
                 queued,
             )),
@@ -185,7 +238,24 @@ impl RedisBackplane {
             rate_script: redis::Script::new(RATE_SCRIPT),
             conns_script: redis::Script::new(CONNS_SCRIPT),
             tasks,
+            reader: Mutex::new(Some(reader)),
+            stream,
         })
+    }
+
+    /// Stops the signal stream's reader (as a dropped connection would), keeping its
+    /// position.
+    #[cfg(test)]
+    fn pause_reader(&self) {
+        if let Some(reader) = lock(&self.reader).take() {
+            reader.abort();
+        }
+    }
+
+    /// Starts the reader again from where it stopped.
+    #[cfg(test)]
+    fn resume_reader(&self) {
+        *lock(&self.reader) = Some(tokio::spawn(self.stream.clone().run()));
     }
 
     fn node_key(&self, node: &str) -> String {
@@ -470,12 +540,14 @@ impl Backplane for RedisBackplane {
 /// Signals taken from the outbox at once; claim wake-ups among them go out as one.
 const PUBLISH_BATCH: usize = 64;
 
-/// Sends queued signals, each within the deadline; one that cannot be sent is dropped
-/// (at most once) and counted. Wake-ups queued together are sent once: a burst of
+/// Sends queued signals: durable ones ([`is_durable`]) onto the stream, retried for
+/// [`DURABLE_RETRY_FOR`]; the rest over pub/sub within the deadline, dropped (at most
+/// once) and counted when they cannot be sent. Wake-ups queued together are sent once: a burst of
 /// submits costs one message, and one wake-up wakes every waiting claim anyway.
 async fn publish_signals(
     conn: ConnectionManager,
     channel: String,
+    stream: String,
     from: String,
     mut queued: mpsc::Receiver<Signal>,
 ) {
@@ -489,7 +561,239 @@ async fn publish_signals(
                 }
                 woken = true;
             }
-            publish_one(&conn, &channel, &from, signal).await;
+            if is_durable(&signal) {
+                append_durable(&conn, &stream, &from, &signal).await;
+            } else {
+                publish_one(&conn, &channel, &from, signal).await;
+            }
+        }
+    }
+}
+
+/// Whether a signal's loss matters (it travels on the stream): revocations and agent
+/// changes, whose fallback is too slow (a revoked session's live connection would
+/// otherwise stay open until it expires).
+pub fn is_durable(signal: &Signal) -> bool {
+    matches!(
+        signal,
+        Signal::Revoked { .. } | Signal::AgentRevoked { .. } | Signal::AgentChanged { .. }
+    )
+}
+
+/// Appends a durable signal to the stream, retrying with capped backoff for
+/// [`DURABLE_RETRY_FOR`] while Redis is unreachable.
+async fn append_durable(conn: &ConnectionManager, stream: &str, from: &str, signal: &Signal) {
+    let Ok(json) = serde_json::to_string(signal) else {
+        return;
+    };
+    let started = Instant::now();
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        let mut conn = conn.clone();
+        let added = within(
+            redis::cmd("XADD")
+                .arg(stream)
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_MAXLEN)
+                .arg("*")
+                .arg("node")
+                .arg(from)
+                .arg("signal")
+                .arg(&json)
+                .query_async::<String>(&mut conn),
+        )
+        .await;
+        match added {
+            Ok(_) => return,
+            Err(err) if started.elapsed() + backoff < DURABLE_RETRY_FOR => {
+                tracing::debug!(error = %err, "a durable cluster signal waits for Redis");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_CAP);
+            }
+            Err(err) => {
+                metrics::counter!("zerostate_cluster_signals_dropped_total").increment(1);
+                tracing::warn!(error = %err, "a durable cluster signal was dropped");
+                return;
+            }
+        }
+    }
+}
+
+/// A stream entry id (`ms-seq`), in the stream's order.
+type EntryId = (u64, u64);
+
+fn parse_id(id: &str) -> Option<EntryId> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn format_id((ms, seq): EntryId) -> String {
+    format!("{ms}-{seq}")
+}
+
+/// Where a reader is: the id it last read, and how many entries the stream had
+/// ever been given up to it (`XINFO STREAM`'s `entries-added`), so that entries
+/// trimmed before the reader got to them can be told from ones it had read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    id: EntryId,
+    count: u64,
+}
+
+/// What `XINFO STREAM` says of the signal stream (all zero when it is absent).
+#[derive(Debug, Default)]
+struct StreamState {
+    last: EntryId,
+    added: u64,
+    length: u64,
+}
+
+impl StreamState {
+    async fn read(
+        conn: &mut impl redis::aio::ConnectionLike,
+        key: &str,
+    ) -> Result<Self, BackplaneError> {
+        let exists: bool = within(redis::cmd("EXISTS").arg(key).query_async(conn)).await?;
+        if !exists {
+            return Ok(Self::default());
+        }
+        let info: HashMap<String, redis::Value> =
+            within(redis::cmd("XINFO").arg("STREAM").arg(key).query_async(conn)).await?;
+        let number = |field: &str| {
+            info.get(field)
+                .and_then(|v| redis::from_redis_value_ref::<u64>(v).ok())
+                .unwrap_or(0)
+        };
+        Ok(Self {
+            last: info
+                .get("last-generated-id")
+                .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+                .and_then(|s| parse_id(&s))
+                .unwrap_or((0, 0)),
+            added: number("entries-added"),
+            length: number("length"),
+        })
+    }
+
+    /// Its end, as a reader's position.
+    fn end(&self) -> Position {
+        Position {
+            id: self.last,
+            count: self.added,
+        }
+    }
+}
+
+/// Tails the signal stream for one node (module docs).
+#[derive(Clone)]
+struct StreamReader {
+    client: redis::Client,
+    key: String,
+    me: String,
+    signals: broadcast::Sender<Signal>,
+    /// Where it is; `None` until Redis first answered.
+    position: Arc<Mutex<Option<Position>>>,
+}
+
+impl StreamReader {
+    /// Reads until aborted; reconnects by itself with capped exponential backoff and
+    /// reads on from the last id.
+    async fn run(self) {
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            match self.connect().await {
+                Ok(mut con) => {
+                    backoff = BACKOFF_FIRST;
+                    if let Err(err) = self.read(&mut con).await {
+                        tracing::warn!(error = %err, "the cluster's signal stream dropped: reconnecting");
+                    }
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "cannot read the cluster's signal stream yet");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_CAP);
+        }
+    }
+
+    /// A dedicated connection (a blocked `XREAD` would hold up every command behind
+    /// it on a shared one), positioned: a gap since the last id hands on
+    /// [`Signal::Missed`].
+    async fn connect(&self) -> Result<redis::aio::MultiplexedConnection, BackplaneError> {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(CALL_DEADLINE))
+            .set_response_timeout(Some(STREAM_BLOCK + CALL_DEADLINE));
+        let mut con = within(
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await?;
+        let state = StreamState::read(&mut con, &self.key).await?;
+        let position = *lock(&self.position);
+        let (at, missed) = match position {
+            // Redis did not answer at start: what came meanwhile is unknown.
+            None => (state.end(), true),
+            // Behind what this node read: Redis lost entries; read on from its end.
+            Some(at) if state.last < at.id || state.added < at.count => (state.end(), true),
+            // Trimming removes the oldest entries: more removed than this node had
+            // passed means some it had not read are gone.
+            Some(at) => (at, state.added - state.length > at.count),
+        };
+        *lock(&self.position) = Some(at);
+        if missed {
+            metrics::counter!("zerostate_cluster_signal_gaps_total").increment(1);
+            tracing::warn!(
+                "cluster signals may have been missed (away too long, or Redis lost them): dropping cached credentials"
+            );
+            let _ = self.signals.send(Signal::Missed);
+        }
+        Ok(con)
+    }
+
+    /// Reads and hands on other nodes' entries until the connection fails.
+    async fn read(
+        &self,
+        con: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), BackplaneError> {
+        loop {
+            let Some(mut at) = *lock(&self.position) else {
+                return Ok(());
+            };
+            let reply: Option<redis::streams::StreamReadReply> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(STREAM_COUNT)
+                .arg("BLOCK")
+                .arg(STREAM_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.key)
+                .arg(format_id(at.id))
+                .query_async(con)
+                .await
+                .map_err(|e| BackplaneError::Failed(e.to_string()))?;
+            for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+                let Some(id) = parse_id(&entry.id) else {
+                    return Err(BackplaneError::Failed(format!("a stream id: {}", entry.id)));
+                };
+                at = Position {
+                    id,
+                    count: at.count + 1,
+                };
+                *lock(&self.position) = Some(at);
+                let from: Option<String> = entry.get("node");
+                if from.as_deref() == Some(self.me.as_str()) {
+                    continue;
+                }
+                let signal = entry
+                    .get::<String>("signal")
+                    .and_then(|json| serde_json::from_str::<Signal>(&json).ok());
+                match signal {
+                    // No receiver (nothing subscribed yet) is not an error.
+                    Some(signal) => drop(self.signals.send(signal)),
+                    None => tracing::warn!("an unreadable cluster signal was ignored"),
+                }
+            }
         }
     }
 }
@@ -583,10 +887,16 @@ mod tests {
         port: u16,
         dir: tempfile::TempDir,
         child: Option<Child>,
+        /// Persist with AOF (every write synced), so a restart keeps the data.
+        aof: bool,
     }
 
     impl RedisServer {
         async fn start() -> Self {
+            Self::start_with(false).await
+        }
+
+        async fn start_with(aof: bool) -> Self {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
@@ -596,6 +906,7 @@ mod tests {
                 port,
                 dir: tempfile::tempdir().unwrap(),
                 child: None,
+                aof,
             };
             server.spawn().await;
             server
@@ -604,7 +915,12 @@ mod tests {
         async fn spawn(&mut self) {
             let child = Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-                .args(["--save", "", "--appendonly", "no"])
+                .args(["--save", ""])
+                .args(if self.aof {
+                    ["--appendonly", "yes", "--appendfsync", "always"]
+                } else {
+                    ["--appendonly", "no", "--appendfsync", "everysec"]
+                })
                 .arg("--dir")
                 .arg(self.dir.path())
                 .stdout(Stdio::null())
@@ -873,6 +1189,128 @@ mod tests {
         .await;
         assert_eq!(arrived, Ok(Signal::ClaimWake));
         a.report(&stats(1, 1)).await.unwrap();
-        assert_eq!(b.other_nodes().await.unwrap().len(), 1);
+        // B's connection (used at start) learns of the restart on its first call,
+        // which fails once; it is back by itself right after.
+        let seen = eventually(Duration::from_secs(30), || async {
+            matches!(b.other_nodes().await, Ok(nodes) if nodes.len() == 1)
+        })
+        .await;
+        assert!(seen, "B reads the cluster again");
+    }
+
+    /// Waits for the next signal, for at most `limit`.
+    async fn next(at: &mut broadcast::Receiver<Signal>, limit: Duration) -> Option<Signal> {
+        tokio::time::timeout(limit, at.recv()).await.ok()?.ok()
+    }
+
+    /// Entries in the signal stream (`test` prefix).
+    async fn stream_len(redis: &RedisServer) -> u64 {
+        let mut con = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        redis::cmd("XLEN")
+            .arg("test:signal-stream")
+            .query_async(&mut con)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_revocation_sent_while_a_reader_was_away_arrives_after_a_redis_restart() {
+        let mut redis = RedisServer::start_with(true).await;
+        let (a, b) = (redis.node().await, redis.node().await);
+        let (mut at_a, mut at_b) = (a.subscribe(), b.subscribe());
+        // B's reader is up: a first revocation arrives.
+        let first = Signal::Revoked {
+            credentials: vec![WireCredential::Session(SessionId::new())],
+        };
+        a.signal(first.clone());
+        assert_eq!(next(&mut at_b, Duration::from_secs(30)).await, Some(first));
+
+        // B's reader goes away; A revokes meanwhile; Redis restarts (AOF) under both.
+        b.pause_reader();
+        let revoked = Signal::Revoked {
+            credentials: vec![WireCredential::Session(SessionId::new())],
+        };
+        let agent = Signal::AgentRevoked {
+            agent: crate::domain::AgentId::new(),
+        };
+        a.signal(revoked.clone());
+        a.signal(agent.clone());
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                stream_len(&redis).await == 3
+            })
+            .await,
+            "A appended both"
+        );
+        redis.kill();
+        redis.spawn().await;
+        b.resume_reader();
+        assert_eq!(
+            next(&mut at_b, Duration::from_secs(60)).await,
+            Some(revoked)
+        );
+        assert_eq!(next(&mut at_b, Duration::from_secs(30)).await, Some(agent));
+
+        // Entries from oneself are not delivered to oneself: A hears only B's.
+        b.signal(Signal::AgentChanged {
+            agent: crate::domain::AgentId::new(),
+        });
+        assert!(matches!(
+            next(&mut at_a, Duration::from_secs(60)).await,
+            Some(Signal::AgentChanged { .. })
+        ));
+        assert!(
+            next(&mut at_a, Duration::from_secs(2)).await.is_none(),
+            "nothing else, none of A's own"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_whose_entries_were_trimmed_away_is_told_it_missed_some() {
+        let redis = RedisServer::start().await;
+        let (a, b) = (redis.node().await, redis.node().await);
+        let mut at_b = b.subscribe();
+        b.pause_reader();
+        a.signal(Signal::AgentRevoked {
+            agent: crate::domain::AgentId::new(),
+        });
+        assert!(
+            eventually(Duration::from_secs(30), || async {
+                stream_len(&redis).await == 1
+            })
+            .await,
+            "A appended it"
+        );
+        // Trimmed past B (as MAXLEN does to a node away for too long).
+        let mut con = redis
+            .client()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: i64 = redis::cmd("XTRIM")
+            .arg("test:signal-stream")
+            .arg("MAXLEN")
+            .arg(0)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        b.resume_reader();
+        assert_eq!(
+            next(&mut at_b, Duration::from_secs(60)).await,
+            Some(Signal::Missed)
+        );
+        // And it reads on: the next one arrives.
+        let revoked = Signal::Revoked {
+            credentials: vec![WireCredential::Session(SessionId::new())],
+        };
+        a.signal(revoked.clone());
+        assert_eq!(
+            next(&mut at_b, Duration::from_secs(30)).await,
+            Some(revoked)
+        );
     }
 }

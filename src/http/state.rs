@@ -109,6 +109,11 @@ impl AppState {
             Signal::Transient { user, kind, items } => {
                 self.hub.deliver_transient(user, &kind, &items);
             }
+            // Revocations may have been lost: every cached credential is verified again.
+            Signal::Missed => {
+                self.signer.sessions().forget_all();
+                self.agents.tokens().forget_all();
+            }
         }
     }
 }
