@@ -109,10 +109,13 @@ impl AppState {
             Signal::Transient { user, kind, items } => {
                 self.hub.deliver_transient(user, &kind, &items);
             }
-            // Revocations may have been lost: every cached credential is verified again.
+            // Revocations may have been lost: every cached credential is verified again,
+            // and every live connection reconnects (1012, then resumes), so one whose
+            // credential was revoked meanwhile is refused instead of staying open.
             Signal::Missed => {
                 self.signer.sessions().forget_all();
                 self.agents.tokens().forget_all();
+                self.hub.reconnect_all();
             }
         }
     }

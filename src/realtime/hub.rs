@@ -438,6 +438,20 @@ impl Hub {
     pub fn close_all(&self, reason: Disconnect) {
         let mut reg = self.shared.lock();
         reg.closed = true;
+        Self::close_registered(&mut reg, reason);
+    }
+
+    /// Asks every live connection to reconnect (1012) while still accepting new ones:
+    /// each client comes back with its cursor, is authenticated again from the store
+    /// and resumes with nothing lost. For when this node may have missed revocations
+    /// (the cluster's signal stream was trimmed past it), so no connection of a revoked
+    /// credential outlives that.
+    pub fn reconnect_all(&self) {
+        let mut reg = self.shared.lock();
+        Self::close_registered(&mut reg, Disconnect::Shutdown);
+    }
+
+    fn close_registered(reg: &mut Registry, reason: Disconnect) {
         let ids: Vec<ConnId> = reg.conns.keys().copied().collect();
         for id in ids {
             if let Some(slot) = reg.remove(id) {
@@ -967,6 +981,18 @@ mod tests {
         drop(conn);
         assert!(hub.wait_idle(WAIT).await);
         assert_eq!(hub.stats().current_connections, 0);
+    }
+
+    #[tokio::test]
+    async fn reconnect_all_closes_everyone_with_1012_and_still_admits_newcomers() {
+        let hub = hub().await;
+        let first = hub.connect(request(UserId::new(), None)).await.unwrap();
+        let second = hub.connect(request(UserId::new(), None)).await.unwrap();
+        hub.reconnect_all();
+        assert_eq!(first.reason(), Some(Disconnect::Shutdown));
+        assert_eq!(second.reason(), Some(Disconnect::Shutdown));
+        let again = hub.connect(request(UserId::new(), None)).await;
+        assert!(again.is_ok(), "the node keeps accepting connections");
     }
 
     #[tokio::test]
