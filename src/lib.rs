@@ -14,6 +14,8 @@ pub mod config;
 pub mod domain;
 pub mod http;
 pub mod realtime;
+#[cfg(test)]
+pub(crate) mod redis_server;
 pub mod shutdown;
 pub mod store;
 pub mod tasks;

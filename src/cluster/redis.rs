@@ -877,91 +877,18 @@ mod tests {
     use crate::domain::SessionId;
     use crate::realtime::TransportCounts;
     use std::net::IpAddr;
-    use std::process::{Child, Command, Stdio};
     use std::sync::Arc;
     use std::time::Instant;
 
-    /// A `redis-server` of its own: 127.0.0.1, a free port, a temporary directory, no
-    /// persistence; killed on drop (and restartable on the same port).
-    struct RedisServer {
-        port: u16,
-        dir: tempfile::TempDir,
-        child: Option<Child>,
-        /// Persist with AOF (every write synced), so a restart keeps the data.
-        aof: bool,
-    }
+    use crate::redis_server::RedisServer;
 
-    impl RedisServer {
-        async fn start() -> Self {
-            Self::start_with(false).await
-        }
-
-        async fn start_with(aof: bool) -> Self {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut server = Self {
-                port,
-                dir: tempfile::tempdir().unwrap(),
-                child: None,
-                aof,
-            };
-            server.spawn().await;
-            server
-        }
-
-        async fn spawn(&mut self) {
-            let child = Command::new("redis-server")
-                .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
-                .args(["--save", ""])
-                .args(if self.aof {
-                    ["--appendonly", "yes", "--appendfsync", "always"]
-                } else {
-                    ["--appendonly", "no", "--appendfsync", "everysec"]
-                })
-                .arg("--dir")
-                .arg(self.dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server must be installed (apt-get install redis-server)");
-            self.child = Some(child);
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+    /// A node of the test's cluster on `server`.
+    async fn node_on(server: &RedisServer) -> Arc<RedisBackplane> {
+        Arc::new(
+            RedisBackplane::start(server.client(), "test".into())
                 .await
-                .is_err()
-            {
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-
-        fn kill(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-
-        fn client(&self) -> redis::Client {
-            redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
-        }
-
-        async fn node(&self) -> Arc<RedisBackplane> {
-            Arc::new(
-                RedisBackplane::start(self.client(), "test".into())
-                    .await
-                    .unwrap(),
-            )
-        }
-    }
-
-    impl Drop for RedisServer {
-        fn drop(&mut self) {
-            self.kill();
-        }
+                .unwrap(),
+        )
     }
 
     /// Polls `check` until it holds, for at most `limit`.
@@ -994,8 +921,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_signal_from_one_node_reaches_the_other_and_not_itself() {
-        let redis = RedisServer::start().await;
-        let (a, b) = (redis.node().await, redis.node().await);
+        let redis = RedisServer::start(false).await;
+        let (a, b) = (node_on(&redis).await, node_on(&redis).await);
         assert_ne!(a.node_id(), b.node_id());
         let (mut at_a, mut at_b) = (a.subscribe(), b.subscribe());
         let revoked = Signal::Revoked {
@@ -1026,8 +953,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn stats_sum_both_nodes_and_a_silent_node_drops_out_after_its_ttl() {
-        let redis = RedisServer::start().await;
-        let (a, b) = (redis.node().await, redis.node().await);
+        let redis = RedisServer::start(false).await;
+        let (a, b) = (node_on(&redis).await, node_on(&redis).await);
         a.report(&stats(3, 10)).await.unwrap();
         b.report(&stats(4, 20)).await.unwrap();
         let view = cluster_stats(a.as_ref(), stats(3, 11)).await;
@@ -1054,8 +981,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_node_that_leaves_drops_out_at_once() {
-        let redis = RedisServer::start().await;
-        let (a, b) = (redis.node().await, redis.node().await);
+        let redis = RedisServer::start(false).await;
+        let (a, b) = (node_on(&redis).await, node_on(&redis).await);
         a.report(&stats(1, 1)).await.unwrap();
         b.report(&stats(2, 2)).await.unwrap();
         let user = UserId::new();
@@ -1074,8 +1001,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_login_throttle_counts_across_nodes() {
-        let redis = RedisServer::start().await;
-        let (a, b) = (redis.node().await, redis.node().await);
+        let redis = RedisServer::start(false).await;
+        let (a, b) = (node_on(&redis).await, node_on(&redis).await);
         let (at_a, at_b) = (LoginThrottle::new(a.clone()), LoginThrottle::new(b.clone()));
         let ip = IpAddr::from([127, 0, 0, 9]);
         for n in 0..5 {
@@ -1107,8 +1034,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_connection_cap_counts_across_nodes_and_a_dead_nodes_share_expires() {
-        let redis = RedisServer::start().await;
-        let (a, b) = (redis.node().await, redis.node().await);
+        let redis = RedisServer::start(false).await;
+        let (a, b) = (node_on(&redis).await, node_on(&redis).await);
         // Live nodes: their reports are their liveness.
         a.report(&stats(0, 0)).await.unwrap();
         b.report(&stats(0, 0)).await.unwrap();
@@ -1140,8 +1067,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn redis_down_fails_fast_and_everything_comes_back_by_itself() {
-        let mut redis = RedisServer::start().await;
-        let (a, b) = (redis.node().await, redis.node().await);
+        let mut redis = RedisServer::start(false).await;
+        let (a, b) = (node_on(&redis).await, node_on(&redis).await);
         assert_eq!(a.health().await, BackplaneHealth::Ok);
 
         redis.kill();
@@ -1219,8 +1146,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_revocation_sent_while_a_reader_was_away_arrives_after_a_redis_restart() {
-        let mut redis = RedisServer::start_with(true).await;
-        let (a, b) = (redis.node().await, redis.node().await);
+        let mut redis = RedisServer::start(true).await;
+        let (a, b) = (node_on(&redis).await, node_on(&redis).await);
         let (mut at_a, mut at_b) = (a.subscribe(), b.subscribe());
         // B's reader is up: a first revocation arrives.
         let first = Signal::Revoked {
@@ -1271,8 +1198,8 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reader_whose_entries_were_trimmed_away_is_told_it_missed_some() {
-        let redis = RedisServer::start().await;
-        let (a, b) = (redis.node().await, redis.node().await);
+        let redis = RedisServer::start(false).await;
+        let (a, b) = (node_on(&redis).await, node_on(&redis).await);
         let mut at_b = b.subscribe();
         b.pause_reader();
         a.signal(Signal::AgentRevoked {

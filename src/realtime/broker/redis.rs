@@ -742,105 +742,22 @@ mod tests {
     use super::*;
     use crate::realtime::broker::contract;
     use std::collections::HashMap;
-    use std::process::{Child, Command, Stdio};
     use std::sync::atomic::AtomicU32;
     use std::sync::Mutex;
     use std::time::Instant;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Generous: the machine is shared.
     const WAIT: Duration = Duration::from_secs(30);
 
-    /// A redis-server of the test's own: loopback, a free port, a temporary directory,
-    /// AOF with an fsync per write; killed on drop.
-    struct RedisServer {
-        port: u16,
-        dir: tempfile::TempDir,
-        child: Option<Child>,
-    }
+    use crate::redis_server::RedisServer;
 
-    impl RedisServer {
-        async fn start() -> Self {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut server = Self {
-                port,
-                dir: tempfile::tempdir().unwrap(),
-                child: None,
-            };
-            server.spawn().await;
-            server
-        }
-
-        /// Starts redis-server on this port and directory (again) and waits until it
-        /// answers PING (after loading its AOF).
-        async fn spawn(&mut self) {
-            let child = Command::new("redis-server")
-                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-                .arg("--dir")
-                .arg(self.dir.path())
-                .args([
-                    "--appendonly",
-                    "yes",
-                    "--appendfsync",
-                    "always",
-                    "--save",
-                    "",
-                ])
-                .args(["--logfile", "redis.log"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("redis-server is installed");
-            self.child = Some(child);
-            let deadline = Instant::now() + WAIT;
-            while !self.answers_ping().await {
-                assert!(Instant::now() < deadline, "redis-server did not start");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-
-        async fn answers_ping(&self) -> bool {
-            let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await
-            else {
-                return false;
-            };
-            let mut reply = [0u8; 5];
-            stream.write_all(b"PING\r\n").await.is_ok()
-                && tokio::time::timeout(Duration::from_secs(1), stream.read_exact(&mut reply))
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-                && &reply == b"+PONG"
-        }
-
-        /// Kills it like a crash (SIGKILL): only what AOF made durable survives.
-        fn kill(&mut self) {
-            if let Some(mut child) = self.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-
-        fn client(&self) -> Client {
-            Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap()
-        }
-
-        async fn broker(&self, prefix: &str) -> Arc<RedisBroker> {
-            Arc::new(
-                RedisBroker::start(self.client(), prefix.to_owned())
-                    .await
-                    .unwrap(),
-            )
-        }
-    }
-
-    impl Drop for RedisServer {
-        fn drop(&mut self) {
-            self.kill();
-        }
+    /// A broker (a node) on `server` with key prefix `prefix`.
+    async fn broker_on(server: &RedisServer, prefix: &str) -> Arc<RedisBroker> {
+        Arc::new(
+            RedisBroker::start(server.client(), prefix.to_owned())
+                .await
+                .unwrap(),
+        )
     }
 
     fn publication(target: Target, node: u64, n: u64) -> NewPublication {
@@ -900,7 +817,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn the_redis_broker_keeps_the_broker_contract() {
-        let server = RedisServer::start().await;
+        let server = RedisServer::start(true).await;
         let n = AtomicU32::new(0);
         contract::run_all(|| {
             let prefix = format!("contract{}", n.fetch_add(1, Ordering::Relaxed));
@@ -919,8 +836,11 @@ mod tests {
     async fn two_nodes_see_one_gapless_sequence_and_history_replays_it() {
         const PUBLISHERS: u64 = 3;
         const EACH: u64 = 100;
-        let server = RedisServer::start().await;
-        let nodes = [server.broker("two").await, server.broker("two").await];
+        let server = RedisServer::start(true).await;
+        let nodes = [
+            broker_on(&server, "two").await,
+            broker_on(&server, "two").await,
+        ];
         assert_eq!(
             nodes[0].epoch().await.unwrap(),
             nodes[1].epoch().await.unwrap()
@@ -991,10 +911,10 @@ mod tests {
     /// failed (without hanging) and the broker said it was unhealthy.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_redis_restart_loses_nothing_that_was_acknowledged() {
-        let mut server = RedisServer::start().await;
+        let mut server = RedisServer::start(true).await;
         let nodes = [
-            server.broker("restart").await,
-            server.broker("restart").await,
+            broker_on(&server, "restart").await,
+            broker_on(&server, "restart").await,
         ];
         let mut subs = [
             nodes[0].subscribe().await.unwrap(),
@@ -1095,7 +1015,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_node_trimmed_past_sees_the_gap_and_history_fills_it() {
         const TOTAL: u64 = 3_000;
-        let server = RedisServer::start().await;
+        let server = RedisServer::start(true).await;
         let broker = Arc::new(
             RedisBroker::start_with(server.client(), "trim".into(), 100)
                 .await
@@ -1168,8 +1088,8 @@ mod tests {
             drain.await.unwrap();
             (PUBLISHERS * EACH) as f64 / started.elapsed().as_secs_f64()
         }
-        let server = RedisServer::start().await;
-        let redis = measure(server.broker("bench").await).await;
+        let server = RedisServer::start(true).await;
+        let redis = measure(broker_on(&server, "bench").await).await;
         // The same with the usual production setting: fsync once a second.
         let mut con = server
             .client()
@@ -1183,7 +1103,7 @@ mod tests {
             .exec_async(&mut con)
             .await
             .unwrap();
-        let redis_everysec = measure(server.broker("bench2").await).await;
+        let redis_everysec = measure(broker_on(&server, "bench2").await).await;
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::sqlite::SqliteStore::open(&dir.path().join("bench.db"))
             .await
@@ -1289,10 +1209,10 @@ mod tests {
                 .expect("the connection is open");
             serde_json::from_str(f.text()).unwrap()
         }
-        let server = RedisServer::start().await;
+        let server = RedisServer::start(true).await;
         let mut hubs = Vec::new();
         for _ in 0..2 {
-            let broker: Arc<dyn Broker> = server.broker("hubs").await;
+            let broker: Arc<dyn Broker> = broker_on(&server, "hubs").await;
             hubs.push(Hub::start(broker, HistoryPolicy::default()).await.unwrap());
         }
         let user = UserId::new();
@@ -1353,8 +1273,8 @@ mod tests {
     /// of their two streams' watermarks.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn pruning_is_per_stream_and_keeps_young_messages() {
-        let server = RedisServer::start().await;
-        let broker = server.broker("prune").await;
+        let server = RedisServer::start(true).await;
+        let broker = broker_on(&server, "prune").await;
         let (alice, bob) = (UserId::new(), UserId::new());
         let at = |target, n: u64, at_ms: i64| NewPublication {
             created_at_ms: at_ms,
@@ -1425,8 +1345,8 @@ mod tests {
     /// beyond the new sequence reports itself unhealthy for good (it must restart).
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_redis_that_lost_its_data_is_a_new_epoch_and_an_unhealthy_node() {
-        let mut server = RedisServer::start().await;
-        let broker = server.broker("wiped").await;
+        let mut server = RedisServer::start(true).await;
+        let broker = broker_on(&server, "wiped").await;
         let mut sub = broker.subscribe().await.unwrap();
         let epoch = broker.epoch().await.unwrap();
         let user = UserId::new();
@@ -1438,8 +1358,8 @@ mod tests {
         }
         read_gapless(&mut sub, 3).await;
         server.kill();
-        std::fs::remove_dir_all(server.dir.path()).unwrap();
-        std::fs::create_dir(server.dir.path()).unwrap();
+        std::fs::remove_dir_all(server.dir()).unwrap();
+        std::fs::create_dir(server.dir()).unwrap();
         server.spawn().await;
         eventually("the data loss is noticed", || {
             broker.inner.health.history_lost.load(Ordering::Relaxed)
@@ -1476,8 +1396,8 @@ mod tests {
     /// again; publish answers with the earlier one's position.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn a_dedupe_key_publishes_once() {
-        let server = RedisServer::start().await;
-        let broker = server.broker("dedupe").await;
+        let server = RedisServer::start(true).await;
+        let broker = broker_on(&server, "dedupe").await;
         let mut sub = broker.subscribe().await.unwrap();
         let user = UserId::new();
         let keyed = |n, key| NewPublication {
