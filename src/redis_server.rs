@@ -22,23 +22,39 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one, with AOF (`appendfsync always`) or without persistence.
     pub async fn start(aof: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
         let mut server = Self {
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().expect("a temporary directory"),
             child: None,
             aof,
         };
-        server.spawn().await;
-        server
+        // A port found free can be taken (by another test's outgoing connection) before
+        // redis-server binds it: then it exits at once, and another port is tried.
+        for _ in 0..5 {
+            if server.try_spawn().await {
+                return server;
+            }
+            server.port = free_port();
+        }
+        panic!("redis-server did not start on any of five ports");
     }
 
-    /// Starts redis-server on this port and directory (again) and waits until it
-    /// answers PING (after loading its AOF).
+    /// Starts redis-server again on the same port and directory (after `kill`) and
+    /// waits until it answers PING (after loading its AOF).
     pub async fn spawn(&mut self) {
+        let deadline = Instant::now() + START_WAIT;
+        while !self.try_spawn().await {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts redis-server on this port and directory; whether it answers PING (false:
+    /// it exited, e.g. the port was taken).
+    async fn try_spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", ""])
@@ -56,8 +72,16 @@ impl RedisServer {
             .expect("redis-server must be installed (apt-get install redis-server)");
         self.child = Some(child);
         let deadline = Instant::now() + START_WAIT;
-        while !self.answers_ping().await {
-            assert!(Instant::now() < deadline, "redis-server did not start");
+        loop {
+            if self.answers_ping().await {
+                return true;
+            }
+            let child = self.child.as_mut().expect("just started");
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return false;
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -91,6 +115,14 @@ impl RedisServer {
     pub fn client(&self) -> redis::Client {
         redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).expect("a Redis URL")
     }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 impl Drop for RedisServer {

@@ -18,21 +18,37 @@ struct Redis {
 
 impl Redis {
     async fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
         let mut redis = Self {
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             child: None,
         };
-        redis.spawn().await;
-        redis
+        // A port found free can be taken (by another test's outgoing connection) before
+        // redis-server binds it: then it exits at once, and another port is tried.
+        for _ in 0..5 {
+            if redis.try_spawn().await {
+                return redis;
+            }
+            redis.port = free_port();
+        }
+        panic!("redis-server did not start on any of five ports");
     }
 
+    /// Starts it again on the same port (after `kill`).
     async fn spawn(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.try_spawn().await {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Starts redis-server on this port; whether it accepts connections (false: it
+    /// exited, e.g. the port was taken).
+    async fn try_spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
@@ -44,10 +60,18 @@ impl Redis {
             .expect("redis-server must be installed");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
+                return true;
+            }
+            let child = self.child.as_mut().expect("just started");
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                self.child = None;
+                return false;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -72,6 +96,15 @@ impl Redis {
         })
         .await
     }
+}
+
+/// A port nothing listens on right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Drop for Redis {

@@ -69,15 +69,39 @@ impl PgServer {
                 dir.path().join("initdb.log").display()
             )));
         }
-        let port = free_port()?;
-        let child = spawn_postgres(&bin, dir.path(), &data, port, owner)?;
-        let server = Self {
-            port,
-            child: Mutex::new(Some(child)),
-            dir: Mutex::new(Some(dir)),
-        };
-        server.wait_ready(&bin)?;
-        Ok(server)
+        // A port found free can be taken (by another test's outgoing connection) before
+        // postgres binds it: then it exits at once, and another port is tried.
+        let mut dir = Some(dir);
+        let mut last_error = None;
+        for _ in 0..5 {
+            let port = free_port()?;
+            let home = dir.take().expect("kept between attempts");
+            let child = spawn_postgres(&bin, home.path(), &data, port, owner)?;
+            let server = Self {
+                port,
+                child: Mutex::new(Some(child)),
+                dir: Mutex::new(Some(home)),
+            };
+            match server.wait_ready(&bin) {
+                Ok(()) => return Ok(server),
+                Err(err) => {
+                    last_error = Some(err);
+                    let exited = server
+                        .child
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .as_mut()
+                        .is_some_and(|child| matches!(child.try_wait(), Ok(Some(_))));
+                    if !exited {
+                        break;
+                    }
+                    // Keep the data directory for the next port; `stop` would remove it.
+                    dir = server.dir.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    server.stop();
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| std::io::Error::other("postgres did not start")))
     }
 
     /// `postgres://postgres@127.0.0.1:PORT/<database>`
