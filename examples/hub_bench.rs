@@ -306,6 +306,9 @@ async fn sign_up_users(
 struct Cluster {
     script: String,
     dir: std::path::PathBuf,
+    /// Delete the directory on stop; false until the cluster has started, so that the
+    /// logs of a failed start stay for reading.
+    remove: bool,
 }
 
 impl Drop for Cluster {
@@ -314,7 +317,9 @@ impl Drop for Cluster {
         // so nothing else would stop them if this process went on or ended.
         let stopped = std::process::Command::new("bash")
             .arg(&self.script)
-            .args(["stop", "--rm", "--dir"])
+            .arg("stop")
+            .args(self.remove.then_some("--rm"))
+            .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
             .status();
@@ -329,12 +334,12 @@ impl Drop for Cluster {
     }
 }
 
-/// A process id written in a file of the cluster's directory.
-fn read_pid(path: &std::path::Path) -> u32 {
+/// A number (process id, port) written in a file of the cluster's directory.
+fn read_number(path: &std::path::Path) -> u32 {
     std::fs::read_to_string(path)
         .ok()
         .and_then(|s| s.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no process id in {}", path.display()))
+        .unwrap_or_else(|| panic!("no number in {}", path.display()))
 }
 
 /// Starts `--cluster-nodes` nodes on PostgreSQL and Redis with `scripts/cluster.sh`.
@@ -347,9 +352,10 @@ async fn start_cluster(opts: &Options, http: &reqwest::Client) -> Hub {
         .unwrap_or(0);
     let dir =
         std::env::temp_dir().join(format!("hub-bench-cluster-{}-{stamp}", std::process::id()));
-    let cluster = Cluster {
+    let mut cluster = Cluster {
         script: opts.cluster_script.clone(),
         dir: dir.clone(),
+        remove: false,
     };
     let nodes = opts.cluster_nodes.to_string();
     let started = tokio::time::timeout(
@@ -374,17 +380,18 @@ async fn start_cluster(opts: &Options, http: &reqwest::Client) -> Hub {
     .await;
     assert!(
         matches!(started, Ok(Ok(s)) if s.success()),
-        "the cluster did not start within 300 s (its files: {})",
+        "the cluster did not start (within 300 s): its logs are in {}",
         dir.display()
     );
     let mut ports = Vec::new();
     let mut pids = Vec::new();
     for i in 1..=opts.cluster_nodes {
         let node = dir.join(format!("node{i}"));
-        ports.push(read_pid(&node.join("port")) as u16);
-        pids.push(read_pid(&node.join("pid")));
+        ports.push(read_number(&node.join("port")) as u16);
+        pids.push(read_number(&node.join("pid")));
     }
-    let aux = vec![("redis", read_pid(&dir.join("redis/redis.pid")))];
+    cluster.remove = true;
+    let aux = vec![("redis", read_number(&dir.join("redis/redis.pid")))];
     let base = format!("http://127.0.0.1:{}", ports[0]);
     let (admin, users) = sign_up_users(http, &base, opts.connections).await;
     Hub {
