@@ -22,6 +22,13 @@
 //!    server's `VmRSS` before and after N sign-ups, 32 at a time (each hashes a
 //!    password), its peak meanwhile, and 5 s later.
 //!
+//! Hub `zerostate_cluster` is ZeroState on `--cluster-nodes` nodes (default 2) sharing
+//! PostgreSQL and Redis, started (and stopped, its directory deleted) with
+//! `scripts/cluster.sh` (`--cluster-script`). The connections go straight to the nodes'
+//! ports, round-robin (not through the script's nginx); every publish goes to the first
+//! node; RSS and CPU are summed over the node processes, and Redis's CPU time during the
+//! burst is printed as a note below the table.
+//!
 //! Every wait has a deadline and every loop a count; failures are counted and printed
 //! rather than hidden. Loopback only.
 //!
@@ -30,7 +37,7 @@
 //! CARGO_TARGET_DIR=/work/peers-target cargo build --release \
 //!     --manifest-path ../shared/peers/servers/Cargo.toml
 //! ./target/release/examples/hub_bench --bin target/release/zerostate \
-//!     --hubs zerostate,fastws,axum_tuned,node_ws --connections 5000 \
+//!     --hubs zerostate,zerostate_cluster,fastws,axum_tuned,node_ws --connections 5000 \
 //!     --peers-bin /work/peers-target/release --peers-node /work/peers-node
 //! ```
 //! Figures and the machine they came from go in `docs/BENCHMARKS.md`.
@@ -71,6 +78,10 @@ struct Options {
     peers_node: String,
     /// Sign-ups for the RSS-after-sign-ups phase (0: skipped).
     signups: usize,
+    /// Nodes of the `zerostate_cluster` hub.
+    cluster_nodes: usize,
+    /// The script that starts and stops a cluster (`scripts/cluster.sh`).
+    cluster_script: String,
 }
 
 fn parse_args() -> Options {
@@ -86,6 +97,8 @@ fn parse_args() -> Options {
         peers_bin: "/work/peers-target/release".into(),
         peers_node: "/work/peers-node".into(),
         signups: 0,
+        cluster_nodes: 2,
+        cluster_script: concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/cluster.sh").into(),
     };
     for (flag, value) in flags {
         let number = || -> usize {
@@ -103,6 +116,8 @@ fn parse_args() -> Options {
             "--peers-bin" => opts.peers_bin = value,
             "--peers-node" => opts.peers_node = value,
             "--signups" => opts.signups = number(),
+            "--cluster-nodes" => opts.cluster_nodes = number().max(1),
+            "--cluster-script" => opts.cluster_script = value,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -133,17 +148,45 @@ enum Kind {
     Peer,
 }
 
-/// A running hub: its base URL, process id and what keeps it alive.
+/// A running hub: where to publish, where to connect, its server processes and what
+/// keeps it alive.
 struct Hub {
     kind: Kind,
+    /// Base URL publishes go to (a cluster's first node).
     base: String,
-    pid: u32,
+    /// Ports the connections are spread over, round-robin (one per node).
+    ports: Vec<u16>,
+    /// The server processes whose RSS and CPU time are summed (one per node).
+    pids: Vec<u32>,
+    /// Other processes whose CPU time is reported beside (a cluster's Redis).
+    aux: Vec<(&'static str, u32)>,
     /// Admin token (ZeroState) for publishing.
     admin: String,
     /// One token per user (ZeroState) or user ids (peers); connection i uses `i % len`.
     users: Vec<String>,
     _server: Option<BenchServer>,
     _peer: Option<tokio::process::Child>,
+    _cluster: Option<Cluster>,
+}
+
+impl Hub {
+    /// Resident memory summed over the server processes, in KiB.
+    fn rss_kib(&self) -> u64 {
+        self.pids.iter().map(|&pid| rss_kib(pid)).sum()
+    }
+
+    /// CPU time summed over the server processes, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        self.pids.iter().map(|&pid| cpu_ticks(pid)).sum()
+    }
+}
+
+/// The port of a `http://host:port` base URL.
+fn port_of(base: &str) -> u16 {
+    base.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {base}"))
 }
 
 fn free_port() -> u16 {
@@ -156,6 +199,9 @@ fn free_port() -> u16 {
 async fn start_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Hub {
     if name == "zerostate" {
         return start_zerostate(opts, http).await;
+    }
+    if name == "zerostate_cluster" {
+        return start_cluster(opts, http).await;
     }
     let port = free_port();
     let mut command = match name {
@@ -173,7 +219,7 @@ async fn start_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Hub {
             c
         }
         other => panic!(
-            "unknown hub {other} (zerostate, fastws, axum_tuned, axum_default, tokiows, node_ws)"
+            "unknown hub {other} (zerostate, zerostate_cluster, fastws, axum_tuned, axum_default, tokiows, node_ws)"
         ),
     };
     let child = command
@@ -198,11 +244,14 @@ async fn start_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Hub {
     Hub {
         kind: Kind::Peer,
         base: format!("http://127.0.0.1:{port}"),
-        pid,
+        ports: vec![port],
+        pids: vec![pid],
+        aux: Vec::new(),
         admin: String::new(),
         users,
         _server: None,
         _peer: Some(child),
+        _cluster: None,
     }
 }
 
@@ -217,28 +266,145 @@ async fn start_zerostate(opts: &Options, http: &reqwest::Client) -> Hub {
         ],
     )
     .await;
-    let admin = server.sign_up_admin(http).await;
-    let count = opts.connections.div_ceil(CONNECTIONS_PER_USER);
-    // Sign-ups hash a password each: a few at a time.
-    let users: Vec<String> = futures_util::stream::iter(0..count)
-        .map(|i| {
-            let server = &server;
-            async move {
-                let (email, name) = (format!("load{i}@example.com"), format!("Load {i}"));
-                server.sign_up(http, &email, &name).await
-            }
-        })
-        .buffer_unordered(4)
-        .collect()
-        .await;
+    let (admin, users) = sign_up_users(http, &server.base, opts.connections).await;
     Hub {
         kind: Kind::ZeroState,
         base: server.base.clone(),
-        pid: server.pid,
+        ports: vec![port_of(&server.base)],
+        pids: vec![server.pid],
+        aux: Vec::new(),
         admin,
         users,
         _server: Some(server),
         _peer: None,
+        _cluster: None,
+    }
+}
+
+/// Signs up the admin and `ceil(connections / 100)` users at `base`; their tokens.
+async fn sign_up_users(
+    http: &reqwest::Client,
+    base: &str,
+    connections: usize,
+) -> (String, Vec<String>) {
+    let admin = support::sign_up_at(http, base, "bench@example.com", "Bench").await;
+    let count = connections.div_ceil(CONNECTIONS_PER_USER);
+    // Sign-ups hash a password each: a few at a time.
+    let users = futures_util::stream::iter(0..count)
+        .map(|i| async move {
+            let (email, name) = (format!("load{i}@example.com"), format!("Load {i}"));
+            support::sign_up_at(http, base, &email, &name).await
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
+    (admin, users)
+}
+
+/// A cluster started by `scripts/cluster.sh` in its own directory: PostgreSQL, Redis
+/// (AOF, fsync on every write), the nodes and nginx; stopped and deleted when dropped.
+struct Cluster {
+    script: String,
+    dir: std::path::PathBuf,
+    /// Delete the directory on stop; false until the cluster has started, so that the
+    /// logs of a failed start stay for reading.
+    remove: bool,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Synchronous on purpose: the processes are not children of this one (setsid),
+        // so nothing else would stop them if this process went on or ended.
+        let stopped = std::process::Command::new("bash")
+            .arg(&self.script)
+            .arg("stop")
+            .args(self.remove.then_some("--rm"))
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .status();
+        if !matches!(stopped, Ok(s) if s.success()) {
+            eprintln!(
+                "stopping the cluster in {} failed: stop it with {} stop --dir {}",
+                self.dir.display(),
+                self.script,
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// A number (process id, port) written in a file of the cluster's directory.
+fn read_number(path: &std::path::Path) -> u32 {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no number in {}", path.display()))
+}
+
+/// Starts `--cluster-nodes` nodes on PostgreSQL and Redis with `scripts/cluster.sh`.
+/// The connections go straight to the nodes' ports, round-robin (not through the
+/// script's nginx, which would add its own hop and CPU); publishes go to the first node.
+async fn start_cluster(opts: &Options, http: &reqwest::Client) -> Hub {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let dir =
+        std::env::temp_dir().join(format!("hub-bench-cluster-{}-{stamp}", std::process::id()));
+    let mut cluster = Cluster {
+        script: opts.cluster_script.clone(),
+        dir: dir.clone(),
+        remove: false,
+    };
+    let nodes = opts.cluster_nodes.to_string();
+    let started = tokio::time::timeout(
+        Duration::from_secs(300),
+        tokio::process::Command::new("bash")
+            .arg(&opts.cluster_script)
+            .args(["start", "--nodes", &nodes, "--bin", &opts.bin, "--dir"])
+            .arg(&dir)
+            .args([
+                "--",
+                "--no-builtin-agent",
+                "--registration-limit",
+                "0",
+                "--max-connections-per-address",
+                "0",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .status(),
+    )
+    .await;
+    assert!(
+        matches!(started, Ok(Ok(s)) if s.success()),
+        "the cluster did not start (within 300 s): its logs are in {}",
+        dir.display()
+    );
+    let mut ports = Vec::new();
+    let mut pids = Vec::new();
+    for i in 1..=opts.cluster_nodes {
+        let node = dir.join(format!("node{i}"));
+        ports.push(read_number(&node.join("port")) as u16);
+        pids.push(read_number(&node.join("pid")));
+    }
+    cluster.remove = true;
+    let aux = vec![("redis", read_number(&dir.join("redis/redis.pid")))];
+    let base = format!("http://127.0.0.1:{}", ports[0]);
+    let (admin, users) = sign_up_users(http, &base, opts.connections).await;
+    Hub {
+        kind: Kind::ZeroState,
+        base,
+        ports,
+        pids,
+        aux,
+        admin,
+        users,
+        _server: None,
+        _peer: None,
+        _cluster: Some(cluster),
     }
 }
 
@@ -303,12 +469,7 @@ type Ws = WebSocketStream<TcpStream>;
 
 async fn open(hub: &Hub, index: usize, since: Option<&str>) -> Result<Ws, String> {
     let source = std::net::Ipv4Addr::new(127, 0, 0, 2 + (index % SOURCE_ADDRESSES) as u8);
-    let port: u16 = hub
-        .base
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .ok_or("no port")?;
+    let port = hub.ports[index % hub.ports.len()];
     let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
     socket
         .bind((source, 0).into())
@@ -502,13 +663,17 @@ struct Row {
 async fn run_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Row {
     let n = opts.connections;
     let mut row = Row {
-        name: name.to_owned(),
+        name: if name == "zerostate_cluster" {
+            format!("{name} ({} nodes)", opts.cluster_nodes)
+        } else {
+            name.to_owned()
+        },
         ..Row::default()
     };
     eprintln!("[{name}] starting");
     let hub = start_hub(name, opts, http).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    row.rss_before_kib = rss_kib(hub.pid);
+    row.rss_before_kib = hub.rss_kib();
 
     // Handshakes (authenticated for ZeroState) and idle memory.
     let tally = Arc::new(Tally::default());
@@ -530,7 +695,7 @@ async fn run_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Row {
         ));
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    row.rss_after_kib = rss_kib(hub.pid);
+    row.rss_after_kib = hub.rss_kib();
     row.kib_per_conn =
         row.rss_after_kib.saturating_sub(row.rss_before_kib) as f64 / open.max(1) as f64;
 
@@ -562,7 +727,8 @@ async fn run_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Row {
     let before = tally.received.load(Ordering::SeqCst);
     let target = before + open * opts.burst;
     tally.arm(target);
-    let cpu_before = cpu_ticks(hub.pid);
+    let cpu_before = hub.cpu_ticks();
+    let aux_before: Vec<u64> = hub.aux.iter().map(|&(_, pid)| cpu_ticks(pid)).collect();
     let started = Instant::now();
     for _ in 0..opts.burst {
         if !broadcast(http, &hub, seq).await {
@@ -575,7 +741,14 @@ async fn run_hub(name: &str, opts: &Options, http: &reqwest::Client) -> Row {
     row.burst_complete = tally.wait(&tally.received, target).await;
     let secs = started.elapsed().as_secs_f64();
     let delivered = tally.received.load(Ordering::SeqCst) - before;
-    let cpu_s = (cpu_ticks(hub.pid).saturating_sub(cpu_before)) as f64 / support::clock_ticks();
+    let cpu_s = (hub.cpu_ticks().saturating_sub(cpu_before)) as f64 / support::clock_ticks();
+    for (&(what, pid), before) in hub.aux.iter().zip(aux_before) {
+        let secs = cpu_ticks(pid).saturating_sub(before) as f64 / support::clock_ticks();
+        row.notes.push(format!(
+            "{what} CPU during the burst: {secs:.2} s ({:.2} µs/delivered msg, not in the column)",
+            secs * 1e6 / delivered.max(1) as f64
+        ));
+    }
     row.burst_msgs_per_s = delivered as f64 / secs;
     row.cpu_us_per_msg = cpu_s * 1e6 / delivered.max(1) as f64;
     if !row.burst_complete {

@@ -88,17 +88,7 @@ impl BenchServer {
     /// Signs up an account (password hashing takes a while under load: 60 s allowed)
     /// and returns its session token.
     pub async fn sign_up(&self, http: &reqwest::Client, email: &str, name: &str) -> String {
-        let body: serde_json::Value = http
-            .post(format!("{}/api/v1/users/register", self.base))
-            .json(&serde_json::json!({"email": email, "password": "bench password", "full_name": name}))
-            .timeout(std::time::Duration::from_secs(60))
-            .send()
-            .await
-            .expect("register")
-            .json()
-            .await
-            .expect("register body");
-        body["token"].as_str().expect("token").to_owned()
+        sign_up_at(http, &self.base, email, name).await
     }
 
     /// Registers one agent with the `general` capability; returns its agent token.
@@ -130,6 +120,22 @@ impl BenchServer {
             .expect("connect");
         ws
     }
+}
+
+/// Signs up an account at the server `base` (60 s allowed: password hashing is slow
+/// under load) and returns its session token.
+pub async fn sign_up_at(http: &reqwest::Client, base: &str, email: &str, name: &str) -> String {
+    let body: serde_json::Value = http
+        .post(format!("{base}/api/v1/users/register"))
+        .json(&serde_json::json!({"email": email, "password": "bench password", "full_name": name}))
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("register body");
+    body["token"].as_str().expect("token").to_owned()
 }
 
 /// Posts `body` as JSON with `token` as the bearer; returns the status and the JSON
