@@ -42,7 +42,8 @@ function startOfDay(ms) {
 
 /**
  * Even ticks between t0 and t1 at round local times (every 5 min … 2 days), as many as
- * fit in `room`; a tick at midnight is labelled with its date, the others with the time.
+ * fit in `room`; a tick at midnight is labelled with its date, the others with the time,
+ * and no label appears twice.
  */
 export function timeTicks(t0, t1, room) {
   const span = Math.max(1, t1 - t0);
@@ -59,7 +60,10 @@ export function timeTicks(t0, t1, room) {
       : d.toLocaleTimeString(undefined, { hour: '2-digit', minute: '2-digit', hour12: false });
     ticks.push({ t, label });
   }
-  return ticks;
+  // A window of exactly whole days that starts on a tick ends on one with the same time
+  // of day (18:00 … 18:00 over 24 hours): keep the later one, so no label repeats.
+  const later = new Set();
+  return ticks.reverse().filter(({ label }) => !later.has(label) && later.add(label)).reverse();
 }
 
 /** Lines for submitted / completed / failed per time bucket, drawn at the chart's real width. */
