@@ -106,4 +106,39 @@ describe('tasks page', () => {
     assert.deepEqual(context.problems, []);
     await context.close();
   });
+  // The list is fetched while the socket is already delivering: a task that finishes
+  // before the (older) list answer arrives must not be drawn back as queued.
+  for (const path of ['/tasks.html', '/dashboard.html']) {
+    it(`keeps an update that arrived while the list was loading (${path})`, { timeout: 60000 }, async () => {
+      const runAt = new Date(Date.now() + 1500).toISOString();
+      const sub = await apiCall(env.server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `late list ${Date.now()}`, run_at: runAt }, expect: 202 });
+      const id = sub.body.task_id;
+      const context = await signedInContext(env.browser, env.server, user.token);
+      let held = 0;
+      let released;
+      const answered = new Promise((resolve) => { released = resolve; });
+      await context.route(/\/api\/v1\/tasks\?/, async (route) => {
+        if (held++ > 0) return route.continue();
+        const stale = await route.fetch(); // answered now, while the task is queued
+        assert.equal((await stale.json()).tasks.find((t) => t.id === id)?.status, 'queued');
+        for (const deadline = Date.now() + 30000; Date.now() < deadline;) {
+          const t = await apiCall(env.server, 'GET', `/api/v1/tasks/${id}`, { token: user.token });
+          if (t.body.status === 'completed') break;
+          await new Promise((r) => setTimeout(r, 200));
+        }
+        await new Promise((r) => setTimeout(r, 500)); // the updates reach the page first
+        await route.fulfill({ response: stale });
+        released();
+      });
+      const page = await context.newPage();
+      await page.goto(`${env.server.url}${path}`);
+      await waitForConnected(page);
+      const root = path === '/tasks.html' ? '#task-list' : '#recent-tasks';
+      await answered;
+      await new Promise((r) => setTimeout(r, 500)); // the page has drawn the stale answer
+      await waitTaskStatus(page, { server: env.server, token: user.token, root, id, timeout: 5000 });
+      assert.deepEqual(context.problems, []);
+      await context.close();
+    });
+  }
 });

@@ -83,3 +83,38 @@ export function patchTaskRow(row, update) {
 export function findTaskRow(root, id) {
   return root.querySelector(`[data-task-id="${cssEscape(id)}"]`);
 }
+
+/**
+ * Updates that arrive while a list of tasks is being fetched. The fetch may be answered
+ * from a snapshot taken before them, so they are applied again to the rows it brings;
+ * without this a task that finished during the fetch would stay "queued" on the page.
+ */
+export function updatesDuringFetch(limit = 1000) {
+  const open = new Set();
+  return {
+    /** Call with every task_update. */
+    note(update) {
+      if (!update || !update.task_id) return;
+      for (const seen of open) {
+        if (seen.size < limit || seen.has(update.task_id)) seen.set(update.task_id, update);
+      }
+    },
+    /** Runs `fetch()`; answers its result and the updates that came meanwhile, by task id. */
+    async during(fetch) {
+      const seen = new Map();
+      open.add(seen);
+      try {
+        return [await fetch(), seen];
+      } finally {
+        open.delete(seen);
+      }
+    },
+    /** Applies the updates that came during a fetch to the rows now in `root`. */
+    apply(root, seen) {
+      for (const [id, update] of seen) {
+        const row = findTaskRow(root, id);
+        if (row) patchTaskRow(row, update);
+      }
+    },
+  };
+}

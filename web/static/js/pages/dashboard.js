@@ -1,7 +1,7 @@
 // /dashboard.html: counts by status, success rate, agents online, recent tasks
 // and the user's notifications (from the server's message history), all live.
 import { initPage, api, el, replaceChildren, formatRate, summaryRate, debounce, onRealtime, fetchNotifications, timeAgo, reportError } from '../app.js';
-import { taskRow, findTaskRow } from '../task-view.js';
+import { taskRow, findTaskRow, updatesDuringFetch } from '../task-view.js';
 
 const RECENT = 10;
 const list = document.getElementById('recent-tasks');
@@ -22,10 +22,13 @@ async function loadSummary() {
   setStat('stat-agents-online', `${agents.online ?? 0} / ${agents.total ?? 0}`);
 }
 
+const listUpdates = updatesDuringFetch();
+
 async function loadTasks() {
-  const body = await api(`/api/v1/tasks?limit=${RECENT}`);
+  const [body, late] = await listUpdates.during(() => api(`/api/v1/tasks?limit=${RECENT}`));
   const tasks = (body && body.tasks) || [];
   replaceChildren(list, tasks.map((t) => taskRow(t, { actions: detailLink })));
+  listUpdates.apply(list, late);
   empty.hidden = tasks.length > 0;
 }
 
@@ -56,6 +59,7 @@ const refreshTasks = debounce(() => {
 async function main() {
   await initPage('dashboard');
   onRealtime('task_update', (data) => {
+    listUpdates.note(data);
     // The row itself is patched by realtime-ui.js; a new task brings the list up to date.
     if (!findTaskRow(list, data.task_id)) refreshTasks();
     refresh();

@@ -3,7 +3,7 @@
 // reachable by link, closed by Escape, Close or Back, with the live output stream,
 // the attempts, the timings, why a queued task waits, and cancel / retry.
 import { initPage, api, el, replaceChildren, clear, debounce, onRealtime, formatTime, formatMs, showFormError, qs, toast, reportError } from '../app.js';
-import { taskRow, patchTaskRow, findTaskRow, statusBadge, progressBar, FINAL } from '../task-view.js';
+import { taskRow, patchTaskRow, findTaskRow, statusBadge, progressBar, FINAL, updatesDuringFetch } from '../task-view.js';
 
 const list = document.getElementById('task-list');
 const empty = document.getElementById('tasks-empty');
@@ -24,6 +24,7 @@ const agents = new Map();
 const fetching = new Set();
 /** The newest task_update of tasks whose row is not on the page yet (being fetched). */
 const pendingUpdates = new Map();
+const listUpdates = updatesDuringFetch();
 
 // ------------------------------------------------------------------ agents
 async function loadAgents() {
@@ -88,9 +89,15 @@ function matchesFilters(task) {
   return true;
 }
 
-function insertRow(task) {
+/**
+ * Shows a fetched task, at the top (a new one) or the bottom (a list page). An update
+ * that arrived while the task was being fetched is applied on top of the snapshot:
+ * the fetch may have been answered before that update was made.
+ */
+function insertRow(task, { atEnd = false } = {}) {
   const row = makeRow(task);
-  list.prepend(row);
+  if (atEnd) list.appendChild(row);
+  else list.prepend(row);
   const late = pendingUpdates.get(row.dataset.taskId);
   pendingUpdates.delete(row.dataset.taskId);
   if (late) patchTaskRow(row, late);
@@ -108,13 +115,14 @@ function refreshEmpty() {
 
 async function loadTasks({ append = false } = {}) {
   const generation = append ? listGeneration : ++listGeneration;
-  const body = await api(`/api/v1/tasks${qs({ ...filterValues(), limit: 50, cursor: append ? nextCursor : null })}`);
+  const [body, late] = await listUpdates.during(() => api(`/api/v1/tasks${qs({ ...filterValues(), limit: 50, cursor: append ? nextCursor : null })}`));
   if (generation !== listGeneration) return; // the filters changed meanwhile
   const tasks = (body && body.tasks) || [];
   if (!append) clear(list);
   for (const t of tasks) {
-    if (!findTaskRow(list, t.id)) list.appendChild(makeRow(t));
+    if (!findTaskRow(list, t.id)) insertRow(t, { atEnd: true });
   }
+  listUpdates.apply(list, late);
   nextCursor = (body && body.next_cursor) || null;
   loadMoreBtn.hidden = !nextCursor;
   refreshEmpty();
@@ -126,6 +134,7 @@ async function addTask(id) {
   fetching.add(id);
   try {
     const task = await api(`/api/v1/tasks/${encodeURIComponent(id)}`).then((b) => b.task || b).catch(() => null);
+    if (task && !matchesFilters(task)) pendingUpdates.delete(id); // not shown: keep the map small
     if (!task || findTaskRow(list, id) || !matchesFilters(task)) return;
     insertRow(task);
   } finally {
@@ -553,6 +562,7 @@ async function main() {
 
   onRealtime('task_update', (data) => {
     if (!data || !data.task_id) return;
+    listUpdates.note(data);
     // Rows and badges are patched by realtime-ui.js; here: rows not shown yet, the
     // Cancel button, and the open detail.
     const row = findTaskRow(list, data.task_id);
