@@ -8,7 +8,7 @@
 //! `--submitters` clients submit `--tasks` tasks. The clock stops when the WebSocket has
 //! received every task's `completed` update (and all six updates per task are counted).
 //! It reports the submit rate, the end-to-end rate, and the submit → completed latency
-//! percentiles.
+//! percentiles, and the server's CPU time per task (from `/proc`).
 //!
 //! ```sh
 //! cargo build --release --examples
@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{percentile, post, BenchServer};
+use support::{clock_ticks, cpu_ticks, percentile, post, BenchServer};
 use tokio_tungstenite::tungstenite::Message;
 
 struct Options {
@@ -140,6 +140,7 @@ async fn main() {
         })
         .collect();
     let started = Instant::now();
+    let cpu_before = cpu_ticks(server.pid);
     let next = Arc::new(AtomicUsize::new(0));
     let submitters: Vec<_> = (0..opts.submitters.max(1))
         .map(|_| {
@@ -175,6 +176,8 @@ async fn main() {
         }
     }
     let finished = started.elapsed().as_secs_f64();
+    // The server's own CPU per task: steadier than the rate on a shared machine.
+    let cpu_s = cpu_ticks(server.pid).saturating_sub(cpu_before) as f64 / clock_ticks();
     for w in workers {
         let _ = tokio::time::timeout(Duration::from_secs(30), w).await;
     }
@@ -225,6 +228,12 @@ async fn main() {
         opts.tasks as f64 / finished,
         latencies.len(),
         opts.tasks * 6
+    );
+    println!(
+        "server CPU: {:.2} s, {:.2} ms per task ({:.0}% of one core while running)",
+        cpu_s,
+        cpu_s * 1000.0 / opts.tasks as f64,
+        cpu_s * 100.0 / finished
     );
     println!(
         "submit -> completed: p50 {:.0} ms, p95 {:.0} ms, p99 {:.0} ms",

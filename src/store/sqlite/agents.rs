@@ -130,7 +130,7 @@ impl AgentStore for SqliteStore {
             "SELECT {AGENT_COLUMNS} FROM agents WHERE agents.id = ?1"
         ))
         .bind(id.to_string())
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         agent_from_row(&row)
     }
@@ -140,7 +140,7 @@ impl AgentStore for SqliteStore {
             "SELECT {AGENT_COLUMNS} FROM agents WHERE agents.token_hash = ?1"
         ))
         .bind(hash)
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         agent_from_row(&row)
     }
@@ -164,7 +164,7 @@ impl AgentStore for SqliteStore {
         .bind(filter.cursor)
         .bind(limit + 1)
         .bind(filter.visible_to.map(|u| u.to_string()))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         page(rows, limit as usize)
     }
@@ -276,7 +276,7 @@ impl AgentStore for SqliteStore {
 
     async fn admin_ids(&self) -> Result<Vec<UserId>, StoreError> {
         let rows = sqlx::query("SELECT id FROM users WHERE role = 'admin'")
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         rows.iter()
             .map(|row| Ok(UserId::parse(row.try_get("id")?)?))
@@ -378,7 +378,7 @@ impl AgentStore for SqliteStore {
               WHERE ?1 IS NULL OR owner_id = ?1 OR shared = 1 OR system_key IS NOT NULL",
         )
         .bind(viewer.map(|u| u.to_string()))
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         Ok((row.try_get("total")?, row.try_get("online")?))
     }

@@ -115,7 +115,7 @@ impl MessageStore for SqliteStore {
             .await?;
         let epoch: String = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?1")
             .bind(EPOCH_KEY)
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         Ok(epoch)
     }
@@ -126,7 +126,7 @@ impl MessageStore for SqliteStore {
         let seq: i64 = sqlx::query_scalar(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0)",
         )
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         Ok(seq)
     }
@@ -192,7 +192,7 @@ impl MessageStore for SqliteStore {
         .bind(user.to_string())
         .bind(upto)
         .bind(BROADCAST_STREAM)
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         Ok(MessagePosition {
             latest: row.try_get("latest")?,
@@ -222,7 +222,7 @@ impl MessageStore for SqliteStore {
         .bind(after)
         .bind(upto)
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|row| {
@@ -270,7 +270,7 @@ impl MessageStore for SqliteStore {
 
     async fn message_count(&self) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM messages")
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         Ok(u64::try_from(n).unwrap_or_default())
     }

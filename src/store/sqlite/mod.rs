@@ -6,6 +6,14 @@
 //! outbox rows, see `outbox.rs`) starts with its write, so no transaction ever has to
 //! upgrade from a read lock to a write lock, which SQLite answers with an immediate
 //! `BUSY`.
+//!
+//! Writes go through a pool of one connection, reads through a pool of several. Two
+//! connections that write at once make SQLite's busy handler put the loser to sleep
+//! (1, 2, 5, 10… ms, whatever the other holds the lock for), which under a few dozen
+//! concurrent requests cost seconds: a queue in front of the one writer (the pool's
+//! fair acquire) wastes nothing, and readers never wait for it in WAL mode. So a
+//! statement that writes uses [`SqliteStore::pool`]; one that only reads uses
+//! [`SqliteStore::reader`] and sees every commit made before it started.
 
 mod agents;
 mod messages;
@@ -22,11 +30,17 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A connection pool to one SQLite database.
+/// Connection pools to one SQLite database: the writer and the readers.
 #[derive(Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    /// One connection: every statement that writes.
+    writer: SqlitePool,
+    /// Several connections: statements that only read.
+    readers: SqlitePool,
 }
+
+/// Connections that only read (WAL readers do not wait for the writer).
+const READERS: u32 = 8;
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and applies pending migrations.
@@ -49,31 +63,48 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            // An embedded database cannot hang up: pinging each connection before every
-            // use would double the worker-thread round trips of every query.
-            .test_before_acquire(false)
-            .acquire_timeout(Duration::from_secs(15))
-            .connect_with(options)
-            .await?;
+        let in_memory = options.get_filename() == Path::new(":memory:");
+        let writer = pool(options.clone(), 1).await?;
         sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
+            .run(&writer)
             .await
             .map_err(|e| StoreError::Database(e.into()))?;
-        Ok(Self { pool })
+        // An in-memory database exists once per connection: one pool for everything.
+        let readers = if in_memory {
+            writer.clone()
+        } else {
+            pool(options, READERS).await?
+        };
+        Ok(Self { writer, readers })
     }
 
-    /// The pool, for the area modules.
+    /// The writer, for statements and transactions that write.
     fn pool(&self) -> &SqlitePool {
-        &self.pool
+        &self.writer
     }
+
+    /// The readers, for statements that only read.
+    fn reader(&self) -> &SqlitePool {
+        &self.readers
+    }
+}
+
+/// A pool of `size` connections with `options`.
+async fn pool(options: SqliteConnectOptions, size: u32) -> Result<SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new()
+        .max_connections(size)
+        // An embedded database cannot hang up: pinging each connection before every
+        // use would double the worker-thread round trips of every query.
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(15))
+        .connect_with(options)
+        .await?)
 }
 
 #[async_trait]
 impl HealthCheck for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(self.pool()).await?;
+        sqlx::query("SELECT 1").execute(self.reader()).await?;
         Ok(())
     }
 }

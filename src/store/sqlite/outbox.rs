@@ -51,7 +51,7 @@ impl OutboxStore for SqliteStore {
             "SELECT id, user_id, type, data, created_at FROM outbox ORDER BY id LIMIT ?1",
         )
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|row| {

@@ -105,7 +105,7 @@ impl OutputStore for SqliteStore {
         .bind(task.to_string())
         .bind(i64::try_from(after).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|row| {

@@ -232,7 +232,7 @@ impl TaskStore for SqliteStore {
     async fn task(&self, id: TaskId) -> Result<TaskRecord, StoreError> {
         let row = sqlx::query(&format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))
             .bind(id.to_string())
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         task_from_row(&row)
     }
@@ -258,7 +258,7 @@ impl TaskStore for SqliteStore {
         .bind(filter.agent_id.map(|a| a.to_string()))
         .bind(filter.cursor)
         .bind(limit + 1)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         let limit = limit as usize;
         let more = rows.len() > limit;
@@ -552,7 +552,7 @@ impl TaskStore for SqliteStore {
                FROM task_attempts WHERE task_id = ?1 ORDER BY id",
         )
         .bind(id.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|row| {
@@ -576,7 +576,7 @@ impl TaskStore for SqliteStore {
         let rows = sqlx::query(STANDING_SQL)
             .bind(task.id.to_string())
             .bind(to_millis(at))
-            .fetch_all(self.pool())
+            .fetch_all(self.reader())
             .await?;
         let Some(me) = rows
             .iter()
@@ -619,7 +619,7 @@ impl TaskStore for SqliteStore {
             "SELECT capability, COUNT(*) AS n FROM tasks WHERE status = 'queued'
              GROUP BY capability",
         )
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         let queued = rows
             .iter()
@@ -634,7 +634,7 @@ impl TaskStore for SqliteStore {
             "SELECT (SELECT COUNT(*) FROM tasks WHERE status = 'running') AS running,
                     (SELECT COUNT(*) FROM agents WHERE online = 1) AS online",
         )
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         Ok(QueueGauges {
             queued,
@@ -655,7 +655,7 @@ impl TaskStore for SqliteStore {
         )
         .bind(user.map(|u| u.to_string()))
         .bind(to_millis(since))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter()
             .map(|row| {

@@ -86,7 +86,7 @@ impl UserStore for SqliteStore {
     async fn user_by_id(&self, id: UserId) -> Result<User, StoreError> {
         let row = sqlx::query(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
             .bind(id.to_string())
-            .fetch_one(self.pool())
+            .fetch_one(self.reader())
             .await?;
         user_from_row(&row)
     }
@@ -96,7 +96,7 @@ impl UserStore for SqliteStore {
             "SELECT {USER_COLUMNS} FROM users WHERE email = ?1"
         ))
         .bind(email.as_str())
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         Ok(UserCredentials {
             user: user_from_row(&row)?,
@@ -145,7 +145,7 @@ impl UserStore for SqliteStore {
     async fn user_exists(&self, id: UserId) -> Result<bool, StoreError> {
         let found = sqlx::query("SELECT 1 FROM users WHERE id = ?1")
             .bind(id.to_string())
-            .fetch_optional(self.pool())
+            .fetch_optional(self.reader())
             .await?;
         Ok(found.is_some())
     }
@@ -169,7 +169,7 @@ impl UserStore for SqliteStore {
             "SELECT id, user_id, created_at, expires_at, revoked_at FROM sessions WHERE id = ?1",
         )
         .bind(id.to_string())
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         session_from_row(&row)
     }
@@ -238,7 +238,7 @@ impl UserStore for SqliteStore {
             "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?1"
         ))
         .bind(hash)
-        .fetch_one(self.pool())
+        .fetch_one(self.reader())
         .await?;
         key_from_row(&row)
     }
@@ -258,7 +258,7 @@ impl UserStore for SqliteStore {
              ORDER BY created_at DESC, id DESC"
         ))
         .bind(user.to_string())
-        .fetch_all(self.pool())
+        .fetch_all(self.reader())
         .await?;
         rows.iter().map(key_from_row).collect()
     }
