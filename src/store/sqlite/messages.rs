@@ -5,7 +5,7 @@
 //! then delete what lies at or below it. Between the two (or after a crash between
 //! them) a resume can only be answered `reset` too eagerly, never replayed with a hole.
 
-use super::SqliteStore;
+use super::{SqliteStore, WriteTx, BEGIN, COMMIT};
 use crate::domain::UserId;
 use crate::store::{MessagePosition, MessageRow, MessageStore, NewMessage, StoreError};
 use async_trait::async_trait;
@@ -22,13 +22,16 @@ const ROWS_PER_INSERT: usize = 100;
 
 /// Appends a batch in which every message has an idempotency key, with one multi-row
 /// INSERT per `ROWS_PER_INSERT` (rows get their `seq` in VALUES order) and one read of
-/// the earlier positions of keys already present.
+/// the earlier positions of keys already present. The first INSERT opens the
+/// transaction and the last commits it; the read comes after, on the same (writer)
+/// connection, so nothing can remove those rows in between.
 async fn append_keyed(
-    conn: &mut sqlx::SqliteConnection,
+    mut tx: WriteTx,
     batch: &[NewMessage<'_>],
 ) -> Result<Vec<(i64, bool)>, StoreError> {
     let mut fresh = std::collections::HashMap::with_capacity(batch.len());
-    for chunk in batch.chunks(ROWS_PER_INSERT) {
+    let chunks = batch.chunks(ROWS_PER_INSERT).count();
+    for (n, chunk) in batch.chunks(ROWS_PER_INSERT).enumerate() {
         let values = (0..chunk.len())
             .map(|i| {
                 let p = i * 5;
@@ -43,9 +46,11 @@ async fn append_keyed(
             })
             .collect::<Vec<_>>()
             .join(", ");
+        let begin = if n == 0 { BEGIN } else { "" };
+        let commit = if n + 1 == chunks { COMMIT } else { "" };
         let sql = format!(
-            "INSERT INTO messages (user_id, type, data, created_at, dedupe) VALUES {values}
-             ON CONFLICT DO NOTHING RETURNING seq, dedupe"
+            "{begin}INSERT INTO messages (user_id, type, data, created_at, dedupe) VALUES {values}
+             ON CONFLICT DO NOTHING RETURNING seq, dedupe{commit}"
         );
         let mut query = sqlx::query(&sql);
         for m in chunk {
@@ -56,13 +61,16 @@ async fn append_keyed(
                 .bind(m.created_at_ms)
                 .bind(m.dedupe);
         }
-        for row in query.fetch_all(&mut *conn).await? {
+        let conn = if n == 0 { tx.opening() } else { tx.conn() };
+        // All rows: the COMMIT after the last INSERT must run too.
+        for row in query.fetch_all(conn).await? {
             fresh.insert(
                 row.try_get::<i64, _>("dedupe")?,
                 row.try_get::<i64, _>("seq")?,
             );
         }
     }
+    tx.committed();
     let mut earlier = std::collections::HashMap::new();
     if fresh.len() < batch.len() {
         // Only the dedupe key can conflict (`seq` is generated).
@@ -77,7 +85,7 @@ async fn append_keyed(
             "SELECT seq, dedupe FROM messages WHERE dedupe IN (SELECT value FROM json_each(?1))",
         )
         .bind(format!("[{keys}]"))
-        .fetch_all(&mut *conn)
+        .fetch_all(tx.conn())
         .await?;
         for row in rows {
             earlier.insert(
@@ -138,13 +146,11 @@ impl MessageStore for SqliteStore {
     ) -> Result<Vec<(i64, bool)>, StoreError> {
         // Every statement's first step is the INSERT, so the transaction holds the
         // write lock from its start (no read-then-upgrade).
-        let mut tx = self.pool().begin().await?;
         if batch.len() > 1 && batch.iter().all(|m| m.dedupe.is_some()) {
             // The relay's batches: few statements, so the write lock is held briefly.
-            let out = append_keyed(&mut tx, batch).await?;
-            tx.commit().await?;
-            return Ok(out);
+            return append_keyed(self.write_tx().await?, batch).await;
         }
+        let mut tx = self.pool().begin().await?;
         let mut out = Vec::with_capacity(batch.len());
         for m in batch {
             let seq: Option<i64> = sqlx::query_scalar(

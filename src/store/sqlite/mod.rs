@@ -83,9 +83,89 @@ impl SqliteStore {
         &self.writer
     }
 
+    /// The writer connection, for a [`WriteTx`].
+    async fn write_tx(&self) -> Result<WriteTx, StoreError> {
+        Ok(WriteTx {
+            conn: self.writer.acquire().await?,
+            open: false,
+        })
+    }
+
     /// The readers, for statements that only read.
     fn reader(&self) -> &SqlitePool {
         &self.readers
+    }
+}
+
+/// Opens a [`WriteTx`]: put it in front of the transaction's first statement.
+pub(super) const BEGIN: &str = "BEGIN IMMEDIATE;\n";
+/// Closes a [`WriteTx`]: put it after the transaction's last statement.
+pub(super) const COMMIT: &str = ";\nCOMMIT";
+
+/// A write transaction on the writer connection whose `BEGIN` is sent with its first
+/// statement and whose `COMMIT` with its last, in one query text each.
+///
+/// sqlx runs each SQLite connection on a thread of its own and every command is a
+/// round trip to it (a channel send and a thread wake-up each way). Through `Pool::begin`
+/// a change and its outbox row take four (`BEGIN`, the change, the outbox rows,
+/// `COMMIT`), and the one writer connection is held for all of them: on the task
+/// pipeline these round trips, not SQLite's work, bound the rate. Here they take two.
+///
+/// sqlx does not know about this transaction, so this guard does: dropped while it is
+/// open (an error between the statements, or the request went away mid-transaction) it
+/// closes the connection instead of returning it to the pool, and SQLite rolls the
+/// transaction back; the pool opens a fresh connection for the next writer.
+pub(super) struct WriteTx {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    /// `BEGIN` may have run and neither `COMMIT` nor `ROLLBACK` has.
+    open: bool,
+}
+
+impl WriteTx {
+    /// The connection, for the statement that opens the transaction (its text starts
+    /// with [`BEGIN`]).
+    pub(super) fn opening(&mut self) -> &mut sqlx::SqliteConnection {
+        self.open = true;
+        &mut self.conn
+    }
+
+    /// The connection, for a statement inside the open transaction.
+    pub(super) fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.conn
+    }
+
+    /// The connection, for the statement that closes the transaction (its text ends
+    /// with [`COMMIT`]); call [`WriteTx::committed`] once it has run.
+    pub(super) fn closing(&mut self) -> &mut sqlx::SqliteConnection {
+        &mut self.conn
+    }
+
+    /// The closing statement ran: the transaction is committed.
+    pub(super) fn committed(&mut self) {
+        self.open = false;
+    }
+
+    /// Commits with a statement of its own (when the last statement could not carry it).
+    pub(super) async fn commit(mut self) -> Result<(), StoreError> {
+        sqlx::query("COMMIT").execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+
+    /// Rolls back: nothing changed, or the change is not wanted.
+    pub(super) async fn rollback(mut self) -> Result<(), StoreError> {
+        sqlx::query("ROLLBACK").execute(&mut *self.conn).await?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for WriteTx {
+    fn drop(&mut self) {
+        if self.open {
+            // Nobody will finish it: a closed connection's transaction is rolled back.
+            self.conn.close_on_drop();
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The transactional outbox on SQLite: the rows a change writes in its own transaction
 //! (see `store::outbox`), and the relay's reads and removes.
 
-use super::SqliteStore;
+use super::{SqliteStore, WriteTx, COMMIT};
 use crate::domain::UserId;
 use crate::store::{Announce, Announcement, OutboxRow, OutboxStore, StoreError};
 use async_trait::async_trait;
@@ -23,24 +23,56 @@ pub(super) async fn write(
 ) -> Result<(), StoreError> {
     let now = chrono::Utc::now().timestamp_millis();
     for chunk in items.chunks(ROWS_PER_INSERT) {
-        let values = (0..chunk.len())
-            .map(|i| {
-                let p = i * 4;
-                format!("(?{}, ?{}, ?{}, ?{})", p + 1, p + 2, p + 3, p + 4)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!("INSERT INTO outbox (user_id, type, data, created_at) VALUES {values}");
-        let mut query = sqlx::query(&sql);
-        for item in chunk {
-            query = query
-                .bind(item.recipient.map(|u| u.to_string()))
-                .bind(item.kind)
-                .bind(&item.data_json)
-                .bind(now);
-        }
-        query.execute(&mut *conn).await?;
+        insert(&mut *conn, chunk, now, "").await?;
     }
+    Ok(())
+}
+
+/// Writes the announcements into the outbox and commits the change they announce, the
+/// `COMMIT` riding on the last insert.
+pub(super) async fn write_and_commit(
+    mut tx: WriteTx,
+    items: &[Announcement],
+) -> Result<(), StoreError> {
+    let now = chrono::Utc::now().timestamp_millis();
+    let chunks: Vec<_> = items.chunks(ROWS_PER_INSERT).collect();
+    let Some((last, rest)) = chunks.split_last() else {
+        return tx.commit().await;
+    };
+    for chunk in rest {
+        insert(tx.conn(), chunk, now, "").await?;
+    }
+    insert(tx.closing(), last, now, COMMIT).await?;
+    tx.committed();
+    Ok(())
+}
+
+/// Runs one multi-row INSERT of `chunk` on `conn`, followed by `then` (nothing, or
+/// [`COMMIT`]).
+async fn insert(
+    conn: &mut SqliteConnection,
+    chunk: &[Announcement],
+    now: i64,
+    then: &str,
+) -> Result<(), StoreError> {
+    let values = (0..chunk.len())
+        .map(|i| {
+            let p = i * 4;
+            format!("(?{}, ?{}, ?{}, ?{})", p + 1, p + 2, p + 3, p + 4)
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    // sqlx keeps prepared statements by text; the text is one of a few hundred shapes.
+    let sql = format!("INSERT INTO outbox (user_id, type, data, created_at) VALUES {values}{then}");
+    let mut query = sqlx::query(&sql);
+    for item in chunk {
+        query = query
+            .bind(item.recipient.map(|u| u.to_string()))
+            .bind(item.kind)
+            .bind(&item.data_json)
+            .bind(now);
+    }
+    query.execute(conn).await?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@
 //! (`store::outbox`).
 
 use super::outbox::{self, announcements};
-use super::SqliteStore;
+use super::{SqliteStore, WriteTx, BEGIN, COMMIT};
 use crate::domain::{AgentId, AttemptOutcome, Capability, Priority, TaskId, TaskStatus, UserId};
 use crate::store::tasks::{fair_position, Rival};
 use crate::store::{
@@ -187,29 +187,28 @@ impl TaskStore for SqliteStore {
         let created_at = to_millis(new.created_at);
         // The first statement writes, so the transaction holds the write lock from its
         // start: no read-then-upgrade, no BUSY between the key and the task.
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let Some(key) = &new.idempotency_key else {
-            let task = insert_row(&mut tx, new).await?;
-            outbox::write(&mut tx, &announce(&task)).await?;
-            tx.commit().await?;
+            let task = insert_row(tx.opening(), BEGIN, new).await?;
+            outbox::write_and_commit(tx, &announce(&task)).await?;
             return Ok(Inserted::New(task));
         };
         // Takes the key, or takes over one that has outlived the window; a live key of
         // another task leaves the row alone and returns nothing.
-        let taken = sqlx::query(
-            "INSERT INTO idempotency_keys (user_id, key, task_id, created_at)
+        let taken = sqlx::query(&format!(
+            "{BEGIN}INSERT INTO idempotency_keys (user_id, key, task_id, created_at)
              VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (user_id, key) DO UPDATE
                 SET task_id = excluded.task_id, created_at = excluded.created_at
               WHERE idempotency_keys.created_at <= excluded.created_at - ?5
-             RETURNING task_id",
-        )
+             RETURNING task_id"
+        ))
         .bind(new.user_id.to_string())
         .bind(key.as_str())
         .bind(new.id.to_string())
         .bind(created_at)
         .bind(key_window.num_milliseconds())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.opening())
         .await?;
         if taken.is_none() {
             let row = sqlx::query(&format!(
@@ -218,14 +217,13 @@ impl TaskStore for SqliteStore {
             ))
             .bind(new.user_id.to_string())
             .bind(key.as_str())
-            .fetch_one(&mut *tx)
+            .fetch_one(tx.conn())
             .await?;
             tx.rollback().await?;
             return Ok(Inserted::Duplicate(task_from_row(&row)?));
         }
-        let task = insert_row(&mut tx, new).await?;
-        outbox::write(&mut tx, &announce(&task)).await?;
-        tx.commit().await?;
+        let task = insert_row(tx.conn(), "", new).await?;
+        outbox::write_and_commit(tx, &announce(&task)).await?;
         Ok(Inserted::New(task))
     }
 
@@ -305,13 +303,19 @@ impl TaskStore for SqliteStore {
         announce: Announce<'_, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let sql = claim_sql();
+        let first = format!("{BEGIN}{sql}");
         // A batch is one transaction: one commit for all of them and their
         // announcements, and each pick sees the previous ones running (so the fair
         // order spreads the batch over users).
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut claimed = Vec::new();
-        for _ in 0..max.max(1) {
-            match claim_one(&mut tx, &sql, agent, lease_until, at).await? {
+        for n in 0..max.max(1) {
+            let (conn, sql) = if n == 0 {
+                (tx.opening(), first.as_str())
+            } else {
+                (tx.conn(), sql.as_str())
+            };
+            match claim_one(conn, sql, agent, lease_until, at).await? {
                 Some(task) => claimed.push(task),
                 None => break,
             }
@@ -321,8 +325,7 @@ impl TaskStore for SqliteStore {
             tx.rollback().await?;
             return Ok(claimed);
         }
-        outbox::write(&mut tx, &announcements(announce, &claimed)).await?;
-        tx.commit().await?;
+        outbox::write_and_commit(tx, &announcements(announce, &claimed)).await?;
         Ok(claimed)
     }
 
@@ -337,9 +340,9 @@ impl TaskStore for SqliteStore {
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         // First try a real change, then a plain renewal: the row the first statement
         // matches tells us whether the value changed, without a read-then-write.
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let changed = sqlx::query(&format!(
-            "UPDATE tasks SET progress = ?3, lease_expires_at = ?4, updated_at = ?5
+            "{BEGIN}UPDATE tasks SET progress = ?3, lease_expires_at = ?4, updated_at = ?5
              WHERE id = ?1 AND agent_id = ?2 AND status = 'running' AND progress != ?3
              RETURNING {TASK_COLUMNS}"
         ))
@@ -348,27 +351,27 @@ impl TaskStore for SqliteStore {
         .bind(i64::from(progress))
         .bind(to_millis(lease_until))
         .bind(to_millis(at))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.opening())
         .await?;
         if let Some(row) = changed {
             let task = task_from_row(&row)?;
-            outbox::write(&mut tx, &announce(&task)).await?;
-            tx.commit().await?;
+            outbox::write_and_commit(tx, &announce(&task)).await?;
             return Ok(Some((task, true)));
         }
+        // All rows, not the first: the COMMIT after the UPDATE must run too.
         let renewed = sqlx::query(&format!(
             "UPDATE tasks SET lease_expires_at = ?3
              WHERE id = ?1 AND agent_id = ?2 AND status = 'running'
-             RETURNING {TASK_COLUMNS}"
+             RETURNING {TASK_COLUMNS}{COMMIT}"
         ))
         .bind(id.to_string())
         .bind(agent.to_string())
         .bind(to_millis(lease_until))
-        .fetch_optional(&mut *tx)
+        .fetch_all(tx.closing())
         .await?;
-        tx.commit().await?;
+        tx.committed();
         Ok(renewed
-            .as_ref()
+            .first()
             .map(task_from_row)
             .transpose()?
             .map(|t| (t, false)))
@@ -384,11 +387,11 @@ impl TaskStore for SqliteStore {
         at: DateTime<Utc>,
         announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = match outcome {
             Outcome::Completed { result } => {
                 sqlx::query(&format!(
-                    "UPDATE tasks SET status = 'completed', progress = 100, result = ?3,
+                    "{BEGIN}UPDATE tasks SET status = 'completed', progress = 100, result = ?3,
                                       error = NULL, attempt_outcome = 'completed',
                                       lease_expires_at = NULL, completed_at = ?4, updated_at = ?4
                      WHERE id = ?1 AND agent_id = ?2 AND status = 'running'
@@ -398,7 +401,7 @@ impl TaskStore for SqliteStore {
                 .bind(agent.to_string())
                 .bind(result.to_string())
                 .bind(to_millis(at))
-                .fetch_optional(&mut *tx)
+                .fetch_optional(tx.opening())
                 .await?
             }
             Outcome::Failed { error, retryable } => {
@@ -406,7 +409,7 @@ impl TaskStore for SqliteStore {
                 // consistently for all columns.
                 let retry = "?3 AND attempts < max_attempts";
                 sqlx::query(&format!(
-                    "UPDATE tasks SET
+                    "{BEGIN}UPDATE tasks SET
                         status = CASE WHEN {retry} THEN 'queued' ELSE 'failed' END,
                         agent_id = CASE WHEN {retry} THEN requested_agent_id ELSE agent_id END,
                         progress = CASE WHEN {retry} THEN 0 ELSE progress END,
@@ -426,11 +429,11 @@ impl TaskStore for SqliteStore {
                 .bind(to_millis(at))
                 .bind(backoff.base_ms)
                 .bind(backoff.max_ms)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(tx.opening())
                 .await?
             }
         };
-        finish_one(tx, row, announce).await
+        finish_written(tx, row, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %id, agent_id = %agent))]
@@ -699,6 +702,21 @@ async fn finish_one(
     Ok(Some(task))
 }
 
+/// [`finish_one`] for a [`WriteTx`].
+async fn finish_written(
+    tx: WriteTx,
+    row: Option<SqliteRow>,
+    announce: Announce<'_, TaskRecord>,
+) -> Result<Option<TaskRecord>, StoreError> {
+    let Some(row) = row else {
+        tx.rollback().await?;
+        return Ok(None);
+    };
+    let task = task_from_row(&row)?;
+    outbox::write_and_commit(tx, &announce(&task)).await?;
+    Ok(Some(task))
+}
+
 /// [`finish_one`] for a statement that changed any number of tasks.
 async fn finish_many(
     mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
@@ -716,10 +734,11 @@ async fn finish_many(
 /// Inserts the task row.
 async fn insert_row(
     conn: &mut sqlx::SqliteConnection,
+    before: &str,
     new: &NewTask,
 ) -> Result<TaskRecord, StoreError> {
     let row = sqlx::query(&format!(
-        "INSERT INTO tasks (id, user_id, query, capability, priority, priority_rank, status,
+        "{before}INSERT INTO tasks (id, user_id, query, capability, priority, priority_rank, status,
                             progress, requested_agent_id, agent_id, attempts, max_attempts,
                             idempotency_key, run_at, available_at, timeout_s, created_at,
                             updated_at)
