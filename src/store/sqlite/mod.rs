@@ -212,4 +212,41 @@ mod tests {
     }
 
     crate::store::conformance::outbox_suite!(fresh_outbox);
+
+    /// A write transaction abandoned between its statements (an error, or a request
+    /// that went away) leaves nothing behind: its change is rolled back and the next
+    /// writer starts a transaction of its own.
+    #[tokio::test]
+    async fn an_abandoned_write_transaction_is_rolled_back() {
+        let (store, _dir) = fresh_outbox().await;
+        let mut tx = store.write_tx().await.unwrap();
+        sqlx::query(&format!(
+            "{}INSERT INTO meta (key, value) VALUES ('abandoned', 'x')",
+            super::BEGIN
+        ))
+        .execute(tx.opening())
+        .await
+        .unwrap();
+        drop(tx);
+
+        // The next transaction: BEGIN would fail inside the abandoned one.
+        let mut tx = store.write_tx().await.unwrap();
+        sqlx::query(&format!(
+            "{}INSERT INTO meta (key, value) VALUES ('next', 'y'){}",
+            super::BEGIN,
+            super::COMMIT
+        ))
+        .execute(tx.opening())
+        .await
+        .unwrap();
+        tx.committed();
+        drop(tx);
+        let keys: Vec<String> = sqlx::query_scalar(
+            "SELECT key FROM meta WHERE key IN ('abandoned', 'next') ORDER BY key",
+        )
+        .fetch_all(store.reader())
+        .await
+        .unwrap();
+        assert_eq!(keys, vec!["next".to_owned()]);
+    }
 }
