@@ -277,9 +277,9 @@ impl TaskStore for SqliteStore {
         at: DateTime<Utc>,
         announce: Announce<'_, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query(&format!(
-            "UPDATE tasks SET status = 'canceled', lease_expires_at = NULL, error = NULL,
+            "{BEGIN}UPDATE tasks SET status = 'canceled', lease_expires_at = NULL, error = NULL,
                               attempt_outcome = 'canceled', completed_at = ?3, updated_at = ?3
              WHERE id = ?1 AND (?2 IS NULL OR user_id = ?2)
                AND status IN ('queued', 'running')
@@ -288,7 +288,7 @@ impl TaskStore for SqliteStore {
         .bind(id.to_string())
         .bind(owner.map(|u| u.to_string()))
         .bind(to_millis(at))
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.opening())
         .await?;
         finish_one(tx, row, announce).await
     }
@@ -433,7 +433,7 @@ impl TaskStore for SqliteStore {
                 .await?
             }
         };
-        finish_written(tx, row, announce).await
+        finish_one(tx, row, announce).await
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %id, agent_id = %agent))]
@@ -688,22 +688,6 @@ fn release_set(now: usize) -> String {
 /// Ends a one-row transition's transaction: writes the changed task's announcements
 /// and commits, or rolls back when the condition did not hold (`None`).
 async fn finish_one(
-    mut tx: sqlx::Transaction<'_, sqlx::Sqlite>,
-    row: Option<SqliteRow>,
-    announce: Announce<'_, TaskRecord>,
-) -> Result<Option<TaskRecord>, StoreError> {
-    let Some(row) = row else {
-        tx.rollback().await?;
-        return Ok(None);
-    };
-    let task = task_from_row(&row)?;
-    outbox::write(&mut tx, &announce(&task)).await?;
-    tx.commit().await?;
-    Ok(Some(task))
-}
-
-/// [`finish_one`] for a [`WriteTx`].
-async fn finish_written(
     tx: WriteTx,
     row: Option<SqliteRow>,
     announce: Announce<'_, TaskRecord>,
