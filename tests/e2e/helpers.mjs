@@ -169,11 +169,25 @@ async function startCluster({ dataDir, builtinAgent, extraArgs }) {
       await clusterScript(['stop-nodes', '--dir', dir]);
       running = false;
     },
-    /** Starts the nodes again on the same ports with the same database. */
+    /**
+     * Starts the nodes again on the same ports with the same database, and returns once
+     * nginx passes requests to them again: while the nodes were down, each refused
+     * connection made nginx skip that node for its `fail_timeout` (1 s), so a request
+     * in the first second after the start can still get nginx's 502.
+     */
     async restart() {
       await server.stop();
       await clusterScript(['start-nodes', '--dir', dir]);
       running = true;
+      const deadline = Date.now() + 30000;
+      for (;;) {
+        const ok = await fetch(`${server.url}/health`).then((r) => r.ok, () => false);
+        if (ok) break;
+        if (Date.now() > deadline) throw new Error(`the cluster did not answer through nginx after a restart:\n${server.log()}`);
+        await sleep(100);
+      }
+      // Every nginx worker keeps its own marks; they expire 1 s after the last refusal.
+      await sleep(1100);
       return server;
     },
     /** Stops everything and removes the directory (if we created it). */
