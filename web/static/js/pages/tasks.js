@@ -22,8 +22,7 @@ let listGeneration = 0;
 /** id → agent, for names in rows and the detail. */
 const agents = new Map();
 const fetching = new Set();
-/** The newest task_update of tasks whose row is not on the page yet (being fetched). */
-const pendingUpdates = new Map();
+/** Updates that arrive while a list or a task is being fetched, applied to its answer. */
 const listUpdates = updatesDuringFetch();
 
 // ------------------------------------------------------------------ agents
@@ -89,18 +88,11 @@ function matchesFilters(task) {
   return true;
 }
 
-/**
- * Shows a fetched task, at the top (a new one) or the bottom (a list page). An update
- * that arrived while the task was being fetched is applied on top of the snapshot:
- * the fetch may have been answered before that update was made.
- */
+/** Shows a fetched task, at the top (a new one) or the bottom (a list page). */
 function insertRow(task, { atEnd = false } = {}) {
   const row = makeRow(task);
   if (atEnd) list.appendChild(row);
   else list.prepend(row);
-  const late = pendingUpdates.get(row.dataset.taskId);
-  pendingUpdates.delete(row.dataset.taskId);
-  if (late) patchTaskRow(row, late);
   refreshEmpty();
   return row;
 }
@@ -133,10 +125,11 @@ async function addTask(id) {
   if (findTaskRow(list, id) || fetching.has(id)) return;
   fetching.add(id);
   try {
-    const task = await api(`/api/v1/tasks/${encodeURIComponent(id)}`).then((b) => b.task || b).catch(() => null);
-    if (task && !matchesFilters(task)) pendingUpdates.delete(id); // not shown: keep the map small
+    // Updates that arrive meanwhile go on top of the answer, which may be older.
+    const [task, late] = await listUpdates.during(() => api(`/api/v1/tasks/${encodeURIComponent(id)}`).then((b) => b.task || b).catch(() => null));
     if (!task || findTaskRow(list, id) || !matchesFilters(task)) return;
     insertRow(task);
+    listUpdates.apply(list, late);
   } finally {
     fetching.delete(id);
   }
@@ -570,7 +563,6 @@ async function main() {
       const cancel = row.querySelector('.task-cancel');
       if (cancel && data.status) cancel.hidden = FINAL.includes(data.status);
     } else {
-      pendingUpdates.set(data.task_id, data);
       addTask(data.task_id);
     }
     if (detail && detail.id === data.task_id) {
