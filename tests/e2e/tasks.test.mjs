@@ -141,4 +141,43 @@ describe('tasks page', () => {
       await context.close();
     });
   }
+
+  // The form's submit answer can come after the task already finished, and the page's own
+  // fetch of the task (started by the first task_update) after that: the row the submit
+  // answer drew as queued must still end as completed.
+  it('keeps the updates that arrived while its submit was answered', { timeout: 60000 }, async () => {
+    const context = await signedInContext(env.browser, env.server, user.token);
+    let submitted;
+    const drawn = new Promise((resolve) => { submitted = resolve; });
+    await context.route(/\/api\/v1\/tasks\/submit$/, async (route) => {
+      const answer = await route.fetch();
+      const id = (await answer.json()).task_id;
+      for (const deadline = Date.now() + 30000; Date.now() < deadline;) {
+        const t = await apiCall(env.server, 'GET', `/api/v1/tasks/${id}`, { token: user.token });
+        if (t.body.status === 'completed') break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await new Promise((r) => setTimeout(r, 500)); // the updates reach the page first
+      await route.fulfill({ response: answer });
+      submitted(id);
+    });
+    let fetchedOne = 0;
+    await context.route(/\/api\/v1\/tasks\/[0-9a-f-]{36}$/, async (route) => {
+      fetchedOne += 1;
+      await drawn;
+      await new Promise((r) => setTimeout(r, 500)); // the submit answer's row is drawn first
+      await route.continue();
+    });
+    const page = await context.newPage();
+    await page.goto(`${env.server.url}/tasks.html`);
+    await waitForConnected(page);
+    await page.fill('#task-query', `late submit ${Date.now()}`);
+    await page.click('#task-submit');
+    const id = await drawn;
+    await waitTaskStatus(page, { server: env.server, token: user.token, id, timeout: 5000 });
+    assert.ok(fetchedOne >= 1, 'the page fetched the task its first update announced');
+    assert.equal(await page.isHidden(`#task-list [data-task-id="${id}"] .task-cancel`), true);
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
 });

@@ -120,6 +120,25 @@ async function loadTasks({ append = false } = {}) {
   refreshEmpty();
 }
 
+/**
+ * Shows a task fetched or answered by the server, unless it is shown already, then
+ * applies the updates that arrived while that answer was on its way: the row may have
+ * been drawn meanwhile from an even older answer (the submit's own), and these updates
+ * were not there to patch it.
+ */
+function showTask(task, late) {
+  const id = task.id || task.task_id;
+  if (id && !findTaskRow(list, id) && matchesFilters(task)) insertRow(task);
+  listUpdates.apply(list, late);
+  for (const [lateId, update] of late) showCancel(findTaskRow(list, lateId), update.status);
+}
+
+/** A finished task's row has no Cancel button (a task never leaves a final status). */
+function showCancel(row, status) {
+  const cancel = row && row.querySelector('.task-cancel');
+  if (cancel) cancel.hidden = FINAL.includes(status) || FINAL.includes(row.dataset.taskStatus);
+}
+
 /** A task we have not shown yet (submitted elsewhere or before the page loaded). */
 async function addTask(id) {
   if (findTaskRow(list, id) || fetching.has(id)) return;
@@ -127,9 +146,7 @@ async function addTask(id) {
   try {
     // Updates that arrive meanwhile go on top of the answer, which may be older.
     const [task, late] = await listUpdates.during(() => api(`/api/v1/tasks/${encodeURIComponent(id)}`).then((b) => b.task || b).catch(() => null));
-    if (!task || findTaskRow(list, id) || !matchesFilters(task)) return;
-    insertRow(task);
-    listUpdates.apply(list, late);
+    if (task) showTask(task, late);
   } finally {
     fetching.delete(id);
   }
@@ -152,9 +169,9 @@ async function cancelTask(id, button) {
 async function retryTask(id, button) {
   button.disabled = true;
   try {
-    const body = await api(`/api/v1/tasks/${encodeURIComponent(id)}/retry`, { method: 'POST' });
+    const [body, late] = await listUpdates.during(() => api(`/api/v1/tasks/${encodeURIComponent(id)}/retry`, { method: 'POST' }));
     const task = body.task || { id: body.task_id, status: body.status || 'queued', progress: 0 };
-    if (task.id && !findTaskRow(list, task.id) && matchesFilters(task)) insertRow(task);
+    showTask(task, late);
     toast('Task submitted again', 'info', { duration: 3000 });
     if (task.id) location.hash = task.id;
   } catch (err) {
@@ -527,9 +544,8 @@ form.addEventListener('submit', async (event) => {
   const button = document.getElementById('task-submit');
   button.disabled = true;
   try {
-    const res = await api('/api/v1/tasks/submit', { method: 'POST', body });
-    const task = res.task || { id: res.task_id, ...body, status: res.status || 'queued', progress: 0 };
-    if (!findTaskRow(list, task.id) && matchesFilters(task)) insertRow(task);
+    const [res, late] = await listUpdates.during(() => api('/api/v1/tasks/submit', { method: 'POST', body }));
+    showTask(res.task || { id: res.task_id, ...body, status: res.status || 'queued', progress: 0 }, late);
     form.query.value = '';
     form.run_at.value = '';
     toast(res.duplicate ? 'Already submitted: showing the first task' : 'Task submitted', 'info', { duration: 3000 });
@@ -559,12 +575,8 @@ async function main() {
     // Rows and badges are patched by realtime-ui.js; here: rows not shown yet, the
     // Cancel button, and the open detail.
     const row = findTaskRow(list, data.task_id);
-    if (row) {
-      const cancel = row.querySelector('.task-cancel');
-      if (cancel && data.status) cancel.hidden = FINAL.includes(data.status);
-    } else {
-      addTask(data.task_id);
-    }
+    if (row) showCancel(row, data.status);
+    else addTask(data.task_id);
     if (detail && detail.id === data.task_id) {
       detail.refresh();
       if (FINAL.includes(data.status) && detail.output) detail.output.fill();
