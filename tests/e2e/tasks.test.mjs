@@ -142,6 +142,38 @@ describe('tasks page', () => {
     });
   }
 
+  // Live events refresh the dashboard's counts; an older answer that comes back after a
+  // newer one must not draw the old counts over the new ones.
+  it('draws the newest counts when answers come back out of order', { timeout: 60000 }, async () => {
+    const context = await signedInContext(env.browser, env.server, user.token);
+    let releaseFirst;
+    const firstHeld = new Promise((resolve) => { releaseFirst = resolve; });
+    let answeredFirst;
+    const firstAnswered = new Promise((resolve) => { answeredFirst = resolve; });
+    let summaries = 0;
+    await context.route(/\/api\/v1\/analytics\/summary/, async (route) => {
+      if (summaries++ > 0) return route.continue();
+      const stale = await route.fetch(); // the counts before the task below
+      await firstHeld;
+      await route.fulfill({ response: stale });
+      answeredFirst();
+    });
+    const page = await context.newPage();
+    await page.goto(`${env.server.url}/dashboard.html`);
+    await waitForConnected(page);
+    const before = (await apiCall(env.server, 'GET', '/api/v1/analytics/summary?window=24h', { token: user.token })).body.tasks.by_status.completed ?? 0;
+    const res = await apiCall(env.server, 'POST', '/api/v1/tasks/submit', { token: user.token, body: { query: `newest counts ${Date.now()}` }, expect: 202 });
+    await waitTaskStatus(page, { server: env.server, token: user.token, root: '#recent-tasks', id: res.body.task_id });
+    await page.waitForFunction((n) => Number(document.getElementById('stat-completed').textContent) === n, before + 1, { timeout: 10000 });
+    releaseFirst();
+    await firstAnswered;
+    await new Promise((r) => setTimeout(r, 500)); // the page has had the old answer
+    assert.equal(Number(await page.textContent('#stat-completed')), before + 1);
+    assert.ok(summaries >= 2);
+    assert.deepEqual(context.problems, []);
+    await context.close();
+  });
+
   // The form's submit answer can come after the task already finished, and the page's own
   // fetch of the task (started by the first task_update) after that: the row the submit
   // answer drew as queued must still end as completed.

@@ -114,6 +114,23 @@ export function debounce(fn, ms = 300) {
   };
 }
 
+/** What a `newestOnly` call answers when a newer call was started before it finished. */
+export const STALE = Symbol('stale');
+
+/**
+ * Wraps an async fetch so that only the newest call's answer is drawn: a page refreshes
+ * on live events, its requests may be answered out of order, and an older answer must
+ * not draw over a newer one. A call overtaken by a newer one resolves to `STALE`.
+ */
+export function newestOnly(fetch) {
+  let issued = 0;
+  return async (...args) => {
+    const mine = ++issued;
+    const answer = await fetch(...args);
+    return mine === issued ? answer : STALE;
+  };
+}
+
 /** Copies text to the clipboard, with a fallback for non-secure contexts. */
 export async function copyText(text) {
   try {

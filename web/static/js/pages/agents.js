@@ -1,7 +1,7 @@
 // /agents.html: every agent with its online state (live), the user's own agents
 // with edit and delete, and registration that shows the agent token once with
 // the command that runs the reference agent.
-import { initPage, api, el, replaceChildren, debounce, onRealtime, timeAgo, showFormError, qs, reportError, copyText, confirmButton, toast } from '../app.js';
+import { initPage, api, el, replaceChildren, debounce, onRealtime, timeAgo, showFormError, qs, reportError, copyText, confirmButton, toast, newestOnly, STALE } from '../app.js';
 import { statusBadge } from '../task-view.js';
 
 let me = null;
@@ -60,12 +60,20 @@ function taskLinks(tasks) {
     el('time', { class: 'muted', datetime: t.created_at || '', text: timeAgo(t.created_at) }))));
 }
 
+/** Per open task list: its newest fetch (live events refresh it often). */
+const agentTaskFetches = new WeakMap();
+
 async function loadAgentTasks(id, body) {
   const all = me && me.role === 'admin' ? 'true' : null;
-  const [running, recent] = await Promise.all([
-    api(`/api/v1/tasks${qs({ agent_id: id, status: 'running', limit: 20, all })}`),
-    api(`/api/v1/tasks${qs({ agent_id: id, limit: 5, all })}`),
-  ]);
+  if (!agentTaskFetches.has(body)) {
+    agentTaskFetches.set(body, newestOnly((agentId) => Promise.all([
+      api(`/api/v1/tasks${qs({ agent_id: agentId, status: 'running', limit: 20, all })}`),
+      api(`/api/v1/tasks${qs({ agent_id: agentId, limit: 5, all })}`),
+    ])));
+  }
+  const answer = await agentTaskFetches.get(body)(id);
+  if (answer === STALE) return;
+  const [running, recent] = answer;
   const now = (running && running.tasks) || [];
   const last = ((recent && recent.tasks) || []).filter((t) => !now.some((r) => r.id === t.id));
   replaceChildren(body,
@@ -149,10 +157,13 @@ function editControls(agent, card) {
   return el('div', { class: 'agent-controls' }, el('div', { class: 'btn-row' }, edit, rotate, del), shared, editForm);
 }
 
+const fetchAgents = newestOnly((query) => api(`/api/v1/agents${qs(query)}`));
+
 async function loadAgents() {
   const q = searchForm.q.value.trim();
   const capability = searchForm.capability.value.trim();
-  const body = await api(`/api/v1/agents${qs({ q, capability, limit: 200, all: me && me.role === 'admin' ? 'true' : null })}`);
+  const body = await fetchAgents({ q, capability, limit: 200, all: me && me.role === 'admin' ? 'true' : null });
+  if (body === STALE) return;
   const agents = (body && body.agents) || [];
   const own = agents.filter((a) => me && a.owner_id === me.id);
   const rest = agents.filter((a) => !(me && a.owner_id === me.id));

@@ -1,7 +1,7 @@
 // /analytics.html: the summary drawn as plain SVG charts (no chart library):
 // throughput over time, duration percentiles and success by agent. The window
 // picker chooses 1h / 24h / 7d; task updates refresh it (debounced).
-import { initPage, api, el, replaceChildren, debounce, onRealtime, formatMs, formatRate, summaryRate, ratePercent, reportError } from '../app.js';
+import { initPage, api, el, replaceChildren, debounce, onRealtime, formatMs, formatRate, summaryRate, ratePercent, reportError, newestOnly, STALE } from '../app.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
 
@@ -162,10 +162,12 @@ function formatThroughput(perMin) {
   return `${(perMin * 1440).toFixed(1)}/day`;
 }
 
+const fetchSummary = newestOnly((win) => api(`/api/v1/analytics/summary?window=${encodeURIComponent(win)}`));
+
 async function load() {
   const win = currentWindow();
-  const s = await api(`/api/v1/analytics/summary?window=${encodeURIComponent(win)}`);
-  if (win !== currentWindow()) return;
+  const s = await fetchSummary(win);
+  if (s === STALE || win !== currentWindow()) return;
   const tasks = (s && s.tasks) || {};
   document.getElementById('a-total').textContent = String(tasks.total ?? 0);
   document.getElementById('a-success').textContent = summaryRate(tasks);

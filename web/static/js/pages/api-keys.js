@@ -1,5 +1,5 @@
 // /api-keys.html: create (key shown once), list, revoke; security alerts live.
-import { initPage, api, el, replaceChildren, formatTime, timeAgo, showFormError, reportError, copyText, confirmButton, onRealtime, fetchNotifications, debounce } from '../app.js';
+import { initPage, api, el, replaceChildren, formatTime, timeAgo, showFormError, reportError, copyText, confirmButton, onRealtime, fetchNotifications, debounce, newestOnly, STALE } from '../app.js';
 
 const tbody = document.getElementById('key-list');
 const empty = document.getElementById('keys-empty');
@@ -31,8 +31,12 @@ function keyRow(key) {
     el('td', { class: 'cell-actions' }, revoke));
 }
 
+const fetchKeys = newestOnly(() => api('/api/v1/api-keys'));
+const fetchAlerts = newestOnly(() => fetchNotifications(200));
+
 async function loadKeys() {
-  const body = await api('/api/v1/api-keys');
+  const body = await fetchKeys();
+  if (body === STALE) return;
   const keys = (body && body.api_keys) || [];
   // Revoked here, in another tab or by a script: the secret in the box is dead.
   if (newKeyBox.dataset.keyId && !keys.some((k) => k.id === newKeyBox.dataset.keyId)) clearNewKey();
@@ -59,7 +63,9 @@ function alertItem(n) {
 }
 
 async function renderAlerts() {
-  const items = (await fetchNotifications(200)).filter((n) => n.category === 'security').slice(0, 20);
+  const all = await fetchAlerts();
+  if (all === STALE) return;
+  const items = all.filter((n) => n.category === 'security').slice(0, 20);
   replaceChildren(alerts, items.map(alertItem));
   document.getElementById('security-alerts-empty').hidden = items.length > 0;
 }

@@ -1,6 +1,6 @@
 // /dashboard.html: counts by status, success rate, agents online, recent tasks
 // and the user's notifications (from the server's message history), all live.
-import { initPage, api, el, replaceChildren, formatRate, summaryRate, debounce, onRealtime, fetchNotifications, timeAgo, reportError } from '../app.js';
+import { initPage, api, el, replaceChildren, formatRate, summaryRate, debounce, onRealtime, fetchNotifications, timeAgo, reportError, newestOnly, STALE } from '../app.js';
 import { taskRow, findTaskRow, updatesDuringFetch } from '../task-view.js';
 
 const RECENT = 10;
@@ -11,8 +11,13 @@ function setStat(id, value) {
   document.getElementById(id).textContent = value === null || value === undefined ? '—' : String(value);
 }
 
+const fetchSummary = newestOnly(() => api('/api/v1/analytics/summary?window=24h'));
+const fetchRecent = newestOnly(() => api(`/api/v1/tasks?limit=${RECENT}`));
+const fetchRecentNotifications = newestOnly(() => fetchNotifications(10));
+
 async function loadSummary() {
-  const s = await api('/api/v1/analytics/summary?window=24h');
+  const s = await fetchSummary();
+  if (s === STALE) return;
   const tasks = (s && s.tasks) || {};
   const by = tasks.by_status || {};
   setStat('stat-total', tasks.total ?? 0);
@@ -25,7 +30,8 @@ async function loadSummary() {
 const listUpdates = updatesDuringFetch();
 
 async function loadTasks() {
-  const [body, late] = await listUpdates.during(() => api(`/api/v1/tasks?limit=${RECENT}`));
+  const [body, late] = await listUpdates.during(fetchRecent);
+  if (body === STALE) return;
   const tasks = (body && body.tasks) || [];
   replaceChildren(list, tasks.map((t) => taskRow(t, { actions: detailLink })));
   listUpdates.apply(list, late);
@@ -37,7 +43,8 @@ function detailLink(task) {
 }
 
 async function renderNotifications() {
-  const items = await fetchNotifications(10);
+  const items = await fetchRecentNotifications();
+  if (items === STALE) return;
   const ul = document.getElementById('notifications');
   replaceChildren(ul, items.map((n) => el('li', { class: `notification notification-${n.level}` },
     el('span', { class: 'notification-level', text: n.category === 'security' ? 'security' : n.level }),

@@ -2,7 +2,7 @@
 // for admins, paging), and the task detail as a place of its own: /tasks.html#<id>,
 // reachable by link, closed by Escape, Close or Back, with the live output stream,
 // the attempts, the timings, why a queued task waits, and cancel / retry.
-import { initPage, api, el, replaceChildren, clear, debounce, onRealtime, formatTime, formatMs, showFormError, qs, toast, reportError } from '../app.js';
+import { initPage, api, el, replaceChildren, clear, debounce, onRealtime, formatTime, formatMs, showFormError, qs, toast, reportError, newestOnly, STALE } from '../app.js';
 import { taskRow, patchTaskRow, findTaskRow, statusBadge, progressBar, FINAL, updatesDuringFetch } from '../task-view.js';
 
 const list = document.getElementById('task-list');
@@ -26,8 +26,11 @@ const fetching = new Set();
 const listUpdates = updatesDuringFetch();
 
 // ------------------------------------------------------------------ agents
+const fetchAgents = newestOnly((query) => api(`/api/v1/agents${qs(query)}`));
+
 async function loadAgents() {
-  const body = await api(`/api/v1/agents${qs({ limit: 200, all: me && me.role === 'admin' ? 'true' : null })}`);
+  const body = await fetchAgents({ limit: 200, all: me && me.role === 'admin' ? 'true' : null });
+  if (body === STALE) return;
   agents.clear();
   for (const a of (body && body.agents) || []) agents.set(a.id, a);
   const capabilities = [...new Set([...agents.values()].flatMap((a) => a.capabilities || []))].sort();
