@@ -526,6 +526,10 @@ impl<S: OutboxStore> OutboxPort for StoreOutbox<S> {
     async fn abandon(&self) -> anyhow::Result<()> {
         Ok(self.0.outbox_abandon().await?)
     }
+
+    async fn tidy(&self) -> anyhow::Result<()> {
+        Ok(self.0.outbox_tidy().await?)
+    }
 }
 
 #[cfg(test)]

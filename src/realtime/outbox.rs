@@ -78,6 +78,11 @@ pub trait OutboxPort: Send + Sync + 'static {
     async fn abandon(&self) -> anyhow::Result<()> {
         Ok(())
     }
+    /// The relay found nothing pending: an outbox that deletes removed entries later
+    /// may delete them now.
+    async fn tidy(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// The relay handle: wakes the relay task and waits for it. Cheap to clone.
@@ -135,10 +140,18 @@ impl Relay {
     /// (see the module doc).
     pub async fn run(self) {
         loop {
-            if let Err(err) = self.pass().await {
-                tracing::warn!(error = format!("{err:#}"), "outbox relay pass failed");
-                tokio::time::sleep(RETRY_AFTER).await;
-                continue;
+            match self.pass().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Err(err) = self.inner.port.tidy().await {
+                        tracing::warn!(error = format!("{err:#}"), "outbox tidy failed");
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = format!("{err:#}"), "outbox relay pass failed");
+                    tokio::time::sleep(RETRY_AFTER).await;
+                    continue;
+                }
             }
             tokio::select! {
                 _ = self.inner.wake.notified() => {}
@@ -159,8 +172,10 @@ impl Relay {
     }
 
     /// Publishes and removes batches until a read finds fewer than `BATCH` entries,
-    /// then marks the flush requests made before that read as served.
-    async fn pass(&self) -> anyhow::Result<()> {
+    /// then marks the flush requests made before that read as served. Answers whether
+    /// it found anything to publish.
+    async fn pass(&self) -> anyhow::Result<bool> {
+        let mut published = false;
         loop {
             // Read before the outbox: every entry committed before this request was
             // made is in the read below or was published by an earlier batch.
@@ -186,6 +201,7 @@ impl Relay {
                     }
                     return Err(err);
                 }
+                published = true;
                 if drained {
                     // Published and delivered: the waiters need not wait for the
                     // remove (a crash before it repeats nothing, see the module doc).
@@ -195,7 +211,7 @@ impl Relay {
             }
             if drained {
                 self.serve(ticket);
-                return Ok(());
+                return Ok(published);
             }
         }
     }

@@ -93,7 +93,7 @@ async fn test_user(store: &dyn Store, email: &str) -> UserId {
 }
 
 /// A user with a fresh email.
-async fn add_user(store: &dyn Store) -> UserId {
+pub(crate) async fn add_user(store: &dyn Store) -> UserId {
     test_user(store, &format!("{}@b.io", uuid::Uuid::new_v4().simple())).await
 }
 
@@ -125,7 +125,7 @@ async fn add_agent(store: &dyn Store, owner: UserId, shared: bool) -> AgentId {
 }
 
 /// A `general` task of `user` for any agent, with default timeout and attempts.
-fn test_task(user: UserId, priority: Priority, query: &str) -> NewTask {
+pub(crate) fn test_task(user: UserId, priority: Priority, query: &str) -> NewTask {
     NewTask {
         id: TaskId::new(),
         user_id: user,

@@ -84,8 +84,17 @@ pub trait OutboxStore: Send + Sync + 'static {
     /// commit out of id order (see `store::postgres::outbox`).
     async fn outbox_pending(&self, limit: u32) -> Result<Vec<OutboxRow>, StoreError>;
 
-    /// Removes these rows (published); ids that are gone already are ignored.
+    /// Removes these rows (published; the oldest pending ones, as `outbox_pending`
+    /// returned them); ids that are gone already are ignored. `outbox_pending` never
+    /// returns them again, but a store may delete them later (SQLite: with the next
+    /// commit that writes outbox rows, or at `outbox_tidy`).
     async fn outbox_remove(&self, ids: &[i64]) -> Result<(), StoreError>;
+
+    /// The relay found nothing to publish: a store that deletes removed rows later
+    /// deletes them now, so none stay behind while the service is idle.
+    async fn outbox_tidy(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 
     /// Ends a read whose rows were not published (and so not removed): they stay
     /// pending. A store whose relays take turns (PostgreSQL) lets the next one in.

@@ -28,6 +28,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Connection pools to one SQLite database: the writer and the readers.
@@ -37,6 +38,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Several connections: statements that only read.
     readers: SqlitePool,
+    /// How far the relay has published the outbox, and how far it is deleted.
+    outbox: Arc<outbox::Marks>,
 }
 
 /// Connections that only read (WAL readers do not wait for the writer).
@@ -75,7 +78,11 @@ impl SqliteStore {
         } else {
             pool(options, READERS).await?
         };
-        Ok(Self { writer, readers })
+        Ok(Self {
+            writer,
+            readers,
+            outbox: Arc::default(),
+        })
     }
 
     /// The writer, for statements and transactions that write.
@@ -88,6 +95,7 @@ impl SqliteStore {
         Ok(WriteTx {
             conn: self.writer.acquire().await?,
             open: false,
+            outbox: self.outbox.clone(),
         })
     }
 
@@ -119,6 +127,9 @@ pub(super) struct WriteTx {
     conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
     /// `BEGIN` may have run and neither `COMMIT` nor `ROLLBACK` has.
     open: bool,
+    /// The outbox rows published but not yet deleted: a commit that writes outbox rows
+    /// deletes them in the same statement (see `outbox.rs`).
+    outbox: Arc<outbox::Marks>,
 }
 
 impl WriteTx {
@@ -248,5 +259,69 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(keys, vec!["next".to_owned()]);
+    }
+
+    /// Published outbox rows are deleted lazily: never read again, gone with the next
+    /// commit that writes outbox rows or at tidy, and read again (for the broker to
+    /// recognise by their keys) by a restart that came before either.
+    #[tokio::test]
+    async fn published_outbox_rows_go_with_the_next_commit_or_at_tidy() {
+        use crate::domain::Priority;
+        use crate::store::conformance::{add_user, test_task};
+        use crate::store::{Announcement, OutboxStore, TaskRecord, TaskStore};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        let user = add_user(&store).await;
+        let note = |t: &TaskRecord| vec![Announcement::new(Some(t.user_id), "note", &t.query)];
+        let in_table = |store: &SqliteStore| {
+            let reader = store.reader().clone();
+            async move {
+                sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox")
+                    .fetch_one(&reader)
+                    .await
+                    .unwrap()
+            }
+        };
+        let day = chrono::Duration::hours(24);
+        let submit = |query: &'static str| {
+            let store = store.clone();
+            async move {
+                store
+                    .insert_task(&test_task(user, Priority::Normal, query), day, &note)
+                    .await
+                    .unwrap();
+            }
+        };
+
+        submit("first").await;
+        let first = store.outbox_pending(10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        store.outbox_remove(&[first[0].id]).await.unwrap();
+        assert!(store.outbox_pending(10).await.unwrap().is_empty());
+        assert_eq!(in_table(&store).await, 1, "deleted later, not now");
+
+        // A restart before the delete: the published row is pending again.
+        let restarted = SqliteStore::open(&path).await.unwrap();
+        let again = restarted.outbox_pending(10).await.unwrap();
+        assert_eq!(
+            again.iter().map(|r| r.id).collect::<Vec<_>>(),
+            [first[0].id]
+        );
+        drop(restarted);
+
+        // The next change that writes outbox rows deletes it in its commit.
+        submit("second").await;
+        assert_eq!(in_table(&store).await, 1);
+        let second = store.outbox_pending(10).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].data_json, "\"second\"");
+        store.outbox_remove(&[second[0].id]).await.unwrap();
+
+        // Nothing more happens: the relay's tidy deletes it.
+        store.outbox_tidy().await.unwrap();
+        assert_eq!(in_table(&store).await, 0);
+        store.outbox_tidy().await.unwrap();
+        assert!(store.outbox_pending(10).await.unwrap().is_empty());
     }
 }
