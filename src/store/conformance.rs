@@ -59,6 +59,7 @@ macro_rules! outbox_suite {
             outbox_rows_come_back_oldest_first_and_removed_ones_are_gone,
             an_announced_change_writes_its_messages_in_its_own_transaction,
             a_change_that_does_not_happen_writes_nothing_to_the_outbox,
+            concurrent_progress_reports_get_their_own_answers_and_announce_in_order,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -926,4 +927,90 @@ pub(crate) async fn a_change_that_does_not_happen_writes_nothing_to_the_outbox<
         .await
         .unwrap();
     assert_eq!(store.outbox_pending(10).await.unwrap().len(), 1);
+}
+
+/// A progress announcement naming the task and the value.
+fn progress_note(t: &TaskRecord) -> Vec<Announcement> {
+    vec![Announcement::new(
+        Some(t.user_id),
+        "note",
+        &format!("{}:{}", t.id, t.progress),
+    )]
+}
+
+pub(crate) async fn concurrent_progress_reports_get_their_own_answers_and_announce_in_order<
+    S: Store + OutboxStore,
+>(
+    store: Arc<S>,
+) {
+    let user = add_user(&*store).await;
+    let agents = [
+        add_agent(&*store, user, false).await,
+        add_agent(&*store, user, false).await,
+    ];
+    let lease = Utc::now() + Duration::seconds(30);
+    let mut tasks = Vec::new();
+    for agent in agents {
+        for _ in 0..12 {
+            insert(&*store, &test_task(user, Priority::Normal, "q")).await;
+        }
+        let claimed = store
+            .claim_tasks(agent, 12, lease, Utc::now(), &silent)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 12);
+        tasks.extend(claimed.into_iter().map(|t| (t.id, agent)));
+    }
+    // Every task's agent reports 10, 20, 20 again (a renewal) and 30, each report after
+    // the last one's answer, all tasks at once; the other agent's report is refused.
+    let runs = tasks.iter().map(|&(id, agent)| {
+        let store = store.clone();
+        let other = if agent == agents[0] {
+            agents[1]
+        } else {
+            agents[0]
+        };
+        async move {
+            let mut answers = Vec::new();
+            for progress in [10, 20, 20, 30] {
+                let answer = store
+                    .report_progress(id, agent, progress, lease, Utc::now(), &progress_note)
+                    .await
+                    .unwrap()
+                    .map(|(task, changed)| (task.id, task.progress, changed));
+                answers.push(answer);
+            }
+            let foreign = store
+                .report_progress(id, other, 90, lease, Utc::now(), &progress_note)
+                .await
+                .unwrap();
+            (id, answers, foreign.is_none())
+        }
+    });
+    for (id, answers, refused) in futures_util::future::join_all(runs).await {
+        assert_eq!(
+            answers,
+            [
+                Some((id, 10, true)),
+                Some((id, 20, true)),
+                Some((id, 20, false)),
+                Some((id, 30, true))
+            ]
+        );
+        assert!(refused, "another agent's report changes nothing");
+    }
+    // The announcements: one per change, each task's in the order of its reports.
+    let rows = store.outbox_pending(1000).await.unwrap();
+    assert_eq!(rows.len(), tasks.len() * 3);
+    for &(id, _) in &tasks {
+        let said: Vec<String> = rows
+            .iter()
+            .filter_map(|r| serde_json::from_str::<String>(&r.data_json).ok())
+            .filter(|d| d.starts_with(&id.to_string()))
+            .collect();
+        assert_eq!(said, [10, 20, 30].map(|p| format!("{id}:{p}")));
+    }
+    for &(id, _) in &tasks {
+        assert_eq!(store.task(id).await.unwrap().progress, 30);
+    }
 }

@@ -200,7 +200,9 @@ pub trait TaskStore {
     ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Sets the progress of the agent's running task and extends its lease. Returns the
     /// task and whether the progress value changed (only then is `announce` called);
-    /// `None` if it is not this agent's running task.
+    /// `None` if it is not this agent's running task. `announce` lives for the whole
+    /// program: a store may call it outside the caller's task (SQLite commits reports
+    /// in groups, see `store::sqlite::progress`).
     async fn report_progress(
         &self,
         id: TaskId,
@@ -208,7 +210,7 @@ pub trait TaskStore {
         progress: u8,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError>;
     /// Ends the agent's running attempt. A retryable failure with attempts left goes
     /// back to the queue after a `backoff` delay. `None` if it is not this agent's

@@ -376,7 +376,7 @@ impl TaskStore for PgStore {
         progress: u8,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
         let mut tx = self.pool().begin().await?;
         // First try a real change, then a plain renewal: the row the first statement

@@ -19,6 +19,7 @@ mod agents;
 mod messages;
 mod outbox;
 mod output;
+mod progress;
 mod tasks;
 mod users;
 
@@ -40,6 +41,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// How far the relay has published the outbox, and how far it is deleted.
     outbox: Arc<outbox::Marks>,
+    /// Progress reports waiting to be committed as a group.
+    progress: Arc<progress::Reports>,
 }
 
 /// Connections that only read (WAL readers do not wait for the writer).
@@ -82,6 +85,7 @@ impl SqliteStore {
             writer,
             readers,
             outbox: Arc::default(),
+            progress: Arc::default(),
         })
     }
 

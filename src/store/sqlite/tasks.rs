@@ -12,7 +12,8 @@
 //! (`store::outbox`).
 
 use super::outbox::{self, announcements};
-use super::{SqliteStore, WriteTx, BEGIN, COMMIT};
+use super::progress::Report;
+use super::{SqliteStore, WriteTx, BEGIN};
 use crate::domain::{AgentId, AttemptOutcome, Capability, Priority, TaskId, TaskStatus, UserId};
 use crate::store::tasks::{fair_position, Rival};
 use crate::store::{
@@ -135,7 +136,7 @@ fn opt_time(row: &SqliteRow, column: &str) -> Result<Option<DateTime<Utc>>, Stor
     Ok(row.try_get::<Option<i64>, _>(column)?.map(from_millis))
 }
 
-fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
+pub(super) fn task_from_row(row: &SqliteRow) -> Result<TaskRecord, StoreError> {
     let result = match row.try_get::<Option<String>, _>("result")? {
         None => None,
         Some(text) => Some(
@@ -336,45 +337,18 @@ impl TaskStore for SqliteStore {
         progress: u8,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Option<(TaskRecord, bool)>, StoreError> {
-        // First try a real change, then a plain renewal: the row the first statement
-        // matches tells us whether the value changed, without a read-then-write.
-        let mut tx = self.write_tx().await?;
-        let changed = sqlx::query(&format!(
-            "{BEGIN}UPDATE tasks SET progress = ?3, lease_expires_at = ?4, updated_at = ?5
-             WHERE id = ?1 AND agent_id = ?2 AND status = 'running' AND progress != ?3
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(id.to_string())
-        .bind(agent.to_string())
-        .bind(i64::from(progress))
-        .bind(to_millis(lease_until))
-        .bind(to_millis(at))
-        .fetch_optional(tx.opening())
-        .await?;
-        if let Some(row) = changed {
-            let task = task_from_row(&row)?;
-            outbox::write_and_commit(tx, &announce(&task)).await?;
-            return Ok(Some((task, true)));
-        }
-        // All rows, not the first: the COMMIT after the UPDATE must run too.
-        let renewed = sqlx::query(&format!(
-            "UPDATE tasks SET lease_expires_at = ?3
-             WHERE id = ?1 AND agent_id = ?2 AND status = 'running'
-             RETURNING {TASK_COLUMNS}{COMMIT}"
-        ))
-        .bind(id.to_string())
-        .bind(agent.to_string())
-        .bind(to_millis(lease_until))
-        .fetch_all(tx.closing())
-        .await?;
-        tx.committed();
-        Ok(renewed
-            .first()
-            .map(task_from_row)
-            .transpose()?
-            .map(|t| (t, false)))
+        // Committed together with the reports that wait for the writer meanwhile.
+        self.report_in_group(Report {
+            id,
+            agent,
+            progress,
+            lease_until,
+            at,
+            announce,
+        })
+        .await
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %id, agent_id = %agent))]
