@@ -59,7 +59,7 @@ macro_rules! outbox_suite {
             outbox_rows_come_back_oldest_first_and_removed_ones_are_gone,
             an_announced_change_writes_its_messages_in_its_own_transaction,
             a_change_that_does_not_happen_writes_nothing_to_the_outbox,
-            concurrent_progress_reports_get_their_own_answers_and_announce_in_order,
+            concurrent_agent_reports_get_their_own_answers_and_announce_in_order,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -938,7 +938,7 @@ fn progress_note(t: &TaskRecord) -> Vec<Announcement> {
     )]
 }
 
-pub(crate) async fn concurrent_progress_reports_get_their_own_answers_and_announce_in_order<
+pub(crate) async fn concurrent_agent_reports_get_their_own_answers_and_announce_in_order<
     S: Store + OutboxStore,
 >(
     store: Arc<S>,
@@ -961,15 +961,31 @@ pub(crate) async fn concurrent_progress_reports_get_their_own_answers_and_announ
         assert_eq!(claimed.len(), 12);
         tasks.extend(claimed.into_iter().map(|t| (t.id, agent)));
     }
-    // Every task's agent reports 10, 20, 20 again (a renewal) and 30, each report after
-    // the last one's answer, all tasks at once; the other agent's report is refused.
-    let runs = tasks.iter().map(|&(id, agent)| {
+    // Every task's agent reports 10, 20, 20 again (a renewal) and 30, then ends the
+    // attempt (completed, failed for good, or failed with a retry), each report after the
+    // last one's answer, all tasks at once; the other agent's report changes nothing, nor
+    // does a second end.
+    let outcomes = [
+        Outcome::Completed {
+            result: serde_json::json!({"ok": true}),
+        },
+        Outcome::Failed {
+            error: "no".into(),
+            retryable: false,
+        },
+        Outcome::Failed {
+            error: "again".into(),
+            retryable: true,
+        },
+    ];
+    let runs = tasks.iter().enumerate().map(|(n, &(id, agent))| {
         let store = store.clone();
         let other = if agent == agents[0] {
             agents[1]
         } else {
             agents[0]
         };
+        let outcome = outcomes[n % 3].clone();
         async move {
             let mut answers = Vec::new();
             for progress in [10, 20, 20, 30] {
@@ -984,10 +1000,25 @@ pub(crate) async fn concurrent_progress_reports_get_their_own_answers_and_announ
                 .report_progress(id, other, 90, lease, Utc::now(), &progress_note)
                 .await
                 .unwrap();
-            (id, answers, foreign.is_none())
+            let foreign_end = store
+                .finish_attempt(id, other, &outcome, BACKOFF, Utc::now(), &progress_note)
+                .await
+                .unwrap();
+            let ended = store
+                .finish_attempt(id, agent, &outcome, BACKOFF, Utc::now(), &progress_note)
+                .await
+                .unwrap()
+                .map(|t| (t.status, t.progress, t.error));
+            let again = store
+                .finish_attempt(id, agent, &outcome, BACKOFF, Utc::now(), &progress_note)
+                .await
+                .unwrap();
+            let refused = foreign.is_none() && foreign_end.is_none() && again.is_none();
+            (n, id, answers, refused, ended)
         }
     });
-    for (id, answers, refused) in futures_util::future::join_all(runs).await {
+    let mut ends = Vec::new();
+    for (n, id, answers, refused, ended) in futures_util::future::join_all(runs).await {
         assert_eq!(
             answers,
             [
@@ -997,20 +1028,43 @@ pub(crate) async fn concurrent_progress_reports_get_their_own_answers_and_announ
                 Some((id, 30, true))
             ]
         );
-        assert!(refused, "another agent's report changes nothing");
+        assert!(
+            refused,
+            "another agent's report, or a second end, changes nothing"
+        );
+        let expected = match n % 3 {
+            0 => (TaskStatus::Completed, 100, None),
+            1 => (TaskStatus::Failed, 30, Some("no".to_owned())),
+            _ => (TaskStatus::Queued, 0, Some("again".to_owned())),
+        };
+        assert_eq!(ended, Some(expected.clone()));
+        ends.push((id, expected));
     }
     // The announcements: one per change, each task's in the order of its reports.
     let rows = store.outbox_pending(1000).await.unwrap();
-    assert_eq!(rows.len(), tasks.len() * 3);
-    for &(id, _) in &tasks {
+    assert_eq!(rows.len(), tasks.len() * 4);
+    for (id, (_, last, _)) in &ends {
         let said: Vec<String> = rows
             .iter()
             .filter_map(|r| serde_json::from_str::<String>(&r.data_json).ok())
             .filter(|d| d.starts_with(&id.to_string()))
             .collect();
-        assert_eq!(said, [10, 20, 30].map(|p| format!("{id}:{p}")));
+        assert_eq!(said, [10, 20, 30, *last].map(|p| format!("{id}:{p}")));
     }
-    for &(id, _) in &tasks {
-        assert_eq!(store.task(id).await.unwrap().progress, 30);
+    for (id, (status, progress, error)) in ends {
+        let task = store.task(id).await.unwrap();
+        assert_eq!(
+            (task.status, task.progress, task.error),
+            (status, progress, error)
+        );
+        if status == TaskStatus::Completed {
+            assert_eq!(task.result, Some(serde_json::json!({"ok": true})));
+        }
+        if status == TaskStatus::Queued {
+            assert!(
+                task.available_at >= task.updated_at,
+                "re-queued after a backoff"
+            );
+        }
     }
 }

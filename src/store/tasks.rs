@@ -202,7 +202,7 @@ pub trait TaskStore {
     /// task and whether the progress value changed (only then is `announce` called);
     /// `None` if it is not this agent's running task. `announce` lives for the whole
     /// program: a store may call it outside the caller's task (SQLite commits reports
-    /// in groups, see `store::sqlite::progress`).
+    /// in groups, see `store::sqlite::reports`).
     async fn report_progress(
         &self,
         id: TaskId,
@@ -214,7 +214,7 @@ pub trait TaskStore {
     ) -> Result<Option<(TaskRecord, bool)>, StoreError>;
     /// Ends the agent's running attempt. A retryable failure with attempts left goes
     /// back to the queue after a `backoff` delay. `None` if it is not this agent's
-    /// running task.
+    /// running task. `announce` lives for the whole program, as for `report_progress`.
     async fn finish_attempt(
         &self,
         id: TaskId,
@@ -222,7 +222,7 @@ pub trait TaskStore {
         outcome: &Outcome,
         backoff: Backoff,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError>;
     /// Hands the agent's running task back to the queue without using an attempt
     /// (a clean stop), due at once, and turns the agent offline in the same

@@ -425,7 +425,7 @@ impl TaskStore for PgStore {
         outcome: &Outcome,
         backoff: Backoff,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
         let mut tx = self.pool().begin().await?;
         let row = match outcome {

@@ -19,7 +19,7 @@ mod agents;
 mod messages;
 mod outbox;
 mod output;
-mod progress;
+mod reports;
 mod tasks;
 mod users;
 
@@ -41,8 +41,8 @@ pub struct SqliteStore {
     readers: SqlitePool,
     /// How far the relay has published the outbox, and how far it is deleted.
     outbox: Arc<outbox::Marks>,
-    /// Progress reports waiting to be committed as a group.
-    progress: Arc<progress::Reports>,
+    /// Agents' reports (progress, ends of attempts) waiting to be committed as a group.
+    reports: Arc<reports::Reports>,
 }
 
 /// Connections that only read (WAL readers do not wait for the writer).
@@ -85,7 +85,7 @@ impl SqliteStore {
             writer,
             readers,
             outbox: Arc::default(),
-            progress: Arc::default(),
+            reports: Arc::default(),
         })
     }
 

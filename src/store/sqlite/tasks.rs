@@ -12,7 +12,7 @@
 //! (`store::outbox`).
 
 use super::outbox::{self, announcements};
-use super::progress::Report;
+use super::reports::{Change, Report};
 use super::{SqliteStore, WriteTx, BEGIN};
 use crate::domain::{AgentId, AttemptOutcome, Capability, Priority, TaskId, TaskStatus, UserId};
 use crate::store::tasks::{fair_position, Rival};
@@ -37,7 +37,7 @@ pub(super) const TASK_COLUMNS: &str =
 const JITTERED_BACKOFF: &str = "abs(random() % (MIN(?M, ?B << MIN(MAX(attempts - 1, 0), 30)) + 1))";
 
 /// The backoff expression with its two parameters bound to the given positions.
-fn backoff_sql(base_param: usize, max_param: usize) -> String {
+pub(super) fn backoff_sql(base_param: usize, max_param: usize) -> String {
     JITTERED_BACKOFF
         .replace("?B", &format!("?{base_param}"))
         .replace("?M", &format!("?{max_param}"))
@@ -343,9 +343,11 @@ impl TaskStore for SqliteStore {
         self.report_in_group(Report {
             id,
             agent,
-            progress,
-            lease_until,
             at,
+            change: Change::Progress {
+                progress,
+                lease_until,
+            },
             announce,
         })
         .await
@@ -359,55 +361,22 @@ impl TaskStore for SqliteStore {
         outcome: &Outcome,
         backoff: Backoff,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Option<TaskRecord>, StoreError> {
-        let mut tx = self.write_tx().await?;
-        let row = match outcome {
-            Outcome::Completed { result } => {
-                sqlx::query(&format!(
-                    "{BEGIN}UPDATE tasks SET status = 'completed', progress = 100, result = ?3,
-                                      error = NULL, attempt_outcome = 'completed',
-                                      lease_expires_at = NULL, completed_at = ?4, updated_at = ?4
-                     WHERE id = ?1 AND agent_id = ?2 AND status = 'running'
-                     RETURNING {TASK_COLUMNS}"
-                ))
-                .bind(id.to_string())
-                .bind(agent.to_string())
-                .bind(result.to_string())
-                .bind(to_millis(at))
-                .fetch_optional(tx.opening())
-                .await?
-            }
-            Outcome::Failed { error, retryable } => {
-                // Every SET expression sees the row as it was, so `retry` decides
-                // consistently for all columns.
-                let retry = "?3 AND attempts < max_attempts";
-                sqlx::query(&format!(
-                    "{BEGIN}UPDATE tasks SET
-                        status = CASE WHEN {retry} THEN 'queued' ELSE 'failed' END,
-                        agent_id = CASE WHEN {retry} THEN requested_agent_id ELSE agent_id END,
-                        progress = CASE WHEN {retry} THEN 0 ELSE progress END,
-                        started_at = CASE WHEN {retry} THEN NULL ELSE started_at END,
-                        completed_at = CASE WHEN {retry} THEN NULL ELSE ?5 END,
-                        available_at = CASE WHEN {retry} THEN ?5 + {backoff} ELSE available_at END,
-                        attempt_outcome = 'failed',
-                        error = ?4, lease_expires_at = NULL, updated_at = ?5
-                     WHERE id = ?1 AND agent_id = ?2 AND status = 'running'
-                     RETURNING {TASK_COLUMNS}",
-                    backoff = backoff_sql(6, 7),
-                ))
-                .bind(id.to_string())
-                .bind(agent.to_string())
-                .bind(*retryable)
-                .bind(error)
-                .bind(to_millis(at))
-                .bind(backoff.base_ms)
-                .bind(backoff.max_ms)
-                .fetch_optional(tx.opening())
-                .await?
-            }
-        };
-        finish_one(tx, row, announce).await
+        // Committed together with the reports that wait for the writer meanwhile.
+        let answer = self
+            .report_in_group(Report {
+                id,
+                agent,
+                at,
+                change: Change::Finish {
+                    outcome: outcome.clone(),
+                    backoff,
+                },
+                announce,
+            })
+            .await?;
+        Ok(answer.map(|(task, _)| task))
     }
 
     #[tracing::instrument(skip_all, fields(task_id = %id, agent_id = %agent))]

@@ -1,0 +1,447 @@
+//! Runtime reports (progress and the end of an attempt), committed in groups.
+//!
+//! Progress reports and completions are the runtime's most frequent writes (an agent
+//! reports several per task) and each alone costs the one writer connection a
+//! transaction: the UPDATE, the task's `task_update` in the outbox, the commit, two
+//! round trips to the connection's thread with the writer idle in between. Reports that
+//! wait for the writer at the same time are therefore run together: one task (the
+//! runner) takes the writer, then every report queued by then (up to [`GROUP_MAX`]),
+//! and runs them as one transaction: one UPDATE … FROM per kind of change present
+//! (progress, renewal, completion, failure) and one outbox INSERT with the commit.
+//! Each report gets exactly the answer it would have had alone.
+//!
+//! - Order: two reports for one task never share a group (the later waits for the
+//!   next), so a task's reports, and so its `task_update`s, keep their order.
+//! - Cancellation: the runner is a task of its own, so a caller that goes away (its
+//!   HTTP request dropped) cannot abort the group the others are in; its report is
+//!   still applied, as it would be had it been alone and already sent.
+//! - Bounds: at most [`QUEUE_MAX`] reports wait; beyond, a report is refused at once.
+//!   A caller waits at most [`ANSWER_DEADLINE`] for its answer.
+//! - Failure: a group that fails is rolled back as a whole (the writer's transaction
+//!   guard) and every report in it gets the error, as each would have alone.
+
+use super::tasks::{backoff_sql, task_from_row, TASK_COLUMNS};
+use super::{outbox, SqliteStore, WriteTx, BEGIN};
+use crate::domain::{AgentId, TaskId};
+use crate::store::{to_millis, Announce, Announcement, Backoff, Outcome, StoreError, TaskRecord};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqliteRow;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// Reports per group (at most 7 parameters each, far below SQLite's parameter limit).
+const GROUP_MAX: usize = 128;
+/// Reports that may wait for a group; one more is refused.
+const QUEUE_MAX: usize = 8192;
+/// The longest a caller waits for its group's answer (the writer's acquire timeout,
+/// plus the group's own work).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
+
+/// One report of an agent about its running task.
+pub(super) struct Report {
+    pub(super) id: TaskId,
+    pub(super) agent: AgentId,
+    pub(super) at: DateTime<Utc>,
+    pub(super) change: Change,
+    pub(super) announce: Announce<'static, TaskRecord>,
+}
+
+/// What a report changes.
+pub(super) enum Change {
+    /// `TaskStore::report_progress`: the value, and the lease's new end.
+    Progress {
+        progress: u8,
+        lease_until: DateTime<Utc>,
+    },
+    /// `TaskStore::finish_attempt`.
+    Finish { outcome: Outcome, backoff: Backoff },
+}
+
+/// What a report's caller gets: for progress, the task and whether its value changed;
+/// for a finish, the task. `None`: not this agent's running task.
+pub(super) type Answer = Result<Option<(TaskRecord, bool)>, StoreError>;
+
+/// The reports waiting for a group, and whether a runner is on its way.
+#[derive(Default)]
+pub(super) struct Reports {
+    state: Mutex<Queue>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<(Report, oneshot::Sender<Answer>)>,
+    /// A runner task exists; it clears this (under the lock) when it finds nothing left.
+    running: bool,
+}
+
+impl Reports {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        // Nothing panics while it is held; the queue stays consistent regardless.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SqliteStore {
+    /// Queues the report for the next group and waits for its answer.
+    pub(super) async fn report_in_group(&self, report: Report) -> Answer {
+        let (reply, answer) = oneshot::channel();
+        let start_runner = {
+            let mut queue = self.reports.queue();
+            if queue.waiting.len() >= QUEUE_MAX {
+                return Err(failure("too many agent reports waiting for the database"));
+            }
+            queue.waiting.push_back((report, reply));
+            !std::mem::replace(&mut queue.running, true)
+        };
+        if start_runner {
+            tokio::spawn(self.clone().run_groups());
+        }
+        match tokio::time::timeout(ANSWER_DEADLINE, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(_)) => Err(failure("the agent report was dropped")),
+            Err(_) => Err(failure("the agent report was not answered in time")),
+        }
+    }
+
+    /// The runner: takes the writer, then a group, until no report is left.
+    async fn run_groups(self) {
+        let _stopped = RunnerGuard(&self);
+        loop {
+            // The writer first: reports that come while it is busy join this group.
+            let tx = self.write_tx().await;
+            let group = self.next_group();
+            if group.is_empty() {
+                return;
+            }
+            let (reports, replies): (Vec<Report>, Vec<_>) = group.into_iter().unzip();
+            let answers = match tx {
+                Ok(tx) => run_group(tx, &reports).await,
+                Err(err) => Err(err),
+            };
+            match answers {
+                Ok(answers) => {
+                    for (reply, answer) in replies.into_iter().zip(answers) {
+                        let _ = reply.send(Ok(answer));
+                    }
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    for reply in replies {
+                        let _ = reply.send(Err(copy(&err, &message)));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes the next group off the queue: the oldest reports, at most one per task.
+    /// Empty (and the runner marked gone, under the same lock) when nothing waits.
+    fn next_group(&self) -> Vec<(Report, oneshot::Sender<Answer>)> {
+        let mut queue = self.reports.queue();
+        if queue.waiting.is_empty() {
+            queue.running = false;
+            return Vec::new();
+        }
+        let mut tasks = HashSet::new();
+        let mut group = Vec::new();
+        let mut later = VecDeque::new();
+        while let Some(item) = queue.waiting.pop_front() {
+            if group.len() < GROUP_MAX && tasks.insert(item.0.id) {
+                group.push(item);
+            } else {
+                later.push_back(item);
+            }
+        }
+        queue.waiting = later;
+        group
+    }
+}
+
+/// Marks the runner gone if it ends early (a panic): the reports it leaves are
+/// dropped, so their callers get an error rather than waiting for nobody.
+struct RunnerGuard<'a>(&'a SqliteStore);
+
+impl Drop for RunnerGuard<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let mut queue = self.0.reports.queue();
+            queue.waiting.clear();
+            queue.running = false;
+        }
+    }
+}
+
+/// A statement being bound.
+type Query<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
+
+/// One group's transaction: its statements run in turn, the first carrying `BEGIN`.
+struct Group {
+    tx: WriteTx,
+    begun: bool,
+    /// The rows each statement returned, by task (one report per task).
+    changed: HashMap<TaskId, TaskRecord>,
+}
+
+impl Group {
+    /// Runs `WITH report(<columns>) AS (VALUES …) <update> RETURNING …` with one row of
+    /// values per report; the tasks it changed are kept in `changed` (or `into`).
+    async fn update(
+        &mut self,
+        columns: &[&str],
+        update: &str,
+        reports: &[&Report],
+        bind: impl for<'q> Fn(Query<'q>, &Report) -> Query<'q>,
+        trailing: &[i64],
+    ) -> Result<Vec<SqliteRow>, StoreError> {
+        let begin = if self.begun { "" } else { BEGIN };
+        let sql = format!(
+            "{begin}WITH report({}) AS (VALUES {}) {update} RETURNING {TASK_COLUMNS}",
+            columns.join(", "),
+            placeholders(reports.len(), columns.len()),
+        );
+        let mut query = sqlx::query(&sql);
+        for r in reports {
+            query = bind(query, r);
+        }
+        for value in trailing {
+            query = query.bind(*value);
+        }
+        let conn = if self.begun {
+            self.tx.conn()
+        } else {
+            self.tx.opening()
+        };
+        self.begun = true;
+        Ok(query.fetch_all(conn).await?)
+    }
+
+    fn keep(&mut self, rows: &[SqliteRow]) -> Result<(), StoreError> {
+        for row in rows {
+            let task = task_from_row(row)?;
+            self.changed.insert(task.id, task);
+        }
+        Ok(())
+    }
+}
+
+/// Runs one group as one transaction; the answers are in the group's order.
+async fn run_group(
+    tx: WriteTx,
+    reports: &[Report],
+) -> Result<Vec<Option<(TaskRecord, bool)>>, StoreError> {
+    let mut group = Group {
+        tx,
+        begun: false,
+        changed: HashMap::new(),
+    };
+    let progress: Vec<&Report> = reports
+        .iter()
+        .filter(|r| matches!(r.change, Change::Progress { .. }))
+        .collect();
+    // Progress: first a real change, then a plain renewal for the rest; the rows the
+    // first statement matches tell which values changed, without a read-then-write.
+    if !progress.is_empty() {
+        let rows = group
+            .update(
+                &["r_id", "r_agent", "r_progress", "r_lease", "r_at"],
+                "UPDATE tasks SET progress = r_progress, lease_expires_at = r_lease, updated_at = r_at
+                   FROM report
+                  WHERE id = r_id AND agent_id = r_agent AND status = 'running'
+                    AND progress != r_progress",
+                &progress,
+                |q, r| {
+                    let Change::Progress { progress, lease_until } = r.change else {
+                        return q;
+                    };
+                    q.bind(r.id.to_string())
+                        .bind(r.agent.to_string())
+                        .bind(i64::from(progress))
+                        .bind(to_millis(lease_until))
+                        .bind(to_millis(r.at))
+                },
+                &[],
+            )
+            .await?;
+        group.keep(&rows)?;
+    }
+    let unchanged: Vec<&Report> = progress
+        .iter()
+        .copied()
+        .filter(|r| !group.changed.contains_key(&r.id))
+        .collect();
+    let mut renewed = HashMap::new();
+    if !unchanged.is_empty() {
+        let rows = group
+            .update(
+                &["r_id", "r_agent", "r_lease"],
+                "UPDATE tasks SET lease_expires_at = r_lease
+                   FROM report
+                  WHERE id = r_id AND agent_id = r_agent AND status = 'running'",
+                &unchanged,
+                |q, r| {
+                    let Change::Progress { lease_until, .. } = r.change else {
+                        return q;
+                    };
+                    q.bind(r.id.to_string())
+                        .bind(r.agent.to_string())
+                        .bind(to_millis(lease_until))
+                },
+                &[],
+            )
+            .await?;
+        for row in &rows {
+            let task = task_from_row(row)?;
+            renewed.insert(task.id, task);
+        }
+    }
+    let completed: Vec<&Report> = reports
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.change,
+                Change::Finish {
+                    outcome: Outcome::Completed { .. },
+                    ..
+                }
+            )
+        })
+        .collect();
+    if !completed.is_empty() {
+        let rows = group
+            .update(
+                &["r_id", "r_agent", "r_result", "r_at"],
+                "UPDATE tasks SET status = 'completed', progress = 100, result = r_result,
+                                  error = NULL, attempt_outcome = 'completed',
+                                  lease_expires_at = NULL, completed_at = r_at, updated_at = r_at
+                   FROM report
+                  WHERE id = r_id AND agent_id = r_agent AND status = 'running'",
+                &completed,
+                |q, r| {
+                    let Change::Finish {
+                        outcome: Outcome::Completed { result },
+                        ..
+                    } = &r.change
+                    else {
+                        return q;
+                    };
+                    q.bind(r.id.to_string())
+                        .bind(r.agent.to_string())
+                        .bind(result.to_string())
+                        .bind(to_millis(r.at))
+                },
+                &[],
+            )
+            .await?;
+        group.keep(&rows)?;
+    }
+    // Failures, by backoff (one setting per server: one statement).
+    let mut failed_by_backoff: Vec<(Backoff, Vec<&Report>)> = Vec::new();
+    for r in reports {
+        if let Change::Finish {
+            outcome: Outcome::Failed { .. },
+            backoff,
+        } = r.change
+        {
+            match failed_by_backoff.iter_mut().find(|(b, _)| *b == backoff) {
+                Some((_, list)) => list.push(r),
+                None => failed_by_backoff.push((backoff, vec![r])),
+            }
+        }
+    }
+    for (backoff, failed) in failed_by_backoff {
+        // Every SET expression sees the row as it was, so `retry` decides consistently
+        // for all columns.
+        let retry = "r_retryable AND attempts < max_attempts";
+        let after = failed.len() * 5;
+        let rows = group
+            .update(
+                &["r_id", "r_agent", "r_retryable", "r_error", "r_at"],
+                &format!(
+                    "UPDATE tasks SET
+                        status = CASE WHEN {retry} THEN 'queued' ELSE 'failed' END,
+                        agent_id = CASE WHEN {retry} THEN requested_agent_id ELSE agent_id END,
+                        progress = CASE WHEN {retry} THEN 0 ELSE progress END,
+                        started_at = CASE WHEN {retry} THEN NULL ELSE started_at END,
+                        completed_at = CASE WHEN {retry} THEN NULL ELSE r_at END,
+                        available_at = CASE WHEN {retry} THEN r_at + {backoff_expr} ELSE available_at END,
+                        attempt_outcome = 'failed',
+                        error = r_error, lease_expires_at = NULL, updated_at = r_at
+                       FROM report
+                      WHERE id = r_id AND agent_id = r_agent AND status = 'running'",
+                    backoff_expr = backoff_sql(after + 1, after + 2),
+                ),
+                &failed,
+                |q, r| {
+                    let Change::Finish { outcome: Outcome::Failed { error, retryable }, .. } = &r.change else {
+                        return q;
+                    };
+                    q.bind(r.id.to_string())
+                        .bind(r.agent.to_string())
+                        .bind(*retryable)
+                        .bind(error.clone())
+                        .bind(to_millis(r.at))
+                },
+                &[backoff.base_ms, backoff.max_ms],
+            )
+            .await?;
+        group.keep(&rows)?;
+    }
+    // The announcements in the group's order (one report per task: each task's in order).
+    let announcements: Vec<Announcement> = reports
+        .iter()
+        .filter_map(|r| group.changed.get(&r.id).map(|task| (r.announce)(task)))
+        .flatten()
+        .collect();
+    let Group {
+        tx, mut changed, ..
+    } = group;
+    outbox::write_and_commit(tx, &announcements).await?;
+    Ok(reports
+        .iter()
+        .map(|r| match changed.remove(&r.id) {
+            Some(task) => Some((task, true)),
+            None => renewed.remove(&r.id).map(|task| (task, false)),
+        })
+        .collect())
+}
+
+/// `(?1, …, ?k), (?k+1, …)`: `rows` rows of `width` numbered parameters.
+fn placeholders(rows: usize, width: usize) -> String {
+    (0..rows)
+        .map(|i| {
+            let params: Vec<String> = (1..=width).map(|j| format!("?{}", i * width + j)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A store error that is not about the data (the group could not run).
+fn failure(message: &str) -> StoreError {
+    StoreError::Database(sqlx::Error::Io(std::io::Error::other(message.to_owned())))
+}
+
+/// The group's error, for each of its reports.
+fn copy(err: &StoreError, message: &str) -> StoreError {
+    match err {
+        StoreError::NotFound => StoreError::NotFound,
+        StoreError::Conflict { constraint } => StoreError::Conflict {
+            constraint: constraint.clone(),
+        },
+        StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
+        StoreError::Database(_) => failure(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::placeholders;
+
+    #[test]
+    fn placeholders_number_every_parameter_once() {
+        assert_eq!(placeholders(2, 3), "(?1, ?2, ?3), (?4, ?5, ?6)");
+        assert_eq!(placeholders(1, 1), "(?1)");
+    }
+}
