@@ -18,7 +18,8 @@
 //! - Bounds: at most [`QUEUE_MAX`] reports wait; beyond, a report is refused at once.
 //!   A caller waits at most [`ANSWER_DEADLINE`] for its answer.
 //! - Failure: a group that fails is rolled back as a whole (the writer's transaction
-//!   guard) and every report in it gets the error, as each would have alone.
+//!   guard) and each of its reports is run again alone, so an error reaches only the
+//!   caller whose report causes it.
 
 use super::tasks::{backoff_sql, task_from_row, TASK_COLUMNS};
 use super::{outbox, SqliteStore, WriteTx, BEGIN};
@@ -36,8 +37,8 @@ const GROUP_MAX: usize = 128;
 /// Reports that may wait for a group; one more is refused.
 const QUEUE_MAX: usize = 8192;
 /// The longest a caller waits for its group's answer (the writer's acquire timeout,
-/// plus the group's own work).
-const ANSWER_DEADLINE: Duration = Duration::from_secs(30);
+/// plus the group's own work, plus running it again alone).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(45);
 
 /// One report of an agent about its running task.
 pub(super) struct Report {
@@ -126,10 +127,23 @@ impl SqliteStore {
                         let _ = reply.send(Ok(answer));
                     }
                 }
+                Err(err) if reports.len() == 1 => {
+                    if let Some(reply) = replies.into_iter().next() {
+                        let _ = reply.send(Err(err));
+                    }
+                }
                 Err(err) => {
-                    let message = err.to_string();
-                    for reply in replies {
-                        let _ = reply.send(Err(copy(&err, &message)));
+                    // Nothing of the group was kept: each report again, alone, so an
+                    // error reaches only the caller whose report causes it.
+                    tracing::debug!(error = %err, reports = reports.len(), "group failed; each report alone");
+                    for (report, reply) in reports.into_iter().zip(replies) {
+                        let answer = match self.write_tx().await {
+                            Ok(tx) => run_group(tx, std::slice::from_ref(&report))
+                                .await
+                                .map(|mut answers| answers.pop().flatten()),
+                            Err(err) => Err(err),
+                        };
+                        let _ = reply.send(answer);
                     }
                 }
             }
@@ -421,18 +435,6 @@ fn placeholders(rows: usize, width: usize) -> String {
 /// A store error that is not about the data (the group could not run).
 fn failure(message: &str) -> StoreError {
     StoreError::Database(sqlx::Error::Io(std::io::Error::other(message.to_owned())))
-}
-
-/// The group's error, for each of its reports.
-fn copy(err: &StoreError, message: &str) -> StoreError {
-    match err {
-        StoreError::NotFound => StoreError::NotFound,
-        StoreError::Conflict { constraint } => StoreError::Conflict {
-            constraint: constraint.clone(),
-        },
-        StoreError::Corrupt(what) => StoreError::Corrupt(what.clone()),
-        StoreError::Database(_) => failure(message),
-    }
 }
 
 #[cfg(test)]
