@@ -55,7 +55,11 @@ impl BenchServer {
             ])
             .arg(data_dir.path())
             .args(extra)
-            .env("RUST_LOG", "warn")
+            // BENCH_SERVER_LOG=sqlx::query=debug prints every statement with its time.
+            .env(
+                "RUST_LOG",
+                std::env::var("BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
