@@ -360,6 +360,27 @@ export async function waitTaskStatus(page, { server, token, root = '#task-list',
   }
 }
 
+/** A promise and the function that resolves it: `const [done, finish] = deferred()`. */
+export function deferred() {
+  let resolve;
+  const promise = new Promise((r) => { resolve = r; });
+  return [promise, resolve];
+}
+
+/**
+ * Waits (at most `timeout` ms) until the API says task `id` has `status`, then 500 ms
+ * more, so that its task_updates have reached the open pages: for tests that hold an
+ * answer back until the task has moved on.
+ */
+export async function untilTaskMovedOn(server, token, id, { status = 'completed', timeout = 30000 } = {}) {
+  for (const deadline = Date.now() + timeout; Date.now() < deadline;) {
+    const t = await apiCall(server, 'GET', `/api/v1/tasks/${id}`, { token });
+    if (t.body.status === status) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  await new Promise((r) => setTimeout(r, 500));
+}
+
 /**
  * A fresh server and browser for one `describe` block: started in `before`, stopped in
  * `after`. The returned object's `server` and `browser` are set once `before` has run.

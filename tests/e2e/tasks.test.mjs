@@ -3,7 +3,7 @@
 // dashboard and analytics follow.
 import { describe, it, before } from 'node:test';
 import assert from 'node:assert/strict';
-import { useServerAndBrowser, openSignedInPage, signedInContext, signUpApi, apiCall, waitForConnected, screenshot, waitTaskStatus } from './helpers.mjs';
+import { useServerAndBrowser, openSignedInPage, signedInContext, signUpApi, apiCall, waitForConnected, screenshot, waitTaskStatus, deferred, untilTaskMovedOn } from './helpers.mjs';
 
 describe('tasks page', () => {
   const env = useServerAndBrowser();
@@ -115,18 +115,12 @@ describe('tasks page', () => {
       const id = sub.body.task_id;
       const context = await signedInContext(env.browser, env.server, user.token);
       let held = 0;
-      let released;
-      const answered = new Promise((resolve) => { released = resolve; });
+      const [answered, released] = deferred();
       await context.route(/\/api\/v1\/tasks\?/, async (route) => {
         if (held++ > 0) return route.continue();
         const stale = await route.fetch(); // answered now, while the task is queued
         assert.equal((await stale.json()).tasks.find((t) => t.id === id)?.status, 'queued');
-        for (const deadline = Date.now() + 30000; Date.now() < deadline;) {
-          const t = await apiCall(env.server, 'GET', `/api/v1/tasks/${id}`, { token: user.token });
-          if (t.body.status === 'completed') break;
-          await new Promise((r) => setTimeout(r, 200));
-        }
-        await new Promise((r) => setTimeout(r, 500)); // the updates reach the page first
+        await untilTaskMovedOn(env.server, user.token, id); // the updates reach the page first
         await route.fulfill({ response: stale });
         released();
       });
@@ -146,10 +140,8 @@ describe('tasks page', () => {
   // newer one must not draw the old counts over the new ones.
   it('draws the newest counts when answers come back out of order', { timeout: 60000 }, async () => {
     const context = await signedInContext(env.browser, env.server, user.token);
-    let releaseFirst;
-    const firstHeld = new Promise((resolve) => { releaseFirst = resolve; });
-    let answeredFirst;
-    const firstAnswered = new Promise((resolve) => { answeredFirst = resolve; });
+    const [firstHeld, releaseFirst] = deferred();
+    const [firstAnswered, answeredFirst] = deferred();
     let summaries = 0;
     await context.route(/\/api\/v1\/analytics\/summary/, async (route) => {
       if (summaries++ > 0) return route.continue();
@@ -179,17 +171,11 @@ describe('tasks page', () => {
   // answer drew as queued must still end as completed.
   it('keeps the updates that arrived while its submit was answered', { timeout: 60000 }, async () => {
     const context = await signedInContext(env.browser, env.server, user.token);
-    let submitted;
-    const drawn = new Promise((resolve) => { submitted = resolve; });
+    const [drawn, submitted] = deferred();
     await context.route(/\/api\/v1\/tasks\/submit$/, async (route) => {
       const answer = await route.fetch();
       const id = (await answer.json()).task_id;
-      for (const deadline = Date.now() + 30000; Date.now() < deadline;) {
-        const t = await apiCall(env.server, 'GET', `/api/v1/tasks/${id}`, { token: user.token });
-        if (t.body.status === 'completed') break;
-        await new Promise((r) => setTimeout(r, 100));
-      }
-      await new Promise((r) => setTimeout(r, 500)); // the updates reach the page first
+      await untilTaskMovedOn(env.server, user.token, id); // the updates reach the page first
       await route.fulfill({ response: answer });
       submitted(id);
     });

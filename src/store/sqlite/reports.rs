@@ -200,14 +200,13 @@ struct Group {
 
 impl Group {
     /// Runs `WITH report(<columns>) AS (VALUES …) <update> RETURNING …` with one row of
-    /// values per report; the tasks it changed are kept in `changed` (or `into`).
+    /// values per report (`bind` binds a report's), and answers the rows it changed.
     async fn update(
         &mut self,
         columns: &[&str],
         update: &str,
         reports: &[&Report],
         bind: impl for<'q> Fn(Query<'q>, &Report) -> Query<'q>,
-        trailing: &[i64],
     ) -> Result<Vec<SqliteRow>, StoreError> {
         let begin = if self.begun { "" } else { BEGIN };
         let sql = format!(
@@ -219,9 +218,6 @@ impl Group {
         for r in reports {
             query = bind(query, r);
         }
-        for value in trailing {
-            query = query.bind(*value);
-        }
         let conn = if self.begun {
             self.tx.conn()
         } else {
@@ -231,6 +227,7 @@ impl Group {
         Ok(query.fetch_all(conn).await?)
     }
 
+    /// Keeps the tasks of `rows` as changed.
     fn keep(&mut self, rows: &[SqliteRow]) -> Result<(), StoreError> {
         for row in rows {
             let task = task_from_row(row)?;
@@ -275,7 +272,6 @@ async fn run_group(
                         .bind(to_millis(lease_until))
                         .bind(to_millis(r.at))
                 },
-                &[],
             )
             .await?;
         group.keep(&rows)?;
@@ -302,7 +298,6 @@ async fn run_group(
                         .bind(r.agent.to_string())
                         .bind(to_millis(lease_until))
                 },
-                &[],
             )
             .await?;
         for row in &rows {
@@ -345,33 +340,29 @@ async fn run_group(
                         .bind(result.to_string())
                         .bind(to_millis(r.at))
                 },
-                &[],
             )
             .await?;
         group.keep(&rows)?;
     }
-    // Failures, by backoff (one setting per server: one statement).
-    let mut failed_by_backoff: Vec<(Backoff, Vec<&Report>)> = Vec::new();
-    for r in reports {
-        if let Change::Finish {
-            outcome: Outcome::Failed { .. },
-            backoff,
-        } = r.change
-        {
-            match failed_by_backoff.iter_mut().find(|(b, _)| *b == backoff) {
-                Some((_, list)) => list.push(r),
-                None => failed_by_backoff.push((backoff, vec![r])),
-            }
-        }
-    }
-    for (backoff, failed) in failed_by_backoff {
+    let failed: Vec<&Report> = reports
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.change,
+                Change::Finish {
+                    outcome: Outcome::Failed { .. },
+                    ..
+                }
+            )
+        })
+        .collect();
+    if !failed.is_empty() {
         // Every SET expression sees the row as it was, so `retry` decides consistently
         // for all columns.
         let retry = "r_retryable AND attempts < max_attempts";
-        let after = failed.len() * 5;
         let rows = group
             .update(
-                &["r_id", "r_agent", "r_retryable", "r_error", "r_at"],
+                &["r_id", "r_agent", "r_retryable", "r_error", "r_at", "r_base", "r_max"],
                 &format!(
                     "UPDATE tasks SET
                         status = CASE WHEN {retry} THEN 'queued' ELSE 'failed' END,
@@ -379,16 +370,20 @@ async fn run_group(
                         progress = CASE WHEN {retry} THEN 0 ELSE progress END,
                         started_at = CASE WHEN {retry} THEN NULL ELSE started_at END,
                         completed_at = CASE WHEN {retry} THEN NULL ELSE r_at END,
-                        available_at = CASE WHEN {retry} THEN r_at + {backoff_expr} ELSE available_at END,
+                        available_at = CASE WHEN {retry} THEN r_at + {backoff} ELSE available_at END,
                         attempt_outcome = 'failed',
                         error = r_error, lease_expires_at = NULL, updated_at = r_at
                        FROM report
                       WHERE id = r_id AND agent_id = r_agent AND status = 'running'",
-                    backoff_expr = backoff_sql(after + 1, after + 2),
+                    backoff = backoff_sql("r_base", "r_max"),
                 ),
                 &failed,
                 |q, r| {
-                    let Change::Finish { outcome: Outcome::Failed { error, retryable }, .. } = &r.change else {
+                    let Change::Finish {
+                        outcome: Outcome::Failed { error, retryable },
+                        backoff,
+                    } = &r.change
+                    else {
                         return q;
                     };
                     q.bind(r.id.to_string())
@@ -396,8 +391,9 @@ async fn run_group(
                         .bind(*retryable)
                         .bind(error.clone())
                         .bind(to_millis(r.at))
+                        .bind(backoff.base_ms)
+                        .bind(backoff.max_ms)
                 },
-                &[backoff.base_ms, backoff.max_ms],
             )
             .await?;
         group.keep(&rows)?;

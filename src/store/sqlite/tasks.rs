@@ -36,11 +36,10 @@ pub(super) const TASK_COLUMNS: &str =
 /// together do not come back together. `?B` is the base and `?M` the cap, in ms.
 const JITTERED_BACKOFF: &str = "abs(random() % (MIN(?M, ?B << MIN(MAX(attempts - 1, 0), 30)) + 1))";
 
-/// The backoff expression with its two parameters bound to the given positions.
-pub(super) fn backoff_sql(base_param: usize, max_param: usize) -> String {
-    JITTERED_BACKOFF
-        .replace("?B", &format!("?{base_param}"))
-        .replace("?M", &format!("?{max_param}"))
+/// The backoff expression with its base and cap taken from `base` and `max` (bound
+/// parameters or columns).
+pub(super) fn backoff_sql(base: &str, max: &str) -> String {
+    JITTERED_BACKOFF.replace("?B", base).replace("?M", max)
 }
 
 /// The tasks agent `a` may take now (`?3`): its capabilities, not reserved for another
@@ -462,7 +461,7 @@ impl TaskStore for SqliteStore {
                 lease_expires_at = NULL, updated_at = ?1
              WHERE status = 'running' AND lease_expires_at < ?1
              RETURNING {TASK_COLUMNS}",
-            backoff = backoff_sql(2, 3),
+            backoff = backoff_sql("?2", "?3"),
         ))
         .bind(to_millis(at))
         .bind(backoff.base_ms)
