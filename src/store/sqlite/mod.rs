@@ -29,6 +29,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::SqlitePool;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,6 +46,10 @@ pub struct SqliteStore {
     reports: Arc<reports::Reports>,
     /// Held while any clone of the store is: the checkpoint task stops once it is gone.
     _alive: Arc<()>,
+    /// How many checkpoints have copied the whole WAL back into the database (tests
+    /// wait on it instead of sleeping).
+    #[cfg(test)]
+    checkpoints: Arc<AtomicU64>,
 }
 
 /// Connections that only read (WAL readers do not wait for the writer).
@@ -60,17 +65,24 @@ const WAL_BACKSTOP_PAGES: u32 = 16_000;
 /// crosses its threshold, on the one writer connection: under load one commit in a
 /// hundred took 4-6 ms, with every writer waiting. A PASSIVE checkpoint takes no lock a
 /// writer or reader waits for; it copies what it can and leaves the rest to the next.
-async fn checkpoints(readers: SqlitePool, alive: std::sync::Weak<()>) {
+async fn checkpoints(readers: SqlitePool, alive: std::sync::Weak<()>, whole: Arc<AtomicU64>) {
     loop {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
         if alive.strong_count() == 0 || readers.is_closed() {
             return;
         }
-        if let Err(err) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&readers)
+        // One row: busy, frames in the WAL, frames copied back.
+        match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&readers)
             .await
         {
-            tracing::debug!(error = %err, "WAL checkpoint failed; the next one retries");
+            Ok((0, log, copied)) if log == copied => {
+                whole.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::debug!(error = %err, "WAL checkpoint failed; the next one retries");
+            }
         }
     }
 }
@@ -111,8 +123,13 @@ impl SqliteStore {
             pool(options, READERS).await?
         };
         let alive = Arc::new(());
+        let whole = Arc::new(AtomicU64::new(0));
         if !in_memory {
-            tokio::spawn(checkpoints(readers.clone(), Arc::downgrade(&alive)));
+            tokio::spawn(checkpoints(
+                readers.clone(),
+                Arc::downgrade(&alive),
+                whole.clone(),
+            ));
         }
         Ok(Self {
             writer,
@@ -120,6 +137,8 @@ impl SqliteStore {
             outbox: Arc::default(),
             reports: Arc::default(),
             _alive: alive,
+            #[cfg(test)]
+            checkpoints: whole,
         })
     }
 
@@ -300,7 +319,9 @@ mod tests {
     }
 
     /// The WAL is checkpointed beside the writer: it stays small while commits go on,
-    /// though no commit reaches SQLite's (raised) automatic threshold.
+    /// though no commit reaches SQLite's (raised) automatic threshold. The test waits for
+    /// a whole checkpoint between bursts of commits rather than sleeping a fixed time, so
+    /// a slow machine cannot fail it; without the checkpoint task it never sees one.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_wal_is_checkpointed_while_the_writer_works() {
         let dir = tempfile::tempdir().unwrap();
@@ -315,7 +336,17 @@ mod tests {
                 .await
                 .unwrap();
             if n % 100 == 99 {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // A checkpoint that began before the burst ended may be partial: wait
+                // for one more whole one after it.
+                let seen = store.checkpoints.load(std::sync::atomic::Ordering::Relaxed);
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+                while store.checkpoints.load(std::sync::atomic::Ordering::Relaxed) < seen + 2 {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "no whole checkpoint in 20 s after commit {n}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
             }
         }
         let wal = std::fs::metadata(dir.path().join("t.db-wal"))
