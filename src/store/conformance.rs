@@ -60,6 +60,7 @@ macro_rules! outbox_suite {
             an_announced_change_writes_its_messages_in_its_own_transaction,
             a_change_that_does_not_happen_writes_nothing_to_the_outbox,
             concurrent_agent_reports_get_their_own_answers_and_announce_in_order,
+            claims_alongside_reports_take_each_task_once_and_announce_in_order,
         );
     };
     (@cases $make:path; $($case:ident),* $(,)?) => {
@@ -1066,5 +1067,104 @@ pub(crate) async fn concurrent_agent_reports_get_their_own_answers_and_announce_
                 "re-queued after a backoff"
             );
         }
+    }
+}
+
+fn status_note(t: &TaskRecord) -> Vec<Announcement> {
+    vec![Announcement::new(
+        Some(t.user_id),
+        "note",
+        &format!("{}:{}:{}", t.id, t.status, t.attempts),
+    )]
+}
+
+/// Claims made while reports wait for the writer (on SQLite they share groups): one
+/// agent fails its 20 tasks (retryable, no backoff) while another claims all the time;
+/// the claimer gets each task exactly once, and each task's announcements say running
+/// (first attempt), queued, running (second attempt), in that order.
+pub(crate) async fn claims_alongside_reports_take_each_task_once_and_announce_in_order<
+    S: Store + OutboxStore,
+>(
+    store: Arc<S>,
+) {
+    let user = add_user(&*store).await;
+    let (failing, claiming) = (
+        add_agent(&*store, user, false).await,
+        add_agent(&*store, user, false).await,
+    );
+    for _ in 0..20 {
+        insert(&*store, &test_task(user, Priority::Normal, "q")).await;
+    }
+    let lease = Utc::now() + Duration::seconds(30);
+    let first = store
+        .claim_tasks(failing, 20, lease, Utc::now(), &status_note)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 20);
+    let now_due = Backoff {
+        base_ms: 0,
+        max_ms: 0,
+    };
+    let fails = first.iter().map(|task| {
+        let store = store.clone();
+        let id = task.id;
+        async move {
+            let outcome = Outcome::Failed {
+                error: "again".into(),
+                retryable: true,
+            };
+            let ended = store
+                .finish_attempt(id, failing, &outcome, now_due, Utc::now(), &status_note)
+                .await
+                .unwrap()
+                .expect("its running task");
+            assert_eq!(ended.status, TaskStatus::Queued);
+        }
+    });
+    // Four claimers, until all 20 are taken again (or 20 s have passed).
+    let total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let claimers = (0..4u32).map(|n| {
+        let (store, total) = (store.clone(), total.clone());
+        async move {
+            let mut got = Vec::new();
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+            while total.load(std::sync::atomic::Ordering::SeqCst) < 20
+                && tokio::time::Instant::now() < deadline
+            {
+                let now = Utc::now();
+                let lease = now + Duration::seconds(30);
+                let tasks = store
+                    .claim_tasks(claiming, 1 + n % 2, lease, now, &status_note)
+                    .await
+                    .unwrap();
+                for task in &tasks {
+                    assert_eq!((task.status, task.attempts), (TaskStatus::Running, 2));
+                }
+                total.fetch_add(tasks.len(), std::sync::atomic::Ordering::SeqCst);
+                got.extend(tasks.into_iter().map(|t| t.id));
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            got
+        }
+    });
+    let (_, got) = tokio::join!(
+        futures_util::future::join_all(fails),
+        futures_util::future::join_all(claimers)
+    );
+    let got: Vec<TaskId> = got.into_iter().flatten().collect();
+    let ids: HashSet<TaskId> = first.iter().map(|t| t.id).collect();
+    assert_eq!(got.len(), 20, "every re-queued task claimed exactly once");
+    assert_eq!(got.into_iter().collect::<HashSet<_>>(), ids);
+    let rows = store.outbox_pending(1000).await.unwrap();
+    for id in ids {
+        let said: Vec<String> = rows
+            .iter()
+            .filter_map(|r| serde_json::from_str::<String>(&r.data_json).ok())
+            .filter(|d| d.starts_with(&id.to_string()))
+            .collect();
+        assert_eq!(
+            said,
+            ["running:1", "queued:1", "running:2"].map(|s| format!("{id}:{s}"))
+        );
     }
 }

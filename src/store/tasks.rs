@@ -196,7 +196,7 @@ pub trait TaskStore {
         max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError>;
     /// Sets the progress of the agent's running task and extends its lease. Returns the
     /// task and whether the progress value changed (only then is `announce` called);

@@ -351,7 +351,7 @@ impl TaskStore for PgStore {
         max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
         let sql = claim_sql();
         let mut tries = 0;

@@ -1,17 +1,22 @@
-//! Runtime reports (progress and the end of an attempt), committed in groups.
+//! The runtime's writes (agents' claims and reports: progress, the end of an attempt),
+//! committed in groups.
 //!
-//! Progress reports and completions are the runtime's most frequent writes (an agent
-//! reports several per task) and each alone costs the one writer connection a
+//! Claims, progress reports and completions are the runtime's most frequent writes (an
+//! agent makes five or more per task) and each alone costs the one writer connection a
 //! transaction: the UPDATE, the task's `task_update` in the outbox, the commit, two
-//! round trips to the connection's thread with the writer idle in between. Reports that
+//! round trips to the connection's thread with the writer idle in between. Those that
 //! wait for the writer at the same time are therefore run together: one task (the
-//! runner) takes the writer, then every report queued by then (up to [`GROUP_MAX`]),
-//! and runs them as one transaction: one UPDATE … FROM per kind of change present
-//! (progress, renewal, completion, failure) and one outbox INSERT with the commit.
-//! Each report gets exactly the answer it would have had alone.
+//! runner) takes the writer, then everything queued by then (up to [`GROUP_MAX`]), and
+//! runs it as one transaction: one UPDATE … FROM per kind of report present (progress,
+//! renewal, completion, failure), then each claim's picks in turn (each pick sees the
+//! ones before it, as consecutive claims would), and one outbox INSERT with the commit.
+//! Each caller gets exactly the answer it would have had alone.
 //!
 //! - Order: two reports for one task never share a group (the later waits for the
-//!   next), so a task's reports, and so its `task_update`s, keep their order.
+//!   next), so a task's reports, and so its `task_update`s, keep their order. A group's
+//!   claims run after its reports, and their announcements come after the reports':
+//!   a task that a failed report put back in the queue and a claim took again is
+//!   announced queued, then running.
 //! - Cancellation: the runner is a task of its own, so a caller that goes away (its
 //!   HTTP request dropped) cannot abort the group the others are in; its report is
 //!   still applied, as it would be had it been alone and already sent.
@@ -21,7 +26,7 @@
 //!   guard) and each of its reports is run again alone, so an error reaches only the
 //!   caller whose report causes it.
 
-use super::tasks::{backoff_sql, task_from_row, TASK_COLUMNS};
+use super::tasks::{backoff_sql, claim_one, claim_sql, task_from_row, TASK_COLUMNS};
 use super::{outbox, SqliteStore, WriteTx, BEGIN};
 use crate::domain::{AgentId, TaskId};
 use crate::store::{to_millis, Announce, Announcement, Backoff, Outcome, StoreError, TaskRecord};
@@ -32,9 +37,10 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Reports per group (at most 7 parameters each, far below SQLite's parameter limit).
+/// Claims and reports per group (a report binds at most 7 parameters, far below
+/// SQLite's parameter limit; a claim runs its own statements).
 const GROUP_MAX: usize = 128;
-/// Reports that may wait for a group; one more is refused.
+/// Claims and reports that may wait for a group; one more is refused.
 const QUEUE_MAX: usize = 8192;
 /// The longest a caller waits for its group's answer (the writer's acquire timeout,
 /// plus the group's own work, plus running it again alone).
@@ -46,6 +52,15 @@ pub(super) struct Report {
     pub(super) agent: AgentId,
     pub(super) at: DateTime<Utc>,
     pub(super) change: Change,
+    pub(super) announce: Announce<'static, TaskRecord>,
+}
+
+/// One claim of an agent: up to `max` tasks (`TaskStore::claim_tasks`).
+pub(super) struct Claim {
+    pub(super) agent: AgentId,
+    pub(super) max: u32,
+    pub(super) lease_until: DateTime<Utc>,
+    pub(super) at: DateTime<Utc>,
     pub(super) announce: Announce<'static, TaskRecord>,
 }
 
@@ -64,7 +79,16 @@ pub(super) enum Change {
 /// for a finish, the task. `None`: not this agent's running task.
 pub(super) type Answer = Result<Option<(TaskRecord, bool)>, StoreError>;
 
-/// The reports waiting for a group, and whether a runner is on its way.
+/// What a claim's caller gets: the tasks it took, in the order it took them.
+pub(super) type ClaimAnswer = Result<Vec<TaskRecord>, StoreError>;
+
+/// A write waiting for a group, with where its answer goes.
+enum Item {
+    Report(Report, oneshot::Sender<Answer>),
+    Claim(Claim, oneshot::Sender<ClaimAnswer>),
+}
+
+/// The writes waiting for a group, and whether a runner is on its way.
 #[derive(Default)]
 pub(super) struct Reports {
     state: Mutex<Queue>,
@@ -72,7 +96,7 @@ pub(super) struct Reports {
 
 #[derive(Default)]
 struct Queue {
-    waiting: VecDeque<(Report, oneshot::Sender<Answer>)>,
+    waiting: VecDeque<Item>,
     /// A runner task exists; it clears this (under the lock) when it finds nothing left.
     running: bool,
 }
@@ -88,61 +112,101 @@ impl SqliteStore {
     /// Queues the report for the next group and waits for its answer.
     pub(super) async fn report_in_group(&self, report: Report) -> Answer {
         let (reply, answer) = oneshot::channel();
+        self.enqueue(Item::Report(report, reply))?;
+        answered(answer).await?
+    }
+
+    /// Queues the claim for the next group and waits for the tasks it took.
+    pub(super) async fn claim_in_group(&self, claim: Claim) -> ClaimAnswer {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Item::Claim(claim, reply))?;
+        answered(answer).await?
+    }
+
+    /// Queues a write, starting a runner if none is on its way.
+    fn enqueue(&self, item: Item) -> Result<(), StoreError> {
         let start_runner = {
             let mut queue = self.reports.queue();
             if queue.waiting.len() >= QUEUE_MAX {
-                return Err(failure("too many agent reports waiting for the database"));
+                return Err(failure("too many agent writes waiting for the database"));
             }
-            queue.waiting.push_back((report, reply));
+            queue.waiting.push_back(item);
             !std::mem::replace(&mut queue.running, true)
         };
         if start_runner {
             tokio::spawn(self.clone().run_groups());
         }
-        match tokio::time::timeout(ANSWER_DEADLINE, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(_)) => Err(failure("the agent report was dropped")),
-            Err(_) => Err(failure("the agent report was not answered in time")),
-        }
+        Ok(())
     }
 
-    /// The runner: takes the writer, then a group, until no report is left.
+    /// The runner: takes the writer, then a group, until nothing is left.
     async fn run_groups(self) {
         let _stopped = RunnerGuard(&self);
         loop {
-            // The writer first: reports that come while it is busy join this group.
+            // The writer first: writes that come while it is busy join this group.
             let tx = self.write_tx().await;
             let group = self.next_group();
             if group.is_empty() {
                 return;
             }
-            let (reports, replies): (Vec<Report>, Vec<_>) = group.into_iter().unzip();
+            let (mut reports, mut claims) = (Vec::new(), Vec::new());
+            for item in group {
+                match item {
+                    Item::Report(report, reply) => reports.push((report, reply)),
+                    Item::Claim(claim, reply) => claims.push((claim, reply)),
+                }
+            }
+            let (reports, report_replies): (Vec<Report>, Vec<_>) = reports.into_iter().unzip();
+            let (claims, claim_replies): (Vec<Claim>, Vec<_>) = claims.into_iter().unzip();
+            let writes = Writes {
+                reports: &reports,
+                claims: &claims,
+            };
             let answers = match tx {
-                Ok(tx) => run_group(tx, &reports).await,
+                Ok(tx) => run_group(tx, writes).await,
                 Err(err) => Err(err),
             };
             match answers {
                 Ok(answers) => {
-                    for (reply, answer) in replies.into_iter().zip(answers) {
+                    for (reply, answer) in report_replies.into_iter().zip(answers.reported) {
                         let _ = reply.send(Ok(answer));
                     }
+                    for (reply, tasks) in claim_replies.into_iter().zip(answers.taken) {
+                        let _ = reply.send(Ok(tasks));
+                    }
                 }
-                Err(err) if reports.len() == 1 => {
-                    if let Some(reply) = replies.into_iter().next() {
+                Err(err) if writes.len() == 1 => {
+                    if let Some(reply) = report_replies.into_iter().next() {
+                        let _ = reply.send(Err(err));
+                    } else if let Some(reply) = claim_replies.into_iter().next() {
                         let _ = reply.send(Err(err));
                     }
                 }
                 Err(err) => {
-                    // Nothing of the group was kept: each report again, alone, so an
-                    // error reaches only the caller whose report causes it.
-                    tracing::debug!(error = %err, reports = reports.len(), "group failed; each report alone");
-                    for (report, reply) in reports.into_iter().zip(replies) {
-                        let answer = match self.write_tx().await {
-                            Ok(tx) => run_group(tx, std::slice::from_ref(&report))
-                                .await
-                                .map(|mut answers| answers.pop().flatten()),
-                            Err(err) => Err(err),
+                    // Nothing of the group was kept: each write again, alone, so an
+                    // error reaches only the caller whose write causes it.
+                    tracing::debug!(error = %err, writes = writes.len(), "group failed; each write alone");
+                    let none = Writes::default();
+                    for (report, reply) in reports.iter().zip(report_replies) {
+                        let alone = Writes {
+                            reports: std::slice::from_ref(report),
+                            ..none
                         };
+                        let answer = self
+                            .alone(alone)
+                            .await
+                            .map(|mut a| a.reported.pop().flatten());
+                        let _ = reply.send(answer);
+                    }
+                    for (claim, reply) in claims.iter().zip(claim_replies) {
+                        let alone = Writes {
+                            claims: std::slice::from_ref(claim),
+                            ..none
+                        };
+                        let answer = self
+                            .alone(alone)
+                            .await
+                            .map(|mut a| a.taken.pop().unwrap_or_default());
                         let _ = reply.send(answer);
                     }
                 }
@@ -150,9 +214,14 @@ impl SqliteStore {
         }
     }
 
-    /// Takes the next group off the queue: the oldest reports, at most one per task.
-    /// Empty (and the runner marked gone, under the same lock) when nothing waits.
-    fn next_group(&self) -> Vec<(Report, oneshot::Sender<Answer>)> {
+    /// Runs writes as a group of their own on a fresh transaction.
+    async fn alone(&self, writes: Writes<'_>) -> Result<GroupAnswers, StoreError> {
+        run_group(self.write_tx().await?, writes).await
+    }
+
+    /// Takes the next group off the queue: the oldest writes, at most one report per
+    /// task. Empty (and the runner marked gone, under the same lock) when nothing waits.
+    fn next_group(&self) -> Vec<Item> {
         let mut queue = self.reports.queue();
         if queue.waiting.is_empty() {
             queue.running = false;
@@ -162,7 +231,12 @@ impl SqliteStore {
         let mut group = Vec::new();
         let mut later = VecDeque::new();
         while let Some(item) = queue.waiting.pop_front() {
-            if group.len() < GROUP_MAX && tasks.insert(item.0.id) {
+            let fits = group.len() < GROUP_MAX
+                && match &item {
+                    Item::Report(report, _) => tasks.insert(report.id),
+                    Item::Claim(..) => true,
+                };
+            if fits {
                 group.push(item);
             } else {
                 later.push_back(item);
@@ -170,6 +244,15 @@ impl SqliteStore {
         }
         queue.waiting = later;
         group
+    }
+}
+
+/// Waits (at most [`ANSWER_DEADLINE`]) for a group's answer.
+async fn answered<T>(answer: oneshot::Receiver<T>) -> Result<T, StoreError> {
+    match tokio::time::timeout(ANSWER_DEADLINE, answer).await {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(_)) => Err(failure("the agent's write was dropped")),
+        Err(_) => Err(failure("the agent's write was not answered in time")),
     }
 }
 
@@ -185,6 +268,26 @@ impl Drop for RunnerGuard<'_> {
             queue.running = false;
         }
     }
+}
+
+/// One group's writes, by kind, each in queue order.
+#[derive(Clone, Copy, Default)]
+struct Writes<'a> {
+    reports: &'a [Report],
+    claims: &'a [Claim],
+}
+
+impl Writes<'_> {
+    fn len(&self) -> usize {
+        self.reports.len() + self.claims.len()
+    }
+}
+
+/// What a group answers, in the order of its [`Writes`]: each report's answer, each
+/// claim's tasks.
+struct GroupAnswers {
+    reported: Vec<Option<(TaskRecord, bool)>>,
+    taken: Vec<Vec<TaskRecord>>,
 }
 
 /// A statement being bound.
@@ -227,6 +330,40 @@ impl Group {
         Ok(query.fetch_all(conn).await?)
     }
 
+    /// Runs the claim's picks (each one statement, as `claim_tasks` alone would), until
+    /// it has `max` tasks or finds none.
+    async fn claim(&mut self, claim: &Claim, sql: &str) -> Result<Vec<TaskRecord>, StoreError> {
+        let mut taken = Vec::new();
+        for _ in 0..claim.max.max(1) {
+            let task = if self.begun {
+                claim_one(
+                    self.tx.conn(),
+                    sql,
+                    claim.agent,
+                    claim.lease_until,
+                    claim.at,
+                )
+                .await?
+            } else {
+                self.begun = true;
+                let first = format!("{BEGIN}{sql}");
+                claim_one(
+                    self.tx.opening(),
+                    &first,
+                    claim.agent,
+                    claim.lease_until,
+                    claim.at,
+                )
+                .await?
+            };
+            match task {
+                Some(task) => taken.push(task),
+                None => break,
+            }
+        }
+        Ok(taken)
+    }
+
     /// Keeps the tasks of `rows` as changed.
     fn keep(&mut self, rows: &[SqliteRow]) -> Result<(), StoreError> {
         for row in rows {
@@ -238,10 +375,8 @@ impl Group {
 }
 
 /// Runs one group as one transaction; the answers are in the group's order.
-async fn run_group(
-    tx: WriteTx,
-    reports: &[Report],
-) -> Result<Vec<Option<(TaskRecord, bool)>>, StoreError> {
+async fn run_group(tx: WriteTx, writes: Writes<'_>) -> Result<GroupAnswers, StoreError> {
+    let Writes { reports, claims } = writes;
     let mut group = Group {
         tx,
         begun: false,
@@ -398,23 +533,38 @@ async fn run_group(
             .await?;
         group.keep(&rows)?;
     }
-    // The announcements in the group's order (one report per task: each task's in order).
-    let announcements: Vec<Announcement> = reports
+    let mut taken = Vec::with_capacity(claims.len());
+    if !claims.is_empty() {
+        let sql = claim_sql();
+        for claim in claims {
+            taken.push(group.claim(claim, &sql).await?);
+        }
+    }
+    // The announcements in the group's order (one report per task: each task's in
+    // order), the claims' after the reports'.
+    let mut announcements: Vec<Announcement> = reports
         .iter()
         .filter_map(|r| group.changed.get(&r.id).map(|task| (r.announce)(task)))
         .flatten()
         .collect();
+    for (claim, tasks) in claims.iter().zip(&taken) {
+        announcements.extend(tasks.iter().flat_map(claim.announce));
+    }
     let Group {
         tx, mut changed, ..
     } = group;
     outbox::write_and_commit(tx, &announcements).await?;
-    Ok(reports
+    let answers = reports
         .iter()
         .map(|r| match changed.remove(&r.id) {
             Some(task) => Some((task, true)),
             None => renewed.remove(&r.id).map(|task| (task, false)),
         })
-        .collect())
+        .collect();
+    Ok(GroupAnswers {
+        reported: answers,
+        taken,
+    })
 }
 
 /// `(?1, …, ?k), (?k+1, …)`: `rows` rows of `width` numbered parameters.

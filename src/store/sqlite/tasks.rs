@@ -12,7 +12,7 @@
 //! (`store::outbox`).
 
 use super::outbox::{self, announcements};
-use super::reports::{Change, Report};
+use super::reports::{Change, Claim, Report};
 use super::{SqliteStore, WriteTx, BEGIN};
 use crate::domain::{AgentId, AttemptOutcome, Capability, Priority, TaskId, TaskStatus, UserId};
 use crate::store::tasks::{fair_position, Rival};
@@ -54,7 +54,7 @@ const ELIGIBLE: &str = "t.status = 'queued'
 /// `?1` agent, `?2` lease end, `?3` now. Each step reads the covering `tasks_queue`
 /// index: the top priority, the users with tasks at it, then one seek for the chosen
 /// user's oldest task.
-fn claim_sql() -> String {
+pub(super) fn claim_sql() -> String {
     format!(
         "
 WITH a AS (
@@ -300,33 +300,19 @@ impl TaskStore for SqliteStore {
         max: u32,
         lease_until: DateTime<Utc>,
         at: DateTime<Utc>,
-        announce: Announce<'_, TaskRecord>,
+        announce: Announce<'static, TaskRecord>,
     ) -> Result<Vec<TaskRecord>, StoreError> {
-        let sql = claim_sql();
-        let first = format!("{BEGIN}{sql}");
-        // A batch is one transaction: one commit for all of them and their
-        // announcements, and each pick sees the previous ones running (so the fair
-        // order spreads the batch over users).
-        let mut tx = self.write_tx().await?;
-        let mut claimed = Vec::new();
-        for n in 0..max.max(1) {
-            let (conn, sql) = if n == 0 {
-                (tx.opening(), first.as_str())
-            } else {
-                (tx.conn(), sql.as_str())
-            };
-            match claim_one(conn, sql, agent, lease_until, at).await? {
-                Some(task) => claimed.push(task),
-                None => break,
-            }
-        }
-        if claimed.is_empty() {
-            // Nothing changed: no commit to wait for.
-            tx.rollback().await?;
-            return Ok(claimed);
-        }
-        outbox::write_and_commit(tx, &announcements(announce, &claimed)).await?;
-        Ok(claimed)
+        // Committed together with the claims and reports that wait for the writer
+        // meanwhile; a batch's picks are consecutive there, each seeing the previous
+        // ones running (so the fair order spreads the batch over users).
+        self.claim_in_group(Claim {
+            agent,
+            max,
+            lease_until,
+            at,
+            announce,
+        })
+        .await
     }
 
     async fn report_progress(
@@ -690,7 +676,7 @@ async fn insert_row(
 }
 
 /// Runs one claim statement on `conn`.
-async fn claim_one(
+pub(super) async fn claim_one(
     conn: &mut sqlx::SqliteConnection,
     sql: &str,
     agent: AgentId,
