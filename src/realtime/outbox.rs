@@ -135,6 +135,13 @@ impl Relay {
         }
     }
 
+    /// Wakes the relay without waiting for it: for a caller that is not the
+    /// announcement's audience (an agent reporting on a task is answered once its
+    /// change is committed; the owner hears of it from the pass this starts).
+    pub fn nudge(&self) {
+        self.inner.wake.notify_one();
+    }
+
     /// The relay task: a pass at start (leftovers of an earlier run), then one per
     /// wake-up or `SWEEP_EVERY`. Runs until aborted; an abort at any point is safe
     /// (see the module doc).

@@ -489,7 +489,7 @@ impl TaskService {
                 for task in &tasks {
                     tracing::info!(task_id = %task.id, agent_id = %agent.id, attempt = task.attempts, "task claimed");
                 }
-                self.announced(&tasks).await;
+                self.announced_to_agent(&tasks);
                 return Ok(tasks);
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -528,7 +528,7 @@ impl TaskService {
         {
             Some((task, changed)) => {
                 if changed {
-                    self.announced(std::slice::from_ref(&task)).await;
+                    self.announced_to_agent(std::slice::from_ref(&task));
                 }
                 Ok(task)
             }
@@ -559,7 +559,7 @@ impl TaskService {
             Some(task) => {
                 tracing::info!(task_id = %id, agent_id = %agent.id, status = %task.status, "attempt finished");
                 count_finished(task.status);
-                self.announced(std::slice::from_ref(&task)).await;
+                self.announced_to_agent(std::slice::from_ref(&task));
                 if task.status == TaskStatus::Queued {
                     self.wake_when_due(task.available_at);
                 }
@@ -598,7 +598,7 @@ impl TaskService {
                 if went_offline {
                     tracing::info!(agent_id = %agent.id, "agent offline (stopped)");
                 }
-                self.announced(std::slice::from_ref(&task)).await;
+                self.announced_to_agent(std::slice::from_ref(&task));
                 self.wake();
                 Ok(task)
             }
@@ -766,15 +766,32 @@ impl TaskService {
 
     /// After the store committed changes of `tasks` (and their `task_update`s, in its
     /// outbox): ends the output feeds of finished ones, and waits until the relay has
-    /// published the updates, so the caller's answer comes after them as it always did.
+    /// published the updates, so the caller's answer comes after them as it always did
+    /// (the owner's own submit or cancel, the reaper, the shutdown's hand-back).
     async fn announced(&self, tasks: &[TaskRecord]) {
-        if tasks.is_empty() {
-            return;
+        if !tasks.is_empty() {
+            self.end_feeds(tasks);
+            self.inner.relay.flush().await;
         }
+    }
+
+    /// Like [`announced`](Self::announced), for an agent's call: the agent is not the
+    /// audience of its task's `task_update`s, so its answer does not wait for the
+    /// relay (the owner's updates still go out in commit order, from the outbox). An
+    /// agent loop that waited would spend most of each call behind the relay's pass,
+    /// which shares the one writer with every other change.
+    fn announced_to_agent(&self, tasks: &[TaskRecord]) {
+        if !tasks.is_empty() {
+            self.end_feeds(tasks);
+            self.inner.relay.nudge();
+        }
+    }
+
+    /// Ends the output feeds of the tasks that finished.
+    fn end_feeds(&self, tasks: &[TaskRecord]) {
         for task in tasks.iter().filter(|t| t.status.is_finished()) {
             self.inner.feeds.finished(task.id, task.status);
         }
-        self.inner.relay.flush().await;
     }
 }
 
