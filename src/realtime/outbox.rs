@@ -22,7 +22,8 @@
 //! out on this node (an HTTP response after the `task_update`, as before the outbox)
 //! awaits [`Relay::flush`]: it returns once a relay pass that started after the call
 //! has found the outbox drained, so every entry committed before the call has been
-//! published and delivered here.
+//! published and delivered here. A caller that is not the announcement's audience (an
+//! agent reporting on a task) only wakes the relay ([`Relay::nudge`]).
 //!
 //! One relay per outbox: with one node, the relay task is the only reader. Several
 //! nodes sharing one database must serialize their relays (the PostgreSQL store holds

@@ -767,7 +767,10 @@ impl TaskService {
     /// After the store committed changes of `tasks` (and their `task_update`s, in its
     /// outbox): ends the output feeds of finished ones, and waits until the relay has
     /// published the updates, so the caller's answer comes after them as it always did
-    /// (the owner's own submit or cancel, the reaper, the shutdown's hand-back).
+    /// (the owner's own submit or cancel, the reaper, the shutdown's hand-back). For a
+    /// submit the wait is also backpressure: submits that did not wait outran the
+    /// agents, and the longer queue made every queue-position read dearer (3,000 tasks,
+    /// 8 agent loops, 4 submitters: 383-393 tasks/s end to end instead of 712-739).
     async fn announced(&self, tasks: &[TaskRecord]) {
         if !tasks.is_empty() {
             self.end_feeds(tasks);
