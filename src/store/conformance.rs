@@ -122,7 +122,7 @@ async fn test_agent(store: &dyn Store, owner: UserId, shared: bool) -> AgentId {
     id
 }
 
-async fn add_agent(store: &dyn Store, owner: UserId, shared: bool) -> AgentId {
+pub(crate) async fn add_agent(store: &dyn Store, owner: UserId, shared: bool) -> AgentId {
     test_agent(store, owner, shared).await
 }
 

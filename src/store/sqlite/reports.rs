@@ -19,8 +19,11 @@
 //!   announced queued, then running.
 //! - Cancellation: the runner is a task of its own, so a caller that goes away (its
 //!   HTTP request dropped) cannot abort the group the others are in; its report is
-//!   still applied, as it would be had it been alone and already sent.
-//! - Bounds: at most [`QUEUE_MAX`] reports wait; beyond, a report is refused at once.
+//!   still applied, as it would be had it been alone and already sent. A claim whose
+//!   caller is gone when its group starts is left out (it would take tasks nobody
+//!   receives, back in the queue only when their leases run out); one whose caller
+//!   goes while the group runs is like a claim whose answer is lost on the way back.
+//! - Bounds: at most [`QUEUE_MAX`] writes wait; beyond, one is refused at once.
 //!   A caller waits at most [`ANSWER_DEADLINE`] for its answer.
 //! - Failure: a group that fails is rolled back as a whole (the writer's transaction
 //!   guard) and each of its reports is run again alone, so an error reaches only the
@@ -153,6 +156,9 @@ impl SqliteStore {
             for item in group {
                 match item {
                     Item::Report(report, reply) => reports.push((report, reply)),
+                    // A claim whose caller has gone (its long poll dropped) takes
+                    // nothing: its tasks would wait for their leases to run out.
+                    Item::Claim(_, reply) if reply.is_closed() => {}
                     Item::Claim(claim, reply) => claims.push((claim, reply)),
                 }
             }
@@ -162,6 +168,10 @@ impl SqliteStore {
                 reports: &reports,
                 claims: &claims,
             };
+            if writes.len() == 0 {
+                // Only claims whose callers had gone: the writer goes back unused.
+                continue;
+            }
             let answers = match tx {
                 Ok(tx) => run_group(tx, writes).await,
                 Err(err) => Err(err),
@@ -586,6 +596,54 @@ fn failure(message: &str) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::placeholders;
+    use crate::domain::{Priority, TaskStatus};
+    use crate::store::conformance::{add_agent, add_user, test_task};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{silent, TaskStore};
+    use std::time::Duration;
+
+    /// A claim whose caller went away while it waited for the writer takes nothing: the
+    /// task stays queued for the next claim instead of waiting out a lease.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_whose_caller_has_gone_takes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("t.db")).await.unwrap();
+        let user = add_user(&store).await;
+        let agent = add_agent(&store, user, false).await;
+        let new = test_task(user, Priority::Normal, "q");
+        store
+            .insert_task(&new, chrono::Duration::hours(24), &silent)
+            .await
+            .unwrap();
+        // The writer is busy, so the claim waits in the queue; then its caller goes.
+        let busy = store.write_tx().await.unwrap();
+        let claim = tokio::spawn({
+            let store = store.clone();
+            async move {
+                let now = chrono::Utc::now();
+                let lease = now + chrono::Duration::seconds(30);
+                store.claim_tasks(agent, 1, lease, now, &silent).await
+            }
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while store.reports.queue().waiting.is_empty() {
+            assert!(tokio::time::Instant::now() < deadline, "the claim queued");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        claim.abort();
+        assert!(claim.await.unwrap_err().is_cancelled());
+        drop(busy);
+        // The runner finds only the abandoned claim and leaves the queue empty.
+        while !store.reports.queue().waiting.is_empty() || store.reports.queue().running {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the runner finished"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let task = store.task(new.id).await.unwrap();
+        assert_eq!((task.status, task.attempts), (TaskStatus::Queued, 0));
+    }
 
     #[test]
     fn placeholders_number_every_parameter_once() {
