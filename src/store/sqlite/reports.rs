@@ -196,28 +196,13 @@ impl SqliteStore {
                     // Nothing of the group was kept: each write again, alone, so an
                     // error reaches only the caller whose write causes it.
                     tracing::debug!(error = %err, writes = writes.len(), "group failed; each write alone");
-                    let none = Writes::default();
                     for (report, reply) in reports.iter().zip(report_replies) {
-                        let alone = Writes {
-                            reports: std::slice::from_ref(report),
-                            ..none
-                        };
-                        let answer = self
-                            .alone(alone)
-                            .await
-                            .map(|mut a| a.reported.pop().flatten());
-                        let _ = reply.send(answer);
+                        let alone = self.alone(Writes::report(report)).await;
+                        let _ = reply.send(alone.map(|mut a| a.reported.pop().flatten()));
                     }
                     for (claim, reply) in claims.iter().zip(claim_replies) {
-                        let alone = Writes {
-                            claims: std::slice::from_ref(claim),
-                            ..none
-                        };
-                        let answer = self
-                            .alone(alone)
-                            .await
-                            .map(|mut a| a.taken.pop().unwrap_or_default());
-                        let _ = reply.send(answer);
+                        let alone = self.alone(Writes::claim(claim)).await;
+                        let _ = reply.send(alone.map(|mut a| a.taken.pop().unwrap_or_default()));
                     }
                 }
             }
@@ -281,13 +266,29 @@ impl Drop for RunnerGuard<'_> {
 }
 
 /// One group's writes, by kind, each in queue order.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Writes<'a> {
     reports: &'a [Report],
     claims: &'a [Claim],
 }
 
-impl Writes<'_> {
+impl<'a> Writes<'a> {
+    /// One report alone.
+    fn report(report: &'a Report) -> Self {
+        Self {
+            reports: std::slice::from_ref(report),
+            claims: &[],
+        }
+    }
+
+    /// One claim alone.
+    fn claim(claim: &'a Claim) -> Self {
+        Self {
+            reports: &[],
+            claims: std::slice::from_ref(claim),
+        }
+    }
+
     fn len(&self) -> usize {
         self.reports.len() + self.claims.len()
     }
@@ -321,23 +322,27 @@ impl Group {
         reports: &[&Report],
         bind: impl for<'q> Fn(Query<'q>, &Report) -> Query<'q>,
     ) -> Result<Vec<SqliteRow>, StoreError> {
-        let begin = if self.begun { "" } else { BEGIN };
-        let sql = format!(
-            "{begin}WITH report({}) AS (VALUES {}) {update} RETURNING {TASK_COLUMNS}",
+        let (conn, sql) = self.next(format!(
+            "WITH report({}) AS (VALUES {}) {update} RETURNING {TASK_COLUMNS}",
             columns.join(", "),
             placeholders(reports.len(), columns.len()),
-        );
+        ));
         let mut query = sqlx::query(&sql);
         for r in reports {
             query = bind(query, r);
         }
-        let conn = if self.begun {
-            self.tx.conn()
-        } else {
-            self.tx.opening()
-        };
-        self.begun = true;
         Ok(query.fetch_all(conn).await?)
+    }
+
+    /// The connection for the group's next statement, and the statement's text: the
+    /// first one carries `BEGIN`.
+    fn next(&mut self, sql: String) -> (&mut sqlx::SqliteConnection, String) {
+        if self.begun {
+            (self.tx.conn(), sql)
+        } else {
+            self.begun = true;
+            (self.tx.opening(), format!("{BEGIN}{sql}"))
+        }
     }
 
     /// Runs the claim's picks (each one statement, as `claim_tasks` alone would), until
@@ -345,27 +350,8 @@ impl Group {
     async fn claim(&mut self, claim: &Claim, sql: &str) -> Result<Vec<TaskRecord>, StoreError> {
         let mut taken = Vec::new();
         for _ in 0..claim.max.max(1) {
-            let task = if self.begun {
-                claim_one(
-                    self.tx.conn(),
-                    sql,
-                    claim.agent,
-                    claim.lease_until,
-                    claim.at,
-                )
-                .await?
-            } else {
-                self.begun = true;
-                let first = format!("{BEGIN}{sql}");
-                claim_one(
-                    self.tx.opening(),
-                    &first,
-                    claim.agent,
-                    claim.lease_until,
-                    claim.at,
-                )
-                .await?
-            };
+            let (conn, sql) = self.next(sql.to_owned());
+            let task = claim_one(conn, &sql, claim.agent, claim.lease_until, claim.at).await?;
             match task {
                 Some(task) => taken.push(task),
                 None => break,
